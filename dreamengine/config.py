@@ -1,0 +1,256 @@
+"""Run configuration: typed dataclasses, YAML files, ``key=value`` overrides, strict validation.
+
+A config is loaded in three layers, each validated against the dataclass schema before the next:
+
+1. the defaults of :class:`RunConfig`;
+2. a YAML file (``--config quickstart`` finds ``dreamengine/configs/quickstart.yaml``; a path works too);
+3. command-line overrides ``key=value`` (``trainer.max_steps=200``, ``camera.elevation_range=[0,45]``).
+
+The sections ``teacher``, ``guidance`` and ``scene`` are polymorphic: their ``name`` key selects the
+dataclass that validates the rest of the section (``guidance.name=sds`` -> ``SDSConfig``), from the plain
+dicts in each sub-package's ``__init__``. Unknown keys, wrong types and interpolations (``${...}``, which
+could read the environment) stop loading with a :class:`ConfigError` naming the key, where it came from,
+and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from dreamengine.errors import ConfigError
+from dreamengine.guidance import GUIDANCE_CONFIGS
+from dreamengine.prompts import PromptConfig
+from dreamengine.scenes import SCENE_CONFIGS
+from dreamengine.teachers import TEACHER_CONFIGS
+
+
+@dataclass
+class CameraConfig:
+    """Random training views (see dreamengine/cameras.py for the convention)."""
+
+    height: int = 64  # render height in pixels
+    width: int = 64
+    batch_size: int = 1  # views per optimization step
+    elevation_range: list[float] = field(default_factory=lambda: [-10.0, 60.0])  # degrees
+    azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])  # degrees
+    distance_range: list[float] = field(default_factory=lambda: [2.5, 2.5])  # scene units
+    fovy_range: list[float] = field(default_factory=lambda: [40.0, 40.0])  # vertical fov, degrees
+
+
+@dataclass
+class RenderConfig:
+    num_samples: int = 48  # samples per ray (stratified inside the bounding sphere)
+    shading: str = "albedo"  # albedo | diffuse | textureless
+    background: str = "solid"  # solid | mlp
+    background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    backend: str = "auto"  # auto | cuda | torch: CUDA accelerators (nerfacc, tiny-cuda-nn) when present
+
+
+@dataclass
+class OptimConfig:
+    """Adam, one learning rate per parameter group."""
+
+    lr_encoding: float = 0.01
+    lr_network: float = 0.001
+    lr_background: float = 0.001
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-15
+
+
+@dataclass
+class LossConfig:
+    """Regularizer weights, as threestudio's DreamFusion system uses them (schedules allowed)."""
+
+    lambda_sparsity: Any = 0.0  # mean opacity of the render: discourages floaters
+    lambda_opaque: Any = 0.0  # binary cross-entropy pushing opacity to 0 or 1
+    lambda_orient: Any = 0.0  # normals facing away from the camera (needs shading != albedo)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 600
+    log_every: int = 10  # append a line to metrics.jsonl every N steps
+    preview_every: int = 100  # write previews/step-XXXXXX.png every N steps (0: never)
+    checkpoint_every: int = 100  # write ckpt/last.pt every N steps (0: only at the end and on signals)
+    max_bad_steps: int = 10  # stop after this many NaN/Inf steps in a row
+    progress: bool = True  # show a progress bar on a terminal
+
+
+@dataclass
+class ExportConfig:
+    formats: list[str] = field(default_factory=lambda: ["glb"])  # written after training: glb | obj | ply
+    resolution: int = 128  # marching-cubes grid per side
+    threshold: float = 10.0  # density level of the surface
+    target_faces: int = 20000  # quadric decimation budget (0: keep all faces)
+    min_component_fraction: float = 0.05  # drop pieces smaller than this fraction of the largest
+
+
+@dataclass
+class EvalConfig:
+    num_views: int = 8  # held-out orbit views (azimuths between the teacher's bank views)
+    elevation: float = 20.0
+    resolution: int = 64
+
+
+@dataclass
+class RunConfig:
+    prompt: str = ""
+    seed: int = 0
+    deterministic: bool = False  # bit-reproducible runs (also across kill + resume)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    output_dir: str = "runs"
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    prompt_processor: PromptConfig = field(default_factory=PromptConfig)
+    teacher: Any = None  # replaced by TEACHER_CONFIGS[name]
+    guidance: Any = None  # replaced by GUIDANCE_CONFIGS[name]
+    scene: Any = None  # replaced by SCENE_CONFIGS[name]
+    render: RenderConfig = field(default_factory=RenderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+POLYMORPHIC_SECTIONS = {"teacher": TEACHER_CONFIGS, "guidance": GUIDANCE_CONFIGS, "scene": SCENE_CONFIGS}
+DEFAULT_NAMES = {"teacher": "toyworld", "guidance": "sds", "scene": "nerf"}
+
+
+def available_configs() -> list[str]:
+    """Names of the configs shipped with the package."""
+    folder = resources.files("dreamengine") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def find_config(name_or_path: str) -> Path:
+    """A YAML path, or the name of a packaged config (``quickstart``)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    packaged = resources.files("dreamengine") / "configs" / f"{name_or_path}.yaml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    names = available_configs()
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"config '{name_or_path}' is neither a file nor a packaged config.{hint} "
+                      f"Packaged configs: {', '.join(names)}. Pass a name or a path to a .yaml file.")
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as error:  # yaml.YAMLError and friends: report them as the user's file problem
+        raise ConfigError(f"could not read config file {path}: {error}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values at the top level")
+    return loaded
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form key=value (for example trainer.max_steps=200)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"could not parse overrides {' '.join(overrides)}: {error}") from None
+
+
+def _reject_interpolations(node: Any, source: str, prefix: str = "") -> None:
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            full_key = f"{prefix}.{key}" if prefix else str(key)
+            if OmegaConf.is_interpolation(node, key):
+                raise ConfigError(f"{full_key} in {source} uses an interpolation (${{...}}); configs hold plain "
+                                  "values only: write the value itself")
+            _reject_interpolations(node._get_node(key), source, full_key)
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            if OmegaConf.is_interpolation(node, index):
+                raise ConfigError(f"{prefix}[{index}] in {source} uses an interpolation (${{...}}); configs hold "
+                                  "plain values only")
+
+
+def _valid_keys(schema: DictConfig, full_key: str) -> list[str]:
+    parent_key = full_key.rpartition(".")[0]
+    node = OmegaConf.select(schema, parent_key) if parent_key else schema
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+
+
+def _merge_layer(schema: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, layer)
+    except ConfigKeyError as error:
+        key = error.full_key or str(error.key)
+        leaf = key.rpartition(".")[2]
+        valid = _valid_keys(schema, key)
+        close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.6)
+        hint = f" Did you mean '{key.rpartition('.')[0] + '.' if '.' in key else ''}{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown config key '{key}' in {source}.{hint} "
+                          f"Valid keys here: {', '.join(valid)}.") from None
+    except ValidationError as error:
+        message = str(error).splitlines()[0]
+        raise ConfigError(f"wrong value for config key '{error.full_key}' in {source}: {message}") from None
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"invalid config in {source}: {str(error).splitlines()[0]}") from None
+
+
+def _section_name(section: str, layers: list[DictConfig]) -> str:
+    name = DEFAULT_NAMES[section]
+    for layer in layers:
+        value = OmegaConf.select(layer, f"{section}.name", default=None)
+        if value is not None:
+            name = str(value)
+    choices = POLYMORPHIC_SECTIONS[section]
+    if name not in choices:
+        close = difflib.get_close_matches(name, list(choices), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown {section}.name '{name}'.{hint} Choices: {', '.join(choices)}.")
+    return name
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | None = None,
+                prompt: str | None = None) -> RunConfig:
+    """Build a validated :class:`RunConfig` from defaults, an optional YAML file and overrides."""
+    overrides = list(overrides or [])
+    layers: list[tuple[DictConfig, str]] = []
+    if config is not None:
+        path = find_config(str(config))
+        layers.append((_read_yaml(path), f"config file {path}"))
+    if overrides:
+        layers.append((_parse_overrides(overrides), "the command-line overrides"))
+    if prompt is not None:
+        layers.append((OmegaConf.create({"prompt": prompt}), "the prompt argument"))
+    for layer, source in layers:
+        _reject_interpolations(layer, source)
+
+    sections = {s: POLYMORPHIC_SECTIONS[s][_section_name(s, [la for la, _ in layers])]() for s in POLYMORPHIC_SECTIONS}
+    merged = OmegaConf.structured(RunConfig(**sections))
+    for layer, source in layers:
+        merged = _merge_layer(merged, layer, source)
+    try:
+        return OmegaConf.to_object(merged)  # runs each dataclass's __post_init__ checks
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"invalid config: {str(error).splitlines()[0]}") from None
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    """The fully resolved config as YAML (what is written to ``RUN_DIR/config.yaml``)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """sha256 of the resolved YAML: two runs with the same hash were configured identically."""
+    return hashlib.sha256(config_to_yaml(cfg).encode()).hexdigest()

@@ -1,0 +1,331 @@
+"""The optimization loop: cameras -> render -> guidance -> backward -> Adam step, with checkpoints.
+
+Read :meth:`Trainer.train_step` top to bottom to follow one step of ``dreamengine generate``.
+Everything random in a step (cameras, ray jitter, lights, timesteps, noise) draws from one
+``torch.Generator`` whose state is saved in every checkpoint, so a killed and resumed run continues
+with exactly the numbers an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from torch import Tensor
+
+from dreamengine.cameras import Cameras, CameraSampler
+from dreamengine.checkpoint import load_checkpoint, save_checkpoint
+from dreamengine.config import RenderConfig, RunConfig, config_hash
+from dreamengine.errors import CheckpointError, TrainingError
+from dreamengine.guidance import GUIDANCES
+from dreamengine.prompts import PromptProcessor
+from dreamengine.renderers.volume import RenderOut, render_volume
+from dreamengine.scenes import build_background, build_scene
+from dreamengine.scenes.nerf import sample_light_positions
+from dreamengine.schedules import schedule_value
+from dreamengine.teachers import build_teacher
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT/SIGTERM after writing a checkpoint."""
+
+    def __init__(self, step: int, signal_name: str) -> None:
+        super().__init__(f"stopped by {signal_name} at step {step}")
+        self.step = step
+        self.signal_name = signal_name
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device '{name}' was asked for but PyTorch sees no CUDA GPU; use device=cpu or "
+                            "install a CUDA build of torch")
+    return torch.device(name)
+
+
+class StageTimer:
+    """Accumulates wall time per named stage of a step (render, teacher, guidance, backward)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, list[float]] = defaultdict(list)
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name].append(time.perf_counter() - start)
+
+    def medians(self) -> dict[str, float]:
+        return {name: float(np.median(values)) for name, values in self.seconds.items()}
+
+
+class TimedTeacher:
+    """Delegates to a teacher and records the time of its ``predict_noise`` and ``encode`` calls."""
+
+    def __init__(self, teacher: Any, timer: StageTimer) -> None:
+        self._teacher = teacher
+        self._timer = timer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._teacher, name)
+
+    def predict_noise(self, *args: Any, **kwargs: Any) -> Tensor:
+        with self._timer("teacher"):
+            return self._teacher.predict_noise(*args, **kwargs)
+
+
+def regularizer_losses(render: RenderOut, cfg: RunConfig, step: int) -> dict[str, Tensor]:
+    """threestudio DreamFusion's regularizers, each already multiplied by its weight (zero weights skip)."""
+    losses: dict[str, Tensor] = {}
+    opacity = render.opacity.clamp(1e-5, 1.0 - 1e-5)
+    weight = schedule_value(cfg.loss.lambda_sparsity, step)
+    if weight > 0:
+        losses["sparsity"] = weight * opacity.mean()
+    weight = schedule_value(cfg.loss.lambda_opaque, step)
+    if weight > 0:
+        losses["opaque"] = weight * -(opacity * opacity.log() + (1 - opacity) * (1 - opacity).log()).mean()
+    weight = schedule_value(cfg.loss.lambda_orient, step)
+    if weight > 0:
+        if render.orientation_loss is None:
+            raise TrainingError("loss.lambda_orient > 0 needs normals: set render.shading to diffuse or "
+                                "textureless, or set loss.lambda_orient=0")
+        losses["orient"] = weight * render.orientation_loss
+    return losses
+
+
+def render_with_config(scene: torch.nn.Module, background: torch.nn.Module, render_cfg: RenderConfig,
+                       cameras: Cameras, height: int, width: int, generator: torch.Generator | None,
+                       perturb: bool) -> RenderOut:
+    """Render ``cameras`` with the run's render settings (lights are drawn from ``generator``)."""
+    light = None
+    if render_cfg.shading != "albedo":
+        light = sample_light_positions(cameras, generator).to(cameras.device)
+    return render_volume(scene, cameras, height, width, num_samples=render_cfg.num_samples,
+                         background=background, shading=render_cfg.shading, light_positions=light,
+                         perturb=perturb, generator=generator, backend=render_cfg.backend)
+
+
+@torch.no_grad()
+def render_fixed(scene: torch.nn.Module, background: torch.nn.Module, render_cfg: RenderConfig,
+                 cameras: Cameras, height: int, width: int) -> RenderOut:
+    """Deterministic render (no jitter, lights from a fixed seed) for previews, eval and export checks."""
+    return render_with_config(scene, background, render_cfg, cameras, height, width,
+                              torch.Generator().manual_seed(0), perturb=False)
+
+
+def image_grid(images: list[Tensor]) -> np.ndarray:
+    """Concatenate [H, W, 3] images in [0, 1] side by side into a uint8 array."""
+    row = torch.cat([img.detach().clamp(0, 1).cpu() for img in images], dim=1)
+    return (row.numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+class Trainer:
+    """Owns the scene, teacher, guidance and optimizer of one run directory."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.device = resolve_device(cfg.device)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.timer = StageTimer()
+
+        cam = cfg.camera
+        self.sampler = CameraSampler(tuple(cam.elevation_range), tuple(cam.azimuth_range),
+                                     tuple(cam.distance_range), tuple(cam.fovy_range))
+        pp = cfg.prompt_processor
+        teacher = build_teacher(
+            cfg.teacher, distance=float(np.mean(cam.distance_range)), fovy_deg=float(np.mean(cam.fovy_range)),
+            background=tuple(cfg.render.background_color),
+            view_thresholds=(pp.front_threshold, pp.back_threshold, pp.overhead_threshold), device=self.device)
+        self.teacher = TimedTeacher(teacher, self.timer)
+        self.prompts = PromptProcessor(teacher, cfg.prompt, pp)
+        self.scene = build_scene(cfg.scene).to(self.device)
+        self.background = build_background(cfg.render).to(self.device)
+        self.guidance = GUIDANCES[cfg.guidance.name](cfg.guidance, self.teacher, cfg.trainer.max_steps)
+        opt = cfg.optim
+        groups = self.scene.param_groups(opt.lr_encoding, opt.lr_network)
+        background_params = [p for p in self.background.parameters() if p.requires_grad]
+        if background_params:
+            groups.append({"name": "background", "params": background_params, "lr": opt.lr_background})
+        self.optimizer = torch.optim.Adam(groups, betas=tuple(opt.betas), eps=opt.eps)
+        self.step = 0
+        self.bad_steps = 0
+        self._stop_signal: str | None = None
+
+    # ----------------------------------------------------------------------------------------- one step
+    def render(self, cameras: Cameras, height: int, width: int, perturb: bool) -> RenderOut:
+        return render_with_config(self.scene, self.background, self.cfg.render, cameras, height, width,
+                                  self.generator, perturb)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimization step. Returns the logged terms. Skips the update if the loss is not finite."""
+        cam = self.cfg.camera
+        cameras = self.sampler.sample(cam.batch_size, self.generator).to(self.device)
+        with self.timer("render"):
+            render = self.render(cameras, cam.height, cam.width, perturb=True)
+        prompt_batch = self.prompts(cameras)
+        with self.timer("guidance"):
+            guided = self.guidance(render.rgb, prompt_batch, cameras, self.step, self.generator)
+        regularizers = regularizer_losses(render, self.cfg, self.step)
+        loss = guided.loss + sum(regularizers.values())
+
+        with self.timer("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            finite = bool(torch.isfinite(loss)) and all(
+                bool(torch.isfinite(p.grad).all()) for group in self.optimizer.param_groups
+                for p in group["params"] if p.grad is not None)
+            if finite:
+                self.optimizer.step()
+        self.step += 1
+        self.bad_steps = 0 if finite else self.bad_steps + 1
+        terms = {"loss": float(loss), **guided.terms, **{k: float(v) for k, v in regularizers.items()}}
+        if not finite:
+            terms["skipped"] = 1.0
+        return terms
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def fit(self, progress: Any | None = None) -> None:
+        """Run steps until ``trainer.max_steps``; checkpoint periodically, at the end and on signals."""
+        tcfg = self.cfg.trainer
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.step < tcfg.max_steps:
+                terms = self.train_step()
+                if self.bad_steps:
+                    self._log({"step": self.step, "warning": "non-finite loss or gradient; step skipped", **terms})
+                    if self.bad_steps >= tcfg.max_bad_steps:
+                        self.save()
+                        raise TrainingError(
+                            f"the loss or its gradients were NaN/Inf for {self.bad_steps} steps in a row (up to "
+                            f"step {self.step}); the last good parameters are saved in {self.checkpoint_path}. "
+                            "Lower the learning rates (optim.*) or the guidance scale, or set guidance.grad_clip.")
+                if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
+                    self._log({"step": self.step, **terms})
+                if progress is not None:
+                    progress(self.step, terms)
+                if tcfg.preview_every and self.step % tcfg.preview_every == 0:
+                    self.write_preview()
+                if tcfg.checkpoint_every and self.step % tcfg.checkpoint_every == 0:
+                    self.save()
+                if self._stop_signal is not None:
+                    self.save()
+                    raise Interrupted(self.step, self._stop_signal)
+            self.save()
+            self.write_timings()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def write_timings(self) -> None:
+        """Median seconds per step of each stage (``guidance`` includes ``teacher``) to timings.json."""
+        medians = self.timer.medians()
+        medians["steps_timed"] = len(self.timer.seconds.get("render", []))
+        (self.run_dir / "timings.json").write_text(json.dumps(medians, indent=2) + "\n")
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._stop_signal is not None:  # a second Ctrl-C while saving: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = signal.Signals(signum).name
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    # ----------------------------------------------------------------------------------------- previews
+    @torch.no_grad()
+    def render_views(self, cameras: Cameras, height: int, width: int) -> RenderOut:
+        return render_fixed(self.scene, self.background, self.cfg.render, cameras.to(self.device), height, width)
+
+    def write_preview(self, num_views: int = 4) -> Path:
+        cameras = self.sampler.orbit(num_views, elevation_deg=15.0)
+        out = self.render_views(cameras, self.cfg.camera.height, self.cfg.camera.width)
+        rgb_row = image_grid(list(out.rgb))
+        opacity_row = image_grid([o.expand(-1, -1, 3) for o in out.opacity])
+        path = self.run_dir / "previews" / f"step-{self.step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(path, np.concatenate([rgb_row, opacity_row], axis=0))
+        return path
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "ckpt" / "last.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "scene": self.scene.state_dict(),
+            "background": self.background.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "guidance": self.guidance.state_dict() if hasattr(self.guidance, "state_dict") else {},
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "config_hash": config_hash(self.cfg),
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.state_dict(), self.checkpoint_path)
+
+    def load(self, path: Path | None = None) -> None:
+        """Restore everything a step depends on from a checkpoint (default: ``ckpt/last.pt``)."""
+        path = path or self.checkpoint_path
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.scene.load_state_dict(state["scene"])
+            self.background.load_state_dict(state["background"])
+            if "optimizer" in state:
+                self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("guidance") and hasattr(self.guidance, "load_state_dict"):
+                self.guidance.load_state_dict(state["guidance"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {path} does not match this run's config ({str(error).splitlines()[0]}); "
+                                  "was config.yaml edited after the run started?") from None
+        self.step = int(state["step"])
+        self.bad_steps = int(state.get("bad_steps", 0))
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def progress_printer(max_steps: int, start_step: int) -> Any:
+    """A callable(step, terms) drawing a rich progress bar on a terminal, or None when not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                   TextColumn("loss {task.fields[loss]:.4g}"), TimeRemainingColumn(), transient=False)
+    task = bar.add_task("train", total=max_steps, completed=start_step, loss=float("nan"))
+    bar.start()
+
+    def update(step: int, terms: dict[str, float]) -> None:
+        bar.update(task, completed=step, loss=terms.get("loss", float("nan")))
+        if step >= max_steps:
+            bar.stop()
+
+    update.stop = bar.stop  # type: ignore[attr-defined]
+    return update

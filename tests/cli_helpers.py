@@ -1,0 +1,38 @@
+"""Run the ``dreamengine`` CLI in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tiny settings for CLI tests: small renders, few samples, a small bank, no previews.
+TINY = ["camera.height=24", "camera.width=24", "render.num_samples=24", "teacher.resolution=16",
+        "teacher.elevations=[0,30,60]", "teacher.azimuth_step=30", "trainer.preview_every=0",
+        "export.resolution=48", "eval.resolution=32", "eval.num_views=4"]
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
+    return env
+
+
+def run_cli(args: list[str], tmp_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dreamengine.cli", *args], cwd=tmp_path, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def popen_cli(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dreamengine.cli", *args], cwd=tmp_path, env=cli_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def only_run_dir(tmp_path: Path) -> Path:
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
