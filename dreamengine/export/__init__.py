@@ -1,0 +1,16 @@
+"""Scene -> asset: marching cubes, cleanup, vertex colors, GLB/OBJ/PLY files.
+
+Typical use (``scene.density``: [N, 3] -> [N]; ``scene.albedo``: [N, 3] -> [N, 3] in [0, 1])::
+
+    mesh = extract_mesh(scene.density, radius=1.0, resolution=128, threshold=25.0)
+    mesh = clean_mesh(mesh, target_faces=100_000)
+    mesh = color_vertices(mesh, scene.albedo)
+    save_mesh(mesh, run_dir / "final/model.glb", "glb", {"prompt": "a red cube", "seed": 0})
+"""
+
+from dreamengine.export.cleanup import clean_mesh
+from dreamengine.export.color import color_vertices
+from dreamengine.export.marching import extract_mesh
+from dreamengine.export.mesh_io import load_mesh, save_mesh
+
+__all__ = ["extract_mesh", "clean_mesh", "color_vertices", "save_mesh", "load_mesh"]
