@@ -140,7 +140,7 @@ def train_export_eval(trainer: Any, export: bool) -> int:
             path = export_run(trainer.scene, cfg, run_dir, fmt)
             print(f"wrote {path}")
     if cfg.teacher.name == "toyworld":
-        print_metrics(evaluate_run(trainer.scene, trainer.background, cfg, run_dir))
+        print_metrics(evaluate_run(trainer.scene, trainer.background, trainer.occupancy, cfg, run_dir))
     return 0
 
 
@@ -153,13 +153,14 @@ def export_run(scene: Any, cfg: Any, run_dir: Path, fmt: str) -> Path:
     return export_scene(scene, cfg.export, run_dir / "final" / f"model.{fmt}", fmt, metadata)
 
 
-def evaluate_run(scene: Any, background: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
+def evaluate_run(scene: Any, background: Any, occupancy: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
     from dreamengine.evaluate import evaluate_renders
     from dreamengine.runs import write_json
     from dreamengine.trainer import render_fixed
 
-    results = evaluate_renders(cfg, lambda cams, h, w: render_fixed(scene, background, cfg.render,
-                                                                    cams.to(next(scene.parameters()).device), h, w))
+    device = next(scene.parameters()).device
+    results = evaluate_renders(cfg, lambda cams, h, w: render_fixed(scene, background, cfg.render, occupancy,
+                                                                    cams.to(device), h, w))
     write_json(run_dir / "metrics.json", results)
     return results
 
@@ -179,34 +180,40 @@ def print_metrics(results: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def load_trained(run_dir_arg: str) -> tuple[Path, Any, Any, Any]:
-    """(run_dir, cfg, scene, background) from a run directory's config and last checkpoint."""
+def load_trained(run_dir_arg: str) -> tuple[Path, Any, Any, Any, Any]:
+    """(run_dir, cfg, scene, background, occupancy grid) from a run directory's config and last checkpoint."""
+    import torch
+
     from dreamengine.checkpoint import load_checkpoint
     from dreamengine.errors import CheckpointError
     from dreamengine.runs import open_run_dir
     from dreamengine.scenes import build_background, build_scene
+    from dreamengine.trainer import build_occupancy
 
     run_dir, cfg = open_run_dir(run_dir_arg)
     state = load_checkpoint(run_dir / "ckpt" / "last.pt")
     scene, background = build_scene(cfg.scene), build_background(cfg.render)
+    occupancy = build_occupancy(cfg.render, scene.radius, torch.device("cpu"))
     try:
         scene.load_state_dict(state["scene"])
         background.load_state_dict(state["background"])
-    except (RuntimeError, KeyError) as error:
+        if occupancy is not None and state.get("occupancy"):
+            occupancy.load_state_dict(state["occupancy"])
+    except (RuntimeError, KeyError, ValueError) as error:
         raise CheckpointError(f"the checkpoint in {run_dir} does not match its config.yaml "
                               f"({str(error).splitlines()[0]})") from None
-    return run_dir, cfg, scene.eval(), background.eval()
+    return run_dir, cfg, scene.eval(), background.eval(), occupancy
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    run_dir, cfg, scene, _ = load_trained(args.run_dir)
+    run_dir, cfg, scene, _, _ = load_trained(args.run_dir)
     print(f"wrote {export_run(scene, cfg, run_dir, args.format)}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    run_dir, cfg, scene, background = load_trained(args.run_dir)
-    results = evaluate_run(scene, background, cfg, run_dir)
+    run_dir, cfg, scene, background, occupancy = load_trained(args.run_dir)
+    results = evaluate_run(scene, background, occupancy, cfg, run_dir)
     print_metrics(results)
     print(json.dumps({k: results[k] for k in ("mask_iou", "psnr")}))
     return 0

@@ -52,6 +52,10 @@ class RenderConfig:
     background: str = "solid"  # solid | mlp
     background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     backend: str = "auto"  # auto | cuda | torch: CUDA accelerators (nerfacc, tiny-cuda-nn) when present
+    occupancy_grid: bool = True  # skip samples in empty cells of a coarse grid (Instant-NGP); much faster
+    occupancy_resolution: int = 32  # cells per side
+    occupancy_update_every: int = 16  # steps between grid refreshes
+    occupancy_threshold: float = 0.01  # a cell is empty when its alpha per sample stays below this
 
 
 @dataclass

@@ -29,7 +29,7 @@ from dreamengine.config import RenderConfig, RunConfig, config_hash
 from dreamengine.errors import CheckpointError, TrainingError
 from dreamengine.guidance import GUIDANCES
 from dreamengine.prompts import PromptProcessor
-from dreamengine.renderers.volume import RenderOut, render_volume
+from dreamengine.renderers.volume import OccupancyGrid, RenderOut, render_volume
 from dreamengine.scenes import build_background, build_scene
 from dreamengine.scenes.nerf import sample_light_positions
 from dreamengine.schedules import schedule_value
@@ -106,23 +106,33 @@ def regularizer_losses(render: RenderOut, cfg: RunConfig, step: int) -> dict[str
     return losses
 
 
+def build_occupancy(render_cfg: RenderConfig, radius: float, device: torch.device) -> OccupancyGrid | None:
+    """The empty-space skipping grid of the render config, or None when it is switched off."""
+    if not render_cfg.occupancy_grid:
+        return None
+    return OccupancyGrid(radius=radius, num_samples=render_cfg.num_samples,
+                         resolution=render_cfg.occupancy_resolution, update_every=render_cfg.occupancy_update_every,
+                         occupancy_threshold=render_cfg.occupancy_threshold, backend=render_cfg.backend,
+                         device=device)
+
+
 def render_with_config(scene: torch.nn.Module, background: torch.nn.Module, render_cfg: RenderConfig,
-                       cameras: Cameras, height: int, width: int, generator: torch.Generator | None,
-                       perturb: bool) -> RenderOut:
+                       occupancy: OccupancyGrid | None, cameras: Cameras, height: int, width: int,
+                       generator: torch.Generator | None, perturb: bool) -> RenderOut:
     """Render ``cameras`` with the run's render settings (lights are drawn from ``generator``)."""
     light = None
     if render_cfg.shading != "albedo":
         light = sample_light_positions(cameras, generator).to(cameras.device)
     return render_volume(scene, cameras, height, width, num_samples=render_cfg.num_samples,
                          background=background, shading=render_cfg.shading, light_positions=light,
-                         perturb=perturb, generator=generator, backend=render_cfg.backend)
+                         perturb=perturb, generator=generator, backend=render_cfg.backend, occupancy=occupancy)
 
 
 @torch.no_grad()
 def render_fixed(scene: torch.nn.Module, background: torch.nn.Module, render_cfg: RenderConfig,
-                 cameras: Cameras, height: int, width: int) -> RenderOut:
+                 occupancy: OccupancyGrid | None, cameras: Cameras, height: int, width: int) -> RenderOut:
     """Deterministic render (no jitter, lights from a fixed seed) for previews, eval and export checks."""
-    return render_with_config(scene, background, render_cfg, cameras, height, width,
+    return render_with_config(scene, background, render_cfg, occupancy, cameras, height, width,
                               torch.Generator().manual_seed(0), perturb=False)
 
 
@@ -157,12 +167,10 @@ class Trainer:
         self.prompts = PromptProcessor(teacher, cfg.prompt, pp)
         self.scene = build_scene(cfg.scene).to(self.device)
         self.background = build_background(cfg.render).to(self.device)
+        self.occupancy = build_occupancy(cfg.render, self.scene.radius, self.device)
         self.guidance = GUIDANCES[cfg.guidance.name](cfg.guidance, self.teacher, cfg.trainer.max_steps)
         opt = cfg.optim
-        groups = self.scene.param_groups(opt.lr_encoding, opt.lr_network)
-        background_params = [p for p in self.background.parameters() if p.requires_grad]
-        if background_params:
-            groups.append({"name": "background", "params": background_params, "lr": opt.lr_background})
+        groups = self.scene.param_groups(opt.lr_encoding, opt.lr_network, opt.lr_background, self.background)
         self.optimizer = torch.optim.Adam(groups, betas=tuple(opt.betas), eps=opt.eps)
         self.step = 0
         self.bad_steps = 0
@@ -170,8 +178,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- one step
     def render(self, cameras: Cameras, height: int, width: int, perturb: bool) -> RenderOut:
-        return render_with_config(self.scene, self.background, self.cfg.render, cameras, height, width,
-                                  self.generator, perturb)
+        return render_with_config(self.scene, self.background, self.cfg.render, self.occupancy, cameras, height,
+                                  width, self.generator, perturb)
 
     def train_step(self) -> dict[str, float]:
         """One optimization step. Returns the logged terms. Skips the update if the loss is not finite."""
@@ -194,8 +202,12 @@ class Trainer:
             if finite:
                 self.optimizer.step()
         self.step += 1
+        if self.occupancy is not None:
+            with self.timer("occupancy"):
+                self.occupancy.update(self.scene, self.step)
         self.bad_steps = 0 if finite else self.bad_steps + 1
-        terms = {"loss": float(loss), **guided.terms, **{k: float(v) for k, v in regularizers.items()}}
+        terms = {"loss": float(loss.detach()), **guided.terms}
+        terms.update({name: float(value.detach()) for name, value in regularizers.items()})
         if not finite:
             terms["skipped"] = 1.0
         return terms
@@ -251,7 +263,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- previews
     @torch.no_grad()
     def render_views(self, cameras: Cameras, height: int, width: int) -> RenderOut:
-        return render_fixed(self.scene, self.background, self.cfg.render, cameras.to(self.device), height, width)
+        return render_fixed(self.scene, self.background, self.cfg.render, self.occupancy, cameras.to(self.device),
+                            height, width)
 
     def write_preview(self, num_views: int = 4) -> Path:
         cameras = self.sampler.orbit(num_views, elevation_deg=15.0)
@@ -274,6 +287,7 @@ class Trainer:
             "bad_steps": self.bad_steps,
             "scene": self.scene.state_dict(),
             "background": self.background.state_dict(),
+            "occupancy": self.occupancy.state_dict() if self.occupancy is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "guidance": self.guidance.state_dict() if hasattr(self.guidance, "state_dict") else {},
             "generator": self.generator.get_state(),
@@ -291,6 +305,8 @@ class Trainer:
         try:
             self.scene.load_state_dict(state["scene"])
             self.background.load_state_dict(state["background"])
+            if self.occupancy is not None and state.get("occupancy"):
+                self.occupancy.load_state_dict(state["occupancy"])
             if "optimizer" in state:
                 self.optimizer.load_state_dict(state["optimizer"])
             if state.get("guidance") and hasattr(self.guidance, "load_state_dict"):

@@ -1,0 +1,159 @@
+"""Multiresolution hash-grid encoding (Instant-NGP, Mueller et al. 2022).
+
+Level ``l`` is a grid of resolution ``R_l = floor(base_resolution * per_level_scale ** l)`` cells per axis,
+so it has ``(R_l + 1) ** 3`` vertices. Each vertex owns ``features_per_level`` trainable numbers, looked up
+
+* densely (``i + j (R+1) + k (R+1)^2``) when all vertices fit in ``2 ** log2_hashmap_size`` entries, or
+* through the spatial hash ``(i * 1 ^ j * 2654435761 ^ k * 805459861) mod 2 ** log2_hashmap_size`` otherwise.
+
+A point's features at a level are the trilinear interpolation of its cell's 8 vertex features; the output
+concatenates the levels, level-major: ``[l0 f0, l0 f1, l1 f0, ...]``.
+
+The pure-torch path stores all levels in one flat table (level ``l`` starts at ``level_offsets[l]``) so one
+gather serves every level. With ``backend='auto'`` and both tiny-cuda-nn and a CUDA device present, the
+encoding is ``tinycudann.Encoding`` instead. The two backends lay out their parameters differently, so a
+checkpoint from one does not load into the other.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dreamengine.errors import ConfigError
+
+HASH_PRIMES = (1, 2654435761, 805459861)
+BACKENDS = ("auto", "torch", "cuda")
+
+
+def per_level_scale_for(base_resolution: int, max_resolution: int, num_levels: int) -> float:
+    """The growth factor that takes ``base_resolution`` to ``max_resolution`` in ``num_levels`` levels."""
+    if num_levels < 2:
+        return 1.0
+    return math.exp(math.log(max_resolution / base_resolution) / (num_levels - 1))
+
+
+def _import_tinycudann() -> Any | None:
+    """tinycudann if it imports, else None (it only builds and loads on CUDA machines)."""
+    try:
+        import tinycudann
+    except (ImportError, OSError):
+        return None
+    return tinycudann
+
+
+class HashGridEncoding(nn.Module):
+    """Points in [0, 1]^3, [N, 3] -> features [N, num_levels * features_per_level].
+
+    Points outside the unit cube are clamped onto it. ``backend`` is 'auto' (tiny-cuda-nn when it imports and
+    CUDA is available, else torch), 'torch', or 'cuda' (tiny-cuda-nn, an error without it).
+    """
+
+    def __init__(self, num_levels: int = 16, features_per_level: int = 2, log2_hashmap_size: int = 19,
+                 base_resolution: int = 16, per_level_scale: float = 1.447269237440378,
+                 backend: str = "auto", init_scale: float = 1e-4) -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ConfigError(f"encoding backend must be one of {BACKENDS}, got {backend!r}")
+        if num_levels < 1 or features_per_level < 1 or base_resolution < 1:
+            raise ConfigError("hash grid num_levels, features_per_level and base_resolution must be >= 1, "
+                              f"got {num_levels}, {features_per_level}, {base_resolution}")
+        if not 4 <= log2_hashmap_size <= 30:
+            raise ConfigError(f"hash grid log2_hashmap_size must be in [4, 30], got {log2_hashmap_size}")
+        if per_level_scale < 1.0:
+            raise ConfigError(f"hash grid per_level_scale must be >= 1, got {per_level_scale}")
+        self.num_levels = num_levels
+        self.features_per_level = features_per_level
+        self.log2_hashmap_size = log2_hashmap_size
+        self.base_resolution = base_resolution
+        self.per_level_scale = per_level_scale
+        self.output_dim = num_levels * features_per_level
+        self.backend = self._pick_backend(backend)
+
+        if self.backend == "cuda":
+            self.tcnn_encoding = self._build_tcnn()
+            return
+
+        table_size = 2 ** log2_hashmap_size
+        resolutions = [math.floor(base_resolution * per_level_scale**level) for level in range(num_levels)]
+        dense = [(res + 1) ** 3 <= table_size for res in resolutions]
+        sizes = [(res + 1) ** 3 if fits else table_size for res, fits in zip(resolutions, dense, strict=True)]
+        offsets = [0]
+        for size in sizes[:-1]:
+            offsets.append(offsets[-1] + size)
+        self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.long), persistent=False)
+        self.register_buffer("dense_levels", torch.tensor(dense), persistent=False)
+        self.register_buffer("level_offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
+        self.register_buffer("level_sizes", torch.tensor(sizes, dtype=torch.long), persistent=False)
+        # Dense levels are a prefix: resolutions only grow with the level.
+        self.num_dense_levels = sum(dense)
+        table = torch.empty(sum(sizes), features_per_level).uniform_(-init_scale, init_scale)
+        self.table = nn.Parameter(table)  # [sum of level sizes, F]
+
+    def _pick_backend(self, backend: str) -> str:
+        if backend == "torch":
+            return "torch"
+        has_tcnn = torch.cuda.is_available() and _import_tinycudann() is not None
+        if backend == "cuda" and not has_tcnn:
+            raise ConfigError("encoding backend 'cuda' needs tiny-cuda-nn and a CUDA GPU; install tinycudann "
+                              "(built from its source repository) or set the backend to 'torch' or 'auto'")
+        return "cuda" if has_tcnn else "torch"
+
+    def _build_tcnn(self) -> nn.Module:
+        tcnn = _import_tinycudann()
+        config = {"otype": "HashGrid", "n_levels": self.num_levels,
+                  "n_features_per_level": self.features_per_level,
+                  "log2_hashmap_size": self.log2_hashmap_size, "base_resolution": self.base_resolution,
+                  "per_level_scale": self.per_level_scale}
+        return tcnn.Encoding(n_input_dims=3, encoding_config=config)
+
+    def level_indices(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Table rows and trilinear weights of each point's 8 cell corners at every level (torch backend).
+
+        Corner ``c = 4 di + 2 dj + dk`` is the vertex ``(i + di, j + dj, k + dk)`` of the point's cell.
+        Both the rows and the weights are built per axis and combined by broadcasting, which keeps the
+        integer work at [N, L, 3, 2] instead of [N, L, 8, 3].
+
+        Args:
+            points: [N, 3] in [0, 1] (clamped).
+        Returns:
+            rows: [N, L, 8] long, indices into ``self.table`` (already offset to the level's block).
+            weights: [N, L, 8], the trilinear weights (they sum to 1 over the corners).
+        """
+        n = points.shape[0]
+        res = self.resolutions  # [L]
+        scaled = points.clamp(0.0, 1.0)[:, None, :] * res[None, :, None].to(points.dtype)  # [N, L, 3]
+        # Lower cell corner; a point exactly on the far face stays in the last cell with frac = 1.
+        cell = torch.minimum(scaled.detach().floor(), (res - 1)[None, :, None].to(points.dtype))
+        frac = scaled - cell  # [N, L, 3]
+        axis_vertex = cell.long()[..., None] + torch.arange(2, device=points.device)  # [N, L, 3, 2]
+
+        d = self.num_dense_levels
+        side = res[:d] + 1  # vertices per axis of each dense level
+        dense_mult = torch.stack([torch.ones_like(side), side, side * side], dim=-1)  # [D, 3]
+        dense_terms = axis_vertex[:, :d] * dense_mult[None, :, :, None]  # [N, D, 3, 2]
+        dense_rows = (dense_terms[:, :, 0, :, None, None] + dense_terms[:, :, 1, None, :, None]
+                      + dense_terms[:, :, 2, None, None, :])  # [N, D, 2, 2, 2]
+        primes = torch.tensor(HASH_PRIMES, device=points.device)
+        hash_terms = axis_vertex[:, d:] * primes[None, None, :, None]  # [N, L - D, 3, 2]
+        hashed_rows = (hash_terms[:, :, 0, :, None, None] ^ hash_terms[:, :, 1, None, :, None]
+                       ^ hash_terms[:, :, 2, None, None, :]) & (2 ** self.log2_hashmap_size - 1)
+        rows = torch.cat([dense_rows, hashed_rows], dim=1).reshape(n, self.num_levels, 8)
+        rows = rows + self.level_offsets[None, :, None]
+
+        axis_weight = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
+        weights = (axis_weight[:, :, 0, :, None, None] * axis_weight[:, :, 1, None, :, None]
+                   * axis_weight[:, :, 2, None, None, :])  # [N, L, 2, 2, 2]
+        return rows, weights.reshape(n, self.num_levels, 8)
+
+    def forward(self, points: Tensor) -> Tensor:
+        """[N, 3] in [0, 1] -> [N, num_levels * features_per_level] (float32)."""
+        if self.backend == "cuda":
+            return self.tcnn_encoding(points.clamp(0.0, 1.0)).float()
+        rows, weights = self.level_indices(points)
+        features = self.table.index_select(0, rows.reshape(-1)).view(*rows.shape, self.features_per_level)
+        encoded = (weights[..., None] * features).sum(dim=2)  # [N, L, F]
+        return encoded.reshape(points.shape[0], self.output_dim)

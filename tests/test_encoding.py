@@ -1,0 +1,148 @@
+"""The hash-grid encoding against an independent per-point, per-corner Python reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dreamengine.errors import ConfigError
+from dreamengine.scenes.encoding import HashGridEncoding, per_level_scale_for
+
+
+def small_encoding(**overrides: object) -> HashGridEncoding:
+    # base 4, scale 2, table 2^10: levels of resolution 4, 8 (dense: 125, 729 vertices) and 16, 32 (hashed).
+    settings = {"num_levels": 4, "features_per_level": 2, "log2_hashmap_size": 10, "base_resolution": 4,
+                "per_level_scale": 2.0, "backend": "torch"}
+    settings.update(overrides)
+    torch.manual_seed(0)
+    encoding = HashGridEncoding(**settings)
+    with torch.no_grad():  # values large enough that interpolation errors would show
+        encoding.table.uniform_(-1.0, 1.0)
+    return encoding
+
+
+def reference_row(level: int, vertex: tuple[int, int, int], encoding: HashGridEncoding) -> int:
+    """Table row of a vertex, from the Instant-NGP definitions with Python integers."""
+    resolution = math.floor(encoding.base_resolution * encoding.per_level_scale**level)
+    table_size = 2**encoding.log2_hashmap_size
+    offset = 0
+    for previous in range(level):
+        previous_res = math.floor(encoding.base_resolution * encoding.per_level_scale**previous)
+        offset += min((previous_res + 1) ** 3, table_size)  # dense levels hold exactly their vertices
+    i, j, k = vertex
+    if (resolution + 1) ** 3 <= table_size:
+        return offset + i + j * (resolution + 1) + k * (resolution + 1) ** 2
+    hashed = (i * 1) ^ (j * 2654435761) ^ (k * 805459861)
+    return offset + hashed % table_size
+
+
+def reference_encode(encoding: HashGridEncoding, points: torch.Tensor,
+                     table: torch.Tensor | None = None) -> torch.Tensor:
+    """Brute-force trilinear interpolation, one point, level and corner at a time, in float64.
+
+    ``table`` defaults to a detached copy of the encoding's table; pass one that requires grad to
+    differentiate the reference.
+    """
+    table = encoding.table.detach().double() if table is None else table
+    rows = []
+    for point in points.double().tolist():
+        features = []
+        for level in range(encoding.num_levels):
+            resolution = math.floor(encoding.base_resolution * encoding.per_level_scale**level)
+            scaled = [min(max(c, 0.0), 1.0) * resolution for c in point]
+            cell = [min(math.floor(s), resolution - 1) for s in scaled]
+            frac = [s - c for s, c in zip(scaled, cell, strict=True)]
+            value = torch.zeros(encoding.features_per_level, dtype=torch.float64)
+            for di in (0, 1):
+                for dj in (0, 1):
+                    for dk in (0, 1):
+                        weight = ((frac[0] if di else 1 - frac[0]) * (frac[1] if dj else 1 - frac[1])
+                                  * (frac[2] if dk else 1 - frac[2]))
+                        vertex = (cell[0] + di, cell[1] + dj, cell[2] + dk)
+                        value = value + weight * table[reference_row(level, vertex, encoding)]
+            features.append(value)
+        rows.append(torch.cat(features))
+    return torch.stack(rows)
+
+
+def test_dense_level_value_at_a_vertex_is_the_table_entry() -> None:
+    encoding = small_encoding()
+    resolution = 4
+    vertices = torch.tensor([[0, 0, 0], [1, 2, 3], [4, 4, 4], [4, 0, 2], [3, 1, 0]])
+    features = encoding(vertices.float() / resolution)  # level 0 occupies columns 0:2
+    for vertex, feature in zip(vertices.tolist(), features, strict=True):
+        i, j, k = vertex
+        expected = encoding.table[i + j * (resolution + 1) + k * (resolution + 1) ** 2]
+        torch.testing.assert_close(feature[:2], expected)
+
+
+def test_matches_brute_force_trilinear_interpolation_on_dense_and_hashed_levels() -> None:
+    encoding = small_encoding()
+    assert encoding.num_dense_levels == 2 and encoding.num_levels == 4
+    generator = torch.Generator().manual_seed(1)
+    points = torch.rand(40, 3, generator=generator)
+    points[0] = torch.tensor([1.0, 1.0, 1.0])  # the far corner stays in the last cell
+    points[1] = torch.tensor([1.3, -0.2, 0.5])  # outside: clamped onto the cube
+    expected = reference_encode(encoding, points)
+    torch.testing.assert_close(encoding(points).double(), expected, atol=1e-5, rtol=0)
+
+
+def test_gradients_reach_exactly_the_touched_rows_with_the_interpolation_weights() -> None:
+    encoding = small_encoding()
+    points = torch.rand(30, 3, generator=torch.Generator().manual_seed(2))
+    upstream = torch.randn(30, encoding.output_dim, generator=torch.Generator().manual_seed(3))
+    (encoding(points) * upstream).sum().backward()
+    table = encoding.table.detach().double().requires_grad_(True)
+    (reference_encode(encoding, points, table) * upstream.double()).sum().backward()
+    torch.testing.assert_close(encoding.table.grad.double(), table.grad, atol=1e-5, rtol=0)
+    touched = encoding.table.grad.abs().sum(-1) > 0
+    assert 0 < touched.sum() < encoding.table.shape[0]
+
+
+def test_hashed_levels_collide_but_stay_inside_their_block() -> None:
+    encoding = small_encoding(log2_hashmap_size=6, num_levels=3)  # 64 rows per level: every level hashes
+    assert encoding.num_dense_levels == 0
+    points = torch.rand(2000, 3, generator=torch.Generator().manual_seed(4))
+    rows, weights = encoding.level_indices(points)
+    for level in range(encoding.num_levels):
+        start = level * 64
+        level_rows = rows[:, level]
+        assert level_rows.min() >= start and level_rows.max() < start + 64
+    # Level 2 has 17^3 vertices sharing 64 rows: distinct vertices must collide.
+    assert rows[:, 2].unique().numel() <= 64 < 17**3
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2000, 3))
+    torch.testing.assert_close(encoding(points[:20]).double(), reference_encode(encoding, points[:20]),
+                               atol=1e-5, rtol=0)
+
+
+def test_output_shape_init_scale_and_per_level_scale_helper() -> None:
+    encoding = HashGridEncoding(num_levels=8, features_per_level=2, log2_hashmap_size=12, backend="torch")
+    assert encoding(torch.rand(5, 3)).shape == (5, 16)
+    assert encoding.table.abs().max() <= 1e-4
+    scale = per_level_scale_for(16, 2048, 8)
+    assert math.isclose(16 * scale**7, 2048, rel_tol=1e-9)
+
+
+def test_bad_settings_raise_config_errors() -> None:
+    with pytest.raises(ConfigError, match="backend"):
+        HashGridEncoding(backend="tcnn")
+    with pytest.raises(ConfigError, match="log2_hashmap_size"):
+        HashGridEncoding(log2_hashmap_size=40, backend="torch")
+
+
+def _tcnn_usable() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import tinycudann  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(_tcnn_usable(), reason="tiny-cuda-nn and CUDA are present, so backend='cuda' is valid")
+def test_cuda_backend_without_tinycudann_says_how_to_fix_it() -> None:
+    with pytest.raises(ConfigError, match="tiny-cuda-nn"):
+        HashGridEncoding(backend="cuda")
