@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -30,8 +31,9 @@ sys.exit(code)
 
 def run_prompt(prompt: str, overrides: list[str], workdir: Path) -> dict:
     start = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run([sys.executable, "-c", RUNNER, "generate", prompt, *overrides], cwd=workdir,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{prompt!r} failed:\n{result.stderr}")

@@ -137,20 +137,28 @@ def train_export_eval(trainer: Any, export: bool) -> int:
         print("median seconds per step: " + ", ".join(f"{k} {v:.4f}" for k, v in timings.items()))
     if export:
         for fmt in cfg.export.formats:
-            path = export_run(trainer.scene, cfg, run_dir, fmt)
+            path = export_run(trainer.scene, trainer.background, trainer.occupancy, cfg, run_dir, fmt)
             print(f"wrote {path}")
     if cfg.teacher.name == "toyworld":
         print_metrics(evaluate_run(trainer.scene, trainer.background, trainer.occupancy, cfg, run_dir))
     return 0
 
 
-def export_run(scene: Any, cfg: Any, run_dir: Path, fmt: str) -> Path:
+def export_run(scene: Any, background: Any, occupancy: Any, cfg: Any, run_dir: Path, fmt: str) -> Path:
+    import numpy as np
+
     from dreamengine import __version__
-    from dreamengine.export.scene_export import export_scene
+    from dreamengine.export.scene_export import export_cameras, export_scene
+    from dreamengine.trainer import render_fixed
 
     metadata = {"generator": f"DreamEngine {__version__}", "prompt": cfg.prompt, "seed": cfg.seed,
                 "guidance": cfg.guidance.name, "teacher": cfg.teacher.name, "scene": cfg.scene.name}
-    return export_scene(scene, cfg.export, run_dir / "final" / f"model.{fmt}", fmt, metadata)
+    cameras = export_cameras(float(np.mean(cfg.camera.distance_range)), float(np.mean(cfg.camera.fovy_range)))
+
+    def render_opacity(cams: Any, resolution: int) -> Any:
+        return render_fixed(scene, background, cfg.render, occupancy, cams, resolution, resolution).opacity[..., 0]
+
+    return export_scene(scene, cfg.export, run_dir / "final" / f"model.{fmt}", fmt, metadata, render_opacity, cameras)
 
 
 def evaluate_run(scene: Any, background: Any, occupancy: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
@@ -206,8 +214,8 @@ def load_trained(run_dir_arg: str) -> tuple[Path, Any, Any, Any, Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    run_dir, cfg, scene, _, _ = load_trained(args.run_dir)
-    print(f"wrote {export_run(scene, cfg, run_dir, args.format)}")
+    run_dir, cfg, scene, background, occupancy = load_trained(args.run_dir)
+    print(f"wrote {export_run(scene, background, occupancy, cfg, run_dir, args.format)}")
     return 0
 
 

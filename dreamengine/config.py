@@ -92,7 +92,7 @@ class TrainerConfig:
 class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["glb"])  # written after training: glb | obj | ply
     resolution: int = 128  # marching-cubes grid per side
-    threshold: float = 10.0  # density level of the surface
+    threshold: float | None = None  # density level of the surface; null: fit it to the renders' silhouettes
     target_faces: int = 20000  # quadric decimation budget (0: keep all faces)
     min_component_fraction: float = 0.05  # drop pieces smaller than this fraction of the largest
 

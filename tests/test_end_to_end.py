@@ -10,6 +10,7 @@ import pytest
 import torch
 import trimesh
 
+from dreamengine.export import load_mesh
 from tests.cli_helpers import TINY, only_run_dir, popen_cli, run_cli
 from tests.gltf_validator import validate_glb
 
@@ -35,13 +36,13 @@ def test_generate_export_eval_red_cube(tmp_path: Path):
     assert metrics["psnr"] > 12.0, metrics
 
     glb = run_dir / "final" / "model.glb"
-    mesh = trimesh.load(glb, force="mesh")
-    assert len(mesh.faces) > 500
+    assert len(trimesh.load(glb, force="mesh").faces) > 500  # loads with plain trimesh
+    mesh = load_mesh(glb)  # our loader: back to the Z-up world frame, with vertex colors
     colors = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(float) / 255.0
     red, green, blue = np.median(colors, axis=0)
     assert red > green + 0.2 and red > blue + 0.2, (red, green, blue)
-    # the cube (half size 0.45 in the toy world) fills roughly its box: extents near 0.9
-    assert np.all(np.abs(mesh.extents - 0.9) < 0.25), mesh.extents
+    # the cube (half size 0.4 in the toy world) fills roughly its box: extents near 0.8
+    assert np.all(np.abs(mesh.extents - 0.8) < 0.3), mesh.extents
     report = validate_glb(glb)
     assert report["numErrors"] == 0, report["messages"]
 

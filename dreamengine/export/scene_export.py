@@ -1,23 +1,108 @@
-"""A trained scene -> a cleaned, vertex-colored mesh file (the spine's export path)."""
+"""A trained scene -> a cleaned, vertex-colored mesh file (the spine's export path).
+
+The surface is the density level set ``density == threshold``. With ``export.threshold: null`` (the
+default) the level is chosen from the renders themselves: :func:`silhouette_threshold` picks the level
+whose silhouettes best match where the rendered opacity exceeds 0.5, so the mesh covers what the
+renders show rather than only their dense core.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from dreamengine.cameras import Cameras, cameras_from_spherical
 from dreamengine.config import ExportConfig
+from dreamengine.errors import ExportError
 from dreamengine.export import clean_mesh, color_vertices, extract_mesh, save_mesh
+from dreamengine.renderers.volume import intersect_sphere
 
-FORMATS = ("glb", "obj", "ply")
+
+@torch.no_grad()
+def gridded_density(density_fn: Callable[[Tensor], Tensor], radius: float, resolution: int,
+                    device: torch.device, chunk: int = 65536) -> Callable[[Tensor], Tensor]:
+    """Sample ``density_fn`` once on a ``resolution^3`` grid over the bounding cube; return a cheap
+    trilinear interpolator of it (points [N, 3] -> [N]) for queries that need many evaluations."""
+    axis = torch.linspace(-radius, radius, resolution)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    values = torch.cat([density_fn(part.to(device)).cpu() for part in points.split(chunk)])
+    volume = values.view(1, 1, resolution, resolution, resolution)  # [1, 1, X, Y, Z]
+
+    def interpolate(query: Tensor) -> Tensor:
+        # grid_sample's last coordinate indexes the first volume axis: pass (z, y, x)
+        coords = (query.cpu() / radius).flip(-1).view(1, -1, 1, 1, 3)
+        sampled = torch.nn.functional.grid_sample(volume, coords, mode="bilinear", align_corners=True)
+        return sampled.view(-1).to(query.device)
+
+    return interpolate
 
 
-def export_scene(scene: torch.nn.Module, cfg: ExportConfig, path: Path, fmt: str,
-                 metadata: dict[str, Any]) -> Path:
-    """Marching cubes on the scene's density, pymeshlab cleanup, albedo vertex colors, write ``path``."""
-    mesh = extract_mesh(scene.density, radius=scene.radius, resolution=cfg.resolution, threshold=cfg.threshold)
+@torch.no_grad()
+def max_density_along_rays(density_fn: Callable[[Tensor], Tensor], cameras: Cameras, resolution: int,
+                           radius: float, num_samples: int = 128, chunk: int = 65536) -> Tensor:
+    """The largest density met by each pixel's ray inside the bounding sphere, [B, H, W] (0 for misses)."""
+    origins, directions = cameras.rays(resolution, resolution)
+    rays_o, rays_d = origins.reshape(-1, 3), directions.reshape(-1, 3)
+    near, far, hit = intersect_sphere(rays_o, rays_d, radius)
+    fractions = (torch.arange(num_samples, device=rays_o.device, dtype=rays_o.dtype) + 0.5) / num_samples
+    depths = near[:, None] + (far - near)[:, None] * fractions  # [R, S]
+    points = rays_o[:, None, :] + rays_d[:, None, :] * depths[..., None]  # [R, S, 3]
+    density = torch.cat([density_fn(part) for part in points.reshape(-1, 3).split(chunk)])
+    maxima = density.view(-1, num_samples).amax(dim=1) * hit
+    return maxima.view(len(cameras), resolution, resolution)
+
+
+def silhouette_threshold(max_density: Tensor, opacity: Tensor, num_candidates: int = 256) -> float:
+    """The density level whose silhouettes ``max_density > level`` best match ``opacity > 0.5`` (by IoU).
+
+    Args:
+        max_density: [B, H, W] from :func:`max_density_along_rays`.
+        opacity: [B, H, W] rendered opacity of the same cameras.
+    """
+    target = opacity > 0.5
+    if not target.any():
+        raise ExportError("the renders are empty (no pixel has opacity above 0.5), so there is no surface to "
+                          "export; train longer or check the run's previews")
+    positive = max_density[max_density > 0]
+    low, high = float(positive.min()), float(positive.max())
+    candidates = torch.logspace(torch.log10(torch.tensor(low)), torch.log10(torch.tensor(high)), num_candidates)
+    silhouettes = max_density.reshape(1, -1) > candidates.view(-1, 1)  # [C, pixels]
+    flat_target = target.reshape(1, -1)
+    iou = (silhouettes & flat_target).sum(1).double() / (silhouettes | flat_target).sum(1).double()
+    return float(candidates[int(torch.argmax(iou))])
+
+
+def export_cameras(distance: float, fovy_deg: float) -> Cameras:
+    """16 views around the object (8 at 20 degrees elevation, 4 from above, 4 from below) for the level fit."""
+    elevation = torch.tensor([20.0] * 8 + [60.0] * 4 + [-15.0] * 4)
+    azimuth = torch.cat([torch.arange(8) * 45.0, torch.arange(4) * 90.0 + 45.0, torch.arange(4) * 90.0])
+    return cameras_from_spherical(elevation, azimuth, torch.tensor(distance), torch.tensor(fovy_deg))
+
+
+def export_scene(scene: torch.nn.Module, cfg: ExportConfig, path: Path, fmt: str, metadata: dict[str, Any],
+                 render_opacity: Callable[[Cameras, int], Tensor] | None = None,
+                 cameras: Cameras | None = None) -> Path:
+    """Marching cubes on the scene's density, pymeshlab cleanup, albedo vertex colors, write ``path``.
+
+    ``render_opacity(cameras, resolution) -> [B, H, W]`` and ``cameras`` are needed when
+    ``cfg.threshold`` is None (automatic level).
+    """
+    threshold = cfg.threshold
+    if threshold is None:
+        if render_opacity is None or cameras is None:
+            raise ValueError("an automatic export threshold needs render_opacity and cameras")
+        resolution = 64
+        device = next(scene.parameters()).device
+        cameras = cameras.to(device)
+        coarse = gridded_density(scene.density, scene.radius, resolution, device)
+        maxima = max_density_along_rays(coarse, cameras, resolution, scene.radius)
+        threshold = silhouette_threshold(maxima.cpu(), render_opacity(cameras, resolution).cpu())
+    mesh = extract_mesh(scene.density, radius=scene.radius, resolution=cfg.resolution, threshold=threshold)
     mesh = clean_mesh(mesh, min_component_fraction=cfg.min_component_fraction,
                       target_faces=cfg.target_faces or None)
     mesh = color_vertices(mesh, scene.albedo)
-    return save_mesh(mesh, path, fmt, metadata)
+    return save_mesh(mesh, path, fmt, {**metadata, "density_threshold": round(float(threshold), 4)})
