@@ -193,23 +193,16 @@ def load_trained(run_dir_arg: str) -> tuple[Path, Any, Any, Any, Any]:
     import torch
 
     from dreamengine.checkpoint import load_checkpoint
-    from dreamengine.errors import CheckpointError
     from dreamengine.runs import open_run_dir
     from dreamengine.scenes import build_background, build_scene
-    from dreamengine.trainer import build_occupancy
+    from dreamengine.trainer import build_occupancy, restore_scene
 
     run_dir, cfg = open_run_dir(run_dir_arg)
-    state = load_checkpoint(run_dir / "ckpt" / "last.pt")
+    path = run_dir / "ckpt" / "last.pt"
+    state = load_checkpoint(path)
     scene, background = build_scene(cfg.scene), build_background(cfg.render)
     occupancy = build_occupancy(cfg.render, scene.radius, torch.device("cpu"))
-    try:
-        scene.load_state_dict(state["scene"])
-        background.load_state_dict(state["background"])
-        if occupancy is not None and state.get("occupancy"):
-            occupancy.load_state_dict(state["occupancy"])
-    except (RuntimeError, KeyError, ValueError) as error:
-        raise CheckpointError(f"the checkpoint in {run_dir} does not match its config.yaml "
-                              f"({str(error).splitlines()[0]})") from None
+    restore_scene(state, path, scene, background, occupancy)
     return run_dir, cfg, scene.eval(), background.eval(), occupancy
 
 

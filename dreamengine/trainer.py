@@ -302,11 +302,8 @@ class Trainer:
         """Restore everything a step depends on from a checkpoint (default: ``ckpt/last.pt``)."""
         path = path or self.checkpoint_path
         state = load_checkpoint(path, map_location=self.device)
+        restore_scene(state, path, self.scene, self.background, self.occupancy)
         try:
-            self.scene.load_state_dict(state["scene"])
-            self.background.load_state_dict(state["background"])
-            if self.occupancy is not None and state.get("occupancy"):
-                self.occupancy.load_state_dict(state["occupancy"])
             if "optimizer" in state:
                 self.optimizer.load_state_dict(state["optimizer"])
             if state.get("guidance") and hasattr(self.guidance, "load_state_dict"):
@@ -318,6 +315,19 @@ class Trainer:
                                   "was config.yaml edited after the run started?") from None
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
+
+
+def restore_scene(state: dict[str, Any], path: Path, scene: torch.nn.Module, background: torch.nn.Module,
+                  occupancy: OccupancyGrid | None) -> None:
+    """Load the scene, background and occupancy grid of a checkpoint ``state`` read from ``path``."""
+    try:
+        scene.load_state_dict(state["scene"])
+        background.load_state_dict(state["background"])
+        if occupancy is not None and state.get("occupancy"):
+            occupancy.load_state_dict(state["occupancy"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} does not match this run's config ({str(error).splitlines()[0]}); "
+                              "was config.yaml edited after the run started?") from None
 
 
 def format_eta(seconds: float) -> str:
