@@ -15,11 +15,11 @@ from tests.cli_helpers import TINY, only_run_dir, popen_cli, run_cli
 from tests.gltf_validator import validate_glb
 
 # The quickstart config at 400 steps instead of 600 (keeps the suite short). Measured held-out mask IoU
-# for "a red cube" with seed 0 on this 2-core CPU: see MEASURED_IOU; the threshold leaves room for
+# for "a red cube", seed 0, on the 2-core CI machine: 0.823 (0.834 at the quickstart's 600 steps; an untrained
+# scene, the initial density blob, scores 0.627 IoU and 10.1 dB PSNR). The thresholds leave room for
 # platform-dependent floating point differences.
 E2E = ["trainer.max_steps=400", "trainer.preview_every=200"]
-MEASURED_IOU = 0.80
-IOU_THRESHOLD = 0.70
+IOU_THRESHOLD = 0.75
 
 
 @pytest.mark.slow
@@ -33,7 +33,7 @@ def test_generate_export_eval_red_cube(tmp_path: Path):
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["mask_iou"] > IOU_THRESHOLD, metrics
-    assert metrics["psnr"] > 12.0, metrics
+    assert metrics["psnr"] > 14.0, metrics
 
     glb = run_dir / "final" / "model.glb"
     assert len(trimesh.load(glb, force="mesh").faces) > 500  # loads with plain trimesh
