@@ -158,7 +158,7 @@ def accumulate(weights: Tensor, values: Tensor | None = None) -> Tensor:
     """Weighted sums along rays: weights [R, K], values [R, K, C] -> [R, C]; no values -> opacity [R, 1]."""
     if values is None:
         return weights.sum(-1, keepdim=True)
-    return (weights[..., None] * values).sum(1)
+    return torch.einsum("rk,rkc->rc", weights, values)  # no [R, K, C] temporary, unlike (w[..., None] * v).sum(1)
 
 
 def shade(albedo: Tensor, normals: Tensor | None, points: Tensor, light_positions: Tensor | None,
