@@ -169,6 +169,13 @@ def evaluate_run(scene: Any, background: Any, occupancy: Any, cfg: Any, run_dir:
     device = next(scene.parameters()).device
     results = evaluate_renders(cfg, lambda cams, h, w: render_fixed(scene, background, cfg.render, occupancy,
                                                                     cams.to(device), h, w))
+    glb = run_dir / "final" / "model.glb"
+    if glb.is_file():
+        from dreamengine.evaluate import mesh_metrics
+        from dreamengine.export import load_mesh
+        from dreamengine.toyworld import parse_prompt
+
+        results["mesh"] = {"file": str(glb), **mesh_metrics(load_mesh(glb), parse_prompt(cfg.prompt))}
     write_json(run_dir / "metrics.json", results)
     return results
 
@@ -185,7 +192,12 @@ def print_metrics(results: dict[str, Any]) -> None:
         table.add_row(f"{view['azimuth']:.1f}", f"{view['elevation']:.1f}", f"{view['mask_iou']:.3f}",
                       f"{view['psnr']:.2f}")
     table.add_row("all", "", f"{results['mask_iou']:.3f}", f"{results['psnr']:.2f}", style="bold")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if "mesh" in results:
+        mesh = results["mesh"]
+        console.print(f"exported mesh vs true shape: volumetric IoU {mesh['volumetric_iou']:.3f}, "
+                      f"Chamfer distance {mesh['chamfer']:.4f} (scene units)")
 
 
 def load_trained(run_dir_arg: str) -> tuple[Path, Any, Any, Any, Any]:

@@ -34,6 +34,8 @@ def test_generate_export_eval_red_cube(tmp_path: Path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["mask_iou"] > IOU_THRESHOLD, metrics
     assert metrics["psnr"] > 14.0, metrics
+    # the exported mesh against the true cube: measured volumetric IoU 0.748, Chamfer 0.048 at 400 steps
+    assert metrics["mesh"]["volumetric_iou"] > 0.6 and metrics["mesh"]["chamfer"] < 0.08, metrics["mesh"]
 
     glb = run_dir / "final" / "model.glb"
     assert len(trimesh.load(glb, force="mesh").faces) > 500  # loads with plain trimesh
