@@ -31,3 +31,38 @@ def test_held_out_cameras_avoid_the_bank_azimuths():
     step = cfg.teacher.azimuth_step
     offsets = np.mod(cameras.azimuth.numpy(), step)
     assert np.allclose(offsets, step / 2)
+
+
+def test_janus_score_tells_a_consistent_object_from_a_janus_one():
+    import torch
+
+    from dreamengine.cameras import cameras_from_spherical
+    from dreamengine.evaluate import janus_score
+    from dreamengine.renderers.volume import RenderOut
+    from dreamengine.toyworld import render_toy
+
+    cfg = load_config("quickstart", ["eval.resolution=32"], prompt="a penguin")
+    penguin = parse_prompt(cfg.prompt)
+
+    def truthful(cameras, h, w):
+        gt = render_toy(penguin, cameras, h, w)
+        return RenderOut(gt["rgb"], gt["mask"], gt["depth"], None, None)
+
+    def janus(cameras, h, w):  # shows the front wherever it is looked at from
+        front = cameras_from_spherical(cameras.elevation, cameras.azimuth - 180.0, cameras.distance,
+                                       torch.rad2deg(cameras.fovy))
+        gt = render_toy(penguin, front, h, w)
+        return RenderOut(gt["rgb"], gt["mask"], gt["depth"], None, None)
+
+    assert janus_score(penguin, cfg, truthful) == 0.0
+    assert janus_score(penguin, cfg, janus) == 1.0
+
+
+def test_mean_saturation():
+    import torch
+
+    from dreamengine.evaluate import mean_saturation
+
+    rgb = torch.tensor([[[[1.0, 0.0, 0.0], [0.5, 0.5, 0.5]]]])  # pure red, grey
+    assert mean_saturation(rgb, torch.ones(1, 1, 2, 1, dtype=torch.bool)) == pytest.approx(0.5)
+    assert mean_saturation(rgb, torch.tensor([[[[True], [False]]]])) == pytest.approx(1.0)
