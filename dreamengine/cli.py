@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling KEY=VALUE after an option (generate "a cat" --config x k=v): collect the rest
+    if extra and args.command == "generate" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
@@ -194,6 +199,10 @@ def print_metrics(results: dict[str, Any]) -> None:
     table.add_row("all", "", f"{results['mask_iou']:.3f}", f"{results['psnr']:.2f}", style="bold")
     console = Console()
     console.print(table)
+    line = f"foreground saturation {results['saturation']:.3f} (ground truth {results['true_saturation']:.3f})"
+    if "janus_score" in results:
+        line += f"; Janus score {results['janus_score']:.2f} (0: consistent back, 1: front shows on the back)"
+    console.print(line)
     if "mesh" in results:
         mesh = results["mesh"]
         console.print(f"exported mesh vs true shape: volumetric IoU {mesh['volumetric_iou']:.3f}, "

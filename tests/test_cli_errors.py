@@ -54,3 +54,8 @@ def test_corrupt_checkpoint(tmp_path: Path):
     (run_dir / "ckpt" / "last.pt").write_bytes(b"this is not a checkpoint")
     for command in ("resume", "export", "eval"):
         assert_clean_error(run_cli([command, str(run_dir)], tmp_path), "corrupt")
+
+
+def test_overrides_after_options_are_read(tmp_path: Path):
+    result = run_cli(["generate", "a red cube", "--config", "quickstart", "trainer.max_step=5"], tmp_path)
+    assert_clean_error(result, "trainer.max_step", "trainer.max_steps")
