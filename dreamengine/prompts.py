@@ -1,49 +1,209 @@
-"""Prompt processing: view-dependent prompts and the negative (unconditional) branch.
+"""Prompt processing: view-dependent prompts, the negative (unconditional) branch, Perp-Neg, an embedding cache.
 
 For each training view the processor picks a direction label from the camera (front / side / back /
-overhead, thresholds as in guidance-math.md §6) and returns the teacher's embedding of the prompt with
-that view's suffix (``"a red cube, front view"``), together with the embedding of the negative prompt,
-which is the unconditional branch of classifier-free guidance (``""`` when no negative prompt is set).
-Embeddings are computed once per direction at construction.
+overhead, thresholds as in guidance-math.md §6) and returns the teacher's embedding of that direction's
+prompt, together with the embedding of the negative prompt, which is the unconditional branch of
+classifier-free guidance (``""`` when no negative prompt is set).
+
+Direction prompts: suffix style ``"a cat, side view"`` (threestudio's default) or prefix style
+``"side view of a cat"`` (``"backside view of ..."`` for the back), or a full text per direction given in
+``prompt_front`` / ``prompt_side`` / ``prompt_back`` / ``prompt_overhead``.
+
+Perp-Neg (``perp_neg: true``, guidance-math.md §6): the positive embedding interpolates the front/side or
+side/back embeddings by azimuth, and each view carries two negative embeddings with weights
+``-f(r)``, ``f(r) = a exp(-b r) + c``; the guidance combines them with :mod:`dreamengine.guidance.perp_neg`.
+
+Embeddings are computed once per direction at construction. Teachers with an ``embedding_key`` (real text
+encoders) have them cached on disk, one safetensors file per (model, prompt), written atomically.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from dreamengine.cameras import Cameras, direction_labels
-from dreamengine.errors import PromptError
+from dreamengine.cameras import Cameras, direction_labels, wrap_azimuth
+from dreamengine.errors import ConfigError, PromptError
 from dreamengine.teachers.base import Teacher
 
 DIRECTIONS = ("front", "side", "back", "overhead")
+STYLES = ("suffix", "prefix")
+PREFIX_WORDS = {"front": "front view of", "side": "side view of", "back": "backside view of",
+                "overhead": "overhead view of"}
 
 
 @dataclass
 class PromptConfig:
     """How the user's prompt becomes per-view conditioning."""
 
-    view_dependent: bool = True  # append ", front view" / ", side view" / ... by camera direction
+    view_dependent: bool = True  # a direction phrase per camera: ", front view" / ", side view" / ...
+    view_prompt_style: str = "suffix"  # suffix: "{prompt}, side view" | prefix: "side view of {prompt}"
+    prompt_front: str | None = None  # full text for front views (replaces the automatic one)
+    prompt_side: str | None = None
+    prompt_back: str | None = None
+    prompt_overhead: str | None = None
     negative_prompt: str = ""  # the unconditional branch; "" is the true unconditional model
     front_threshold: float = 45.0  # |azimuth| below this is a front view (degrees)
     back_threshold: float = 45.0  # |azimuth| above 180 minus this is a back view
     overhead_threshold: float = 60.0  # elevation above this is an overhead view
+    perp_neg: bool = False  # Perp-Neg: interpolated positive + perpendicular negative views (guidance-math §6)
+    perp_neg_f_fs: list[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])  # (a, b, c): a e^(-b r) + c
+    perp_neg_f_sf: list[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])
+    perp_neg_f_sb: list[float] = field(default_factory=lambda: [1.0, 0.5, -0.606])
+    perp_neg_f_fsb: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.967])
+    cache_embeddings: bool = True  # cache real text encoders' embeddings on disk
+    cache_dir: str | None = None  # null: $DREAMENGINE_CACHE/embeddings or ~/.cache/dreamengine/embeddings
+
+    def __post_init__(self) -> None:
+        if self.view_prompt_style not in STYLES:
+            raise ConfigError(f"prompt_processor.view_prompt_style must be suffix or prefix; "
+                              f"got {self.view_prompt_style!r}")
+        for name in ("perp_neg_f_fs", "perp_neg_f_sf", "perp_neg_f_sb", "perp_neg_f_fsb"):
+            if len(getattr(self, name)) != 3:
+                raise ConfigError(f"prompt_processor.{name} must be three numbers [a, b, c] of a exp(-b r) + c; "
+                                  f"got {list(getattr(self, name))}")
+        if self.perp_neg and not self.view_dependent:
+            raise ConfigError("prompt_processor.perp_neg=true needs view-dependent prompts: set "
+                              "prompt_processor.view_dependent=true or perp_neg=false")
 
 
 @dataclass
 class PromptBatch:
-    """Conditioning for a batch of B views."""
+    """Conditioning for a batch of B views. ``neg``/``neg_weights`` are set only with Perp-Neg."""
 
     cond: Tensor  # [B, ...] embedding of the (view-dependent) prompt per view
     uncond: Tensor  # [B, ...] embedding of the negative prompt
-    texts: list[str]  # the prompt text used for each view
+    texts: list[str]  # the prompt text used for each view (its direction label's text under Perp-Neg)
+    neg: Tensor | None = None  # [B, K, ...] Perp-Neg negative embeddings per view
+    neg_weights: Tensor | None = None  # [B, K] their weights w_i (<= 0 with the default curves)
 
 
-def view_prompt(prompt: str, direction: str) -> str:
-    """The threestudio suffix style: ``"{prompt}, {direction} view"``."""
+def view_prompt(prompt: str, direction: str, style: str = "suffix") -> str:
+    """``"{prompt}, {direction} view"`` (suffix) or ``"{direction} view of {prompt}"`` (prefix, back: backside)."""
+    if style == "prefix":
+        return f"{PREFIX_WORDS[direction]} {prompt}"
     return f"{prompt}, {direction} view"
+
+
+def direction_prompts(prompt: str, cfg: PromptConfig) -> list[str]:
+    """The text for each of :data:`DIRECTIONS`, overrides first."""
+    overrides = {"front": cfg.prompt_front, "side": cfg.prompt_side, "back": cfg.prompt_back,
+                 "overhead": cfg.prompt_overhead}
+    return [overrides[d] if overrides[d] else view_prompt(prompt, d, cfg.view_prompt_style) for d in DIRECTIONS]
+
+
+def shifted_exp_decay(coefficients: list[float], r: Tensor) -> Tensor:
+    """``a exp(-b r) + c`` for coefficients (a, b, c), elementwise on r."""
+    a, b, c = (float(v) for v in coefficients)
+    return a * torch.exp(-b * r) + c
+
+
+def perp_neg_weights(azimuth_deg: Tensor, overhead: Tensor, cfg: PromptConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """Perp-Neg's per-view mixing (guidance-math.md §6, threestudio's curves).
+
+    Args: azimuth_deg [B] (any range; wrapped to (-180, 180]), overhead [B] bool.
+    Returns:
+        pos_mix [B, 4]: coefficients of the positive embedding over DIRECTIONS (front, side, back, overhead);
+        neg_index [B, 2]: which DIRECTIONS embeddings are the two negatives;
+        neg_weights [B, 2]: their weights (0 for overhead views).
+    |azi| < 90: r = 1 - |azi|/90, positive r front + (1-r) side, negatives [front, side] with [-f_fs(r), -f_sf(1-r)].
+    otherwise:  r = 2 - |azi|/90, positive r side + (1-r) back, negatives [side, front] with [-f_sb(r), -f_fsb(r)].
+    """
+    azimuth = wrap_azimuth(azimuth_deg.detach().double().cpu()).abs()
+    front_half = azimuth < 90.0
+    r = torch.where(front_half, 1.0 - azimuth / 90.0, 2.0 - azimuth / 90.0)
+    batch = azimuth.shape[0]
+    pos_mix = torch.zeros(batch, 4, dtype=torch.float64)
+    pos_mix[:, 0] = torch.where(front_half, r, 0.0)
+    pos_mix[:, 1] = torch.where(front_half, 1.0 - r, r)
+    pos_mix[:, 2] = torch.where(front_half, 0.0, 1.0 - r)
+    front, side = DIRECTIONS.index("front"), DIRECTIONS.index("side")
+    neg_index = torch.where(front_half[:, None], torch.tensor([front, side]), torch.tensor([side, front]))
+    neg_weights = torch.stack([
+        torch.where(front_half, -shifted_exp_decay(cfg.perp_neg_f_fs, r), -shifted_exp_decay(cfg.perp_neg_f_sb, r)),
+        torch.where(front_half, -shifted_exp_decay(cfg.perp_neg_f_sf, 1.0 - r),
+                    -shifted_exp_decay(cfg.perp_neg_f_fsb, r)),
+    ], dim=1)
+    overhead = overhead.cpu().bool()
+    pos_mix[overhead] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    neg_weights[overhead] = 0.0
+    return pos_mix, neg_index.long(), neg_weights
+
+
+def default_cache_dir() -> Path:
+    """``$DREAMENGINE_CACHE/embeddings`` if the variable is set, else ``~/.cache/dreamengine/embeddings``."""
+    root = os.environ.get("DREAMENGINE_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "dreamengine") / "embeddings"
+
+
+class EmbeddingCache:
+    """On-disk text embeddings keyed by (model key, prompt): one safetensors file each, written atomically
+    (temporary file + rename), so concurrent runs can share a folder. Unreadable files are rebuilt."""
+
+    def __init__(self, folder: Path, model_key: str) -> None:
+        self.folder = Path(folder).expanduser()
+        self.model_key = model_key
+
+    def path(self, text: str) -> Path:
+        digest = hashlib.sha256(f"{self.model_key}\n{text}".encode()).hexdigest()[:40]
+        return self.folder / f"text-{digest}.safetensors"
+
+    def load(self, text: str) -> Tensor | None:
+        """The cached embedding of ``text`` [...] (CPU), or None when absent or unreadable (with a warning)."""
+        from safetensors import safe_open
+
+        path = self.path(text)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                if meta.get("model") != self.model_key or meta.get("prompt") != text:
+                    raise ValueError("its model or prompt does not match")
+                tensor = handle.get_tensor("embedding")
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError("it holds non-finite values")
+        except Exception as error:  # any unreadable file is rebuilt
+            warnings.warn(f"embedding cache file {path} is unreadable ({error}); recomputing it", stacklevel=2)
+            return None
+        return tensor
+
+    def save(self, text: str, tensor: Tensor) -> None:
+        from safetensors.torch import save_file
+
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=self.folder, prefix=".text-", suffix=".tmp")
+            os.close(handle)
+            try:
+                save_file({"embedding": tensor.detach().cpu().contiguous()}, tmp,
+                          metadata={"model": self.model_key, "prompt": text})
+                os.replace(tmp, self.path(text))
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        except OSError as error:
+            warnings.warn(f"could not write the embedding cache in {self.folder} ({error}); set "
+                          "prompt_processor.cache_dir to a writable folder or cache_embeddings=false", stacklevel=2)
+
+    def embed(self, teacher: Teacher, texts: list[str]) -> Tensor:
+        """``teacher.embed(texts)`` [P, ...], reading and writing the cache; one teacher call for the misses."""
+        found = {text: self.load(text) for text in dict.fromkeys(texts)}
+        missing = [text for text, tensor in found.items() if tensor is None]
+        if missing:
+            fresh = teacher.embed(missing)
+            for text, tensor in zip(missing, fresh, strict=True):
+                self.save(text, tensor)
+                found[text] = tensor
+        device = torch.device(getattr(teacher, "device", "cpu"))
+        return torch.stack([found[text].to(device) for text in texts])
 
 
 class PromptProcessor:
@@ -55,20 +215,41 @@ class PromptProcessor:
             raise PromptError("the prompt is empty: give a text prompt, for example: dreamengine generate 'a red cube'")
         self.prompt = prompt
         self.cfg = cfg
-        texts = [view_prompt(prompt, d) for d in DIRECTIONS] if cfg.view_dependent else [prompt]
+        texts = direction_prompts(prompt, cfg) if cfg.view_dependent else [prompt]
+        key = getattr(teacher, "embedding_key", None)
+        self.cache = None
+        if cfg.cache_embeddings and key:
+            self.cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(), key)
+        all_texts = [*texts, cfg.negative_prompt]
         with torch.no_grad():
-            embeddings = teacher.embed([*texts, cfg.negative_prompt])
+            embeddings = self.cache.embed(teacher, all_texts) if self.cache else teacher.embed(all_texts)
         self.texts = texts
         self.cond_embeddings = embeddings[:-1]  # [D, ...] one per direction (or one)
         self.uncond_embedding = embeddings[-1:]  # [1, ...]
 
+    def direction_index(self, cameras: Cameras) -> Tensor:
+        """Index into :data:`DIRECTIONS` per camera [B] (all 0 without view-dependent prompts)."""
+        if not self.cfg.view_dependent:
+            return torch.zeros(len(cameras), dtype=torch.long)
+        labels = direction_labels(cameras, self.cfg.front_threshold, self.cfg.back_threshold,
+                                  self.cfg.overhead_threshold)
+        return torch.tensor([DIRECTIONS.index(label) for label in labels])
+
     def __call__(self, cameras: Cameras) -> PromptBatch:
-        if self.cfg.view_dependent:
-            labels = direction_labels(cameras, self.cfg.front_threshold, self.cfg.back_threshold,
-                                      self.cfg.overhead_threshold)
-            index = torch.tensor([DIRECTIONS.index(label) for label in labels])
-        else:
-            index = torch.zeros(len(cameras), dtype=torch.long)
-        cond = self.cond_embeddings[index.to(self.cond_embeddings.device)]
+        index = self.direction_index(cameras)
+        texts = [self.texts[i] for i in index.tolist()]
         uncond = self.uncond_embedding.expand(len(cameras), *self.uncond_embedding.shape[1:])
-        return PromptBatch(cond=cond, uncond=uncond, texts=[self.texts[i] for i in index.tolist()])
+        table = self.cond_embeddings
+        if not self.cfg.perp_neg:
+            return PromptBatch(cond=table[index.to(table.device)], uncond=uncond, texts=texts)
+        overhead = cameras.elevation.detach().cpu() > self.cfg.overhead_threshold
+        pos_mix, neg_index, neg_weights = perp_neg_weights(cameras.azimuth, overhead, self.cfg)
+        flat = table.reshape(len(DIRECTIONS), -1)
+        cond = (pos_mix.to(flat) @ flat).reshape(len(cameras), *table.shape[1:])
+        neg = table[neg_index.to(table.device)]  # [B, 2, ...]
+        return PromptBatch(cond=cond, uncond=uncond, texts=texts, neg=neg,
+                           neg_weights=neg_weights.to(table.device, table.dtype))
+
+
+__all__ = ["DIRECTIONS", "EmbeddingCache", "PromptBatch", "PromptConfig", "PromptProcessor", "direction_prompts",
+           "perp_neg_weights", "shifted_exp_decay", "view_prompt"]

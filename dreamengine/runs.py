@@ -66,6 +66,8 @@ def manifest(cfg: RunConfig, argv: list[str]) -> dict[str, Any]:
         "prompt": cfg.prompt,
         "seed": cfg.seed,
         "config_hash": config_hash(cfg),
+        "teacher": {"name": cfg.teacher.name, "model": getattr(cfg.teacher, "model", None),
+                    "revision": getattr(cfg.teacher, "revision", None)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

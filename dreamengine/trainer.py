@@ -191,7 +191,7 @@ class Trainer:
         with self.timer("guidance"):
             guided = self.guidance(render.rgb, prompt_batch, cameras, self.step, self.generator)
         regularizers = regularizer_losses(render, self.cfg, self.step)
-        loss = guided.loss + sum(regularizers.values())
+        loss = guided.loss.to(render.rgb.device) + sum(regularizers.values())  # the teacher may sit elsewhere
 
         with self.timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)

@@ -4,9 +4,10 @@
     eps^  = eps_c + s (eps_c - eps_u)                                  CFG convention A (threestudio)
     g     = w(t) (eps^ - eps)        w: "sds" 1 - abar_t | "uniform" 1 | "fantasia3d" sqrt(abar_t)(1 - abar_t)
 
-``eps_u`` is the negative-prompt branch. ``g`` is cleaned with ``nan_to_num``, optionally clamped to
-``[-c, c]`` with ``c = grad_clip(step)``, and injected with ``gradient_to_loss`` so that
-d loss / d z == g / B exactly.
+``eps_u`` is the negative-prompt branch. When the prompts carry Perp-Neg negatives (``prompts.neg``), eps^
+is Perp-Neg's combination instead, which uses convention B (``guidance/perp_neg.py``, guidance-math.md §6).
+``g`` is cleaned with ``nan_to_num``, optionally clamped to ``[-c, c]`` with ``c = grad_clip(step)``, and
+injected with ``gradient_to_loss`` so that d loss / d z == g / B exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor
 from dreamengine.cameras import Cameras
 from dreamengine.errors import ConfigError
 from dreamengine.guidance.base import GuidanceOut, add_noise, gradient_to_loss, sample_timesteps
+from dreamengine.guidance.perp_neg import perp_neg_guidance
 from dreamengine.prompts import PromptBatch
 from dreamengine.schedules import schedule_value, validate_schedule
 from dreamengine.teachers.base import Teacher
@@ -79,6 +81,17 @@ class SDSGuidance:
         low, high = int(num_t * p_min + 1e-6), int(num_t * p_max + 1e-6)  # 1e-6: 0.98 - 0.78 is 0.19999...
         return max(min(low, num_t - 1), 0), max(min(high, num_t - 1), 0)
 
+    def perp_neg_eps(self, z_t: Tensor, t: Tensor, prompts: PromptBatch, cameras: Cameras) -> Tensor:
+        """Perp-Neg's eps^ [B, ...]: one teacher call on [positive, uncond, K negatives] x B (convention B)."""
+        batch, negatives = z_t.shape[0], prompts.neg.shape[1]
+        copies = 2 + negatives
+        neg = prompts.neg.transpose(0, 1).reshape(negatives * batch, *prompts.neg.shape[2:])  # k-major
+        eps = self.teacher.predict_noise(z_t.repeat(copies, *([1] * (z_t.dim() - 1))), t.repeat(copies),
+                                         torch.cat([prompts.cond, prompts.uncond, neg]), cameras)
+        eps_neg = eps[2 * batch:].reshape(negatives, batch, *z_t.shape[1:]).transpose(0, 1)  # [B, K, ...]
+        return perp_neg_guidance(eps[:batch], eps[batch:2 * batch], eps_neg, prompts.neg_weights,
+                                 self.cfg.guidance_scale)
+
     def __call__(self, rgb: Tensor, prompts: PromptBatch, cameras: Cameras, step: int,
                  generator: torch.Generator | None = None) -> GuidanceOut:
         """rgb [B, H, W, 3] in [0, 1] (differentiable) -> GuidanceOut with d loss / d z = g / B."""
@@ -90,10 +103,13 @@ class SDSGuidance:
         alphas_cumprod = self.teacher.alphas_cumprod
         with torch.no_grad():
             z_t = add_noise(z.detach(), noise, t, alphas_cumprod)
-            eps = self.teacher.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]),
-                                             torch.cat([prompts.cond, prompts.uncond]), cameras)
-            eps_cond, eps_uncond = eps.chunk(2)
-            eps_hat = cfg_convention_a(eps_cond, eps_uncond, self.cfg.guidance_scale)
+            if prompts.neg is None:
+                eps = self.teacher.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]),
+                                                 torch.cat([prompts.cond, prompts.uncond]), cameras)
+                eps_cond, eps_uncond = eps.chunk(2)
+                eps_hat = cfg_convention_a(eps_cond, eps_uncond, self.cfg.guidance_scale)
+            else:
+                eps_hat = self.perp_neg_eps(z_t, t, prompts, cameras)
             w = timestep_weight(self.cfg.weighting, alphas_cumprod[t].to(z.dtype)).view(-1, *([1] * (z.dim() - 1)))
             grad = torch.nan_to_num(w * (eps_hat - noise), nan=0.0, posinf=0.0, neginf=0.0)
             if self.cfg.grad_clip is not None:

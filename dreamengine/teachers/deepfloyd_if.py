@@ -1,0 +1,123 @@
+"""DeepFloydIFTeacher: DeepFloyd IF stage I (64x64 pixel-space diffusion, T5 text encoder), frozen.
+
+Loaded with ``IFPipeline.from_pretrained`` from a repo id (``DeepFloyd/IF-I-XL-v1.0``, a gated repository:
+accept its license on the hub first) or a local diffusers folder. There is no VAE:
+
+    encode:  rgb [B, 3, H, W] in [0, 1] -> resize to 64x64 -> z = 2 rgb - 1   (differentiable)
+    decode:  z -> (z + 1) / 2, clamped to [0, 1]
+    embed:   T5 encoder states of the prompt padded to 77 tokens (as IFPipeline does), truncated with a warning
+    predict_noise: the UNet predicts eps and a variance (6 channels, "learned_range"); the first 3 are eps
+
+The prompt is not "cleaned" (IFPipeline's optional caption cleaning needs bs4 and ftfy).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dreamengine.cameras import Cameras
+from dreamengine.errors import ConfigError, DreamEngineError
+from dreamengine.teachers.stable_diffusion import (
+    PREDICTION_TYPES,
+    alphas_cumprod_from_scheduler,
+    load_pipeline,
+    resolve_dtype,
+    text_encoder_key,
+    to_epsilon,
+)
+
+IF_MAX_TOKENS = 77  # IFPipeline.encode_prompt pads and truncates to 77 tokens
+
+
+class DeepFloydIFTeacher:
+    """A frozen IF stage-I model (implements :class:`dreamengine.teachers.base.Teacher`).
+
+    Args:
+        model: Hugging Face repo id or local diffusers folder; revision: hub branch / tag / commit.
+        device, dtype: as for StableDiffusionTeacher (auto: float16 on CUDA, float32 elsewhere).
+        variant: weight file variant to load ("fp16" for the hub's half-precision files; None: the default).
+        cpu_offload: keep weights on the CPU and move each part to the GPU when used (T5-XXL is ~10 GB in fp16).
+        resolution: image side the renders are resized to; None: the UNet's sample_size (64 for IF-I).
+        pipeline: an already built ``IFPipeline`` to use instead of loading ``model``.
+    """
+
+    def __init__(self, model: str, revision: str | None = None, device: str | torch.device = "cpu",
+                 dtype: str = "auto", variant: str | None = None, cpu_offload: bool = False,
+                 resolution: int | None = None, pipeline: Any | None = None) -> None:
+        self.model = str(model)
+        self.revision = revision
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if cpu_offload and self.device.type != "cuda":
+            raise ConfigError("teacher.cpu_offload=true needs a CUDA teacher device; set it to false on a CPU")
+        extra = {"watermarker": None, **({"variant": variant} if variant else {})}
+        pipe = pipeline if pipeline is not None else load_pipeline(self.model, revision, self.dtype, "IFPipeline",
+                                                                   **extra)
+        self.prediction_type = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise DreamEngineError(f"teacher model {model} predicts {self.prediction_type!r}; supported: "
+                                   f"{', '.join(PREDICTION_TYPES)}")
+        for part in (pipe.unet, pipe.text_encoder):
+            part.requires_grad_(False)
+            part.eval()
+        if cpu_offload:
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device, self.dtype)
+        self.pipe, self.unet, self.text_encoder, self.tokenizer = pipe, pipe.unet, pipe.text_encoder, pipe.tokenizer
+        native = int(pipe.unet.config.sample_size)
+        self.resolution = int(resolution) if resolution else native
+        if self.resolution != native:
+            warnings.warn(f"teacher.resolution={self.resolution} differs from {self.model}'s native {native} px; "
+                          "set teacher.resolution=null to use the model's own", stacklevel=2)
+        self.channels = int(pipe.unet.config.in_channels)
+        self._alphas64 = alphas_cumprod_from_scheduler(pipe.scheduler).to(self.device)
+        self.alphas_cumprod = self._alphas64.float()  # [T]
+        self.num_train_timesteps = int(self.alphas_cumprod.shape[0])
+        self.max_tokens = IF_MAX_TOKENS
+        self.embedding_key = text_encoder_key(self.model, revision, self.max_tokens, self.text_encoder)
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        """rgb [B, 3, H, W] in [0, 1] -> pixels [B, 3, res, res] in [-1, 1], float32 (differentiable)."""
+        rgb = rgb.to(self.device)
+        if tuple(rgb.shape[-2:]) != (self.resolution, self.resolution):
+            rgb = F.interpolate(rgb, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        return (2.0 * rgb - 1.0).float()
+
+    def decode(self, z: Tensor) -> Tensor:
+        """pixels [B, 3, 64, 64] in [-1, 1] -> rgb in [0, 1]."""
+        return ((z.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def embed(self, prompts: list[str]) -> Tensor:
+        """T5 hidden states [P, 77, D] (float32), padded positions masked out of attention as IFPipeline does."""
+        for prompt in prompts:
+            count = len(self.tokenizer(prompt, truncation=False, verbose=False).input_ids)
+            if count > self.max_tokens:
+                warnings.warn(f"prompt '{prompt}' is {count} tokens long; {self.model} reads only {self.max_tokens} "
+                              "(end token included), so it is truncated", stacklevel=2)
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
+                                add_special_tokens=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = self.text_encoder(tokens.input_ids.to(self.device),
+                                       attention_mask=tokens.attention_mask.to(self.device))[0]
+        return hidden.float()
+
+    @torch.no_grad()
+    def predict_noise(self, z_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Cameras | None = None) -> Tensor:
+        """eps [B, 3, 64, 64] float32 for z_t [B, 3, 64, 64] at integer t [B] under embeddings [B, 77, D]."""
+        z_t = z_t.to(self.device)
+        if z_t.dim() != 4 or z_t.shape[1] != self.channels:
+            raise ValueError(f"z_t must be [B, {self.channels}, h, w], got {tuple(z_t.shape)}")
+        t = t.to(self.device).long().reshape(-1).expand(z_t.shape[0])
+        output = self.unet(z_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.device, self.dtype)).sample
+        output = output[:, : self.channels].float()  # drop the learned-variance channels
+        return to_epsilon(output, z_t.float(), self._alphas64[t], self.prediction_type)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model, "revision": self.revision, "prediction_type": self.prediction_type,
+                "dtype": str(self.dtype).replace("torch.", ""), "resolution": self.resolution}

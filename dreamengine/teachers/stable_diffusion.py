@@ -1,0 +1,338 @@
+"""StableDiffusionTeacher: any Stable Diffusion 1.x / 2.x checkpoint in diffusers format, frozen.
+
+Loaded with ``StableDiffusionPipeline.from_pretrained`` from a Hugging Face repo id
+(``stabilityai/stable-diffusion-2-1-base``) or a local folder holding ``model_index.json``. Only the
+VAE, UNet, tokenizer, text encoder and the scheduler's noise schedule are used:
+
+    encode:  rgb [B, 3, H, W] in [0, 1] -> resize to the model resolution -> z = s (mean(VAE.enc(2 rgb - 1)) - shift)
+    decode:  z -> VAE.dec(z / s + shift) -> rgb in [0, 1]
+    embed:   prompts -> tokenizer (padded to model_max_length, truncated with a warning) -> text encoder
+    predict_noise: UNet output under no_grad, converted to eps for "v_prediction" and "sample" models
+
+``s`` is the VAE's ``scaling_factor`` (0.18215 for SD). The encoder uses the posterior mean rather than a
+sample (threestudio samples; the posterior's std is tiny and the mean keeps encode deterministic).
+Gradients flow from z back to the render through the frozen encoder.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dreamengine.cameras import Cameras
+from dreamengine.errors import ConfigError, DreamEngineError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float32": torch.float32, "fp32": torch.float32}
+
+
+class ModelNotFoundError(DreamEngineError):
+    """A teacher model that cannot be found or loaded (missing folder, offline hub, gated repo)."""
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float16 on CUDA and float32 elsewhere; otherwise one of :data:`DTYPES`."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"teacher.dtype must be auto, float16, bfloat16 or float32; got {name!r}")
+    return DTYPES[name]
+
+
+def looks_like_path(model: str) -> bool:
+    """True for strings meant as folders (absolute, ./ ../ ~ prefixes, or existing on disk)."""
+    return model.startswith(("/", "./", "../", "~", ".\\")) or Path(model).expanduser().exists() \
+        or model.count("/") > 1 or "\\" in model
+
+
+def fetch_hint(model: str) -> str:
+    return (f"On a machine with internet access run `hf download {model} --local-dir DIR` (older "
+            f"huggingface_hub: `huggingface-cli download {model} --local-dir DIR`), copy DIR here and set "
+            "teacher.model=DIR.")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def explain_load_failure(model: str, revision: str | None, error: Exception) -> ModelNotFoundError:
+    """Turn a from_pretrained failure into one message: which model, where we looked, how to fetch it."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    names = {type(e).__name__ for e in _chain(error)}
+    text = " ".join(str(e) for e in _chain(error)).lower()
+    where = f"the Hugging Face cache {constants.HF_HUB_CACHE}"
+    label = f"{model}" + (f" (revision {revision})" if revision else "")
+    # RepositoryNotFoundError's own text says "private or gated repo", so the word alone is not enough.
+    gated_text = "gated" in text.replace("private or gated", "")
+    if any(isinstance(e, GatedRepoError) for e in _chain(error)) or gated_text:
+        return ModelNotFoundError(
+            f"teacher model {label} is a gated repository: accept its license on https://huggingface.co/{model} "
+            "while logged in, then log in here with `hf auth login` (or set HF_TOKEN), or download it on a "
+            f"machine that has access. {fetch_hint(model)}")
+    if any(isinstance(e, RevisionNotFoundError) for e in _chain(error)):
+        return ModelNotFoundError(f"teacher model {model} has no revision {revision!r}; set teacher.revision to a "
+                                  "branch, tag or commit of that repository (or null for main)")
+    if any(isinstance(e, RepositoryNotFoundError) for e in _chain(error)):
+        return ModelNotFoundError(f"teacher model {label} does not exist on the Hugging Face hub (or is private). "
+                                  "Check the spelling of teacher.model, or point it at a local diffusers folder.")
+    unreachable = ("offline", "not fully cached", "connect", "reach", "network", "timed out", "resolve host")
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or "LocalEntryNotFoundError" in names or \
+        any(word in text for word in unreachable)
+    if offline:
+        return ModelNotFoundError(
+            f"teacher model {label} is not in {where} and the hub cannot be reached (HF_HUB_OFFLINE="
+            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')}). {fetch_hint(model)}")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ModelNotFoundError(f"could not load teacher model {label} (looked in {where} and on the hub): "
+                              f"{first_line}. {fetch_hint(model)}")
+
+
+def check_local_folder(model: str) -> Path:
+    """The folder of a local model; raises ModelNotFoundError when it is missing or not a diffusers folder."""
+    folder = Path(model).expanduser().resolve()
+    if not folder.is_dir():
+        raise ModelNotFoundError(
+            f"teacher model folder {folder} does not exist (teacher.model={model!r}). Point teacher.model at a "
+            "diffusers folder (one holding model_index.json), or give a Hugging Face repo id such as "
+            "stabilityai/stable-diffusion-2-1-base. "
+            + fetch_hint("stabilityai/stable-diffusion-2-1-base"))
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotFoundError(
+            f"teacher model folder {folder} is not a diffusers model: it has no model_index.json. Download the "
+            "whole repository (not single .ckpt/.safetensors files). "
+            + fetch_hint("stabilityai/stable-diffusion-2-1-base"))
+    return folder
+
+
+@contextmanager
+def quiet_loading():
+    """Silence the libraries' progress bars and info logs while loading weights."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+    except ImportError as error:
+        raise DreamEngineError(f"the stable-diffusion teacher needs diffusers and transformers ({error}); "
+                               "install them with: pip install 'dreamengine[sd]'") from None
+
+    previous = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(previous[0])
+        transformers_logging.set_verbosity(previous[1])
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
+def load_pipeline(model: str, revision: str | None, dtype: torch.dtype, pipeline_class: str = "StableDiffusionPipeline",
+                  **kwargs: Any) -> Any:
+    """``diffusers.<pipeline_class>.from_pretrained`` with errors turned into :class:`ModelNotFoundError`.
+
+    Safety checker and feature extractor are not loaded (a teacher never produces final images)."""
+    source = str(check_local_folder(model)) if looks_like_path(model) else model
+    try:
+        with quiet_loading():  # transformers prints torchvision fallback notices on import
+            import diffusers
+
+            pipeline_type = getattr(diffusers, pipeline_class)
+    except ImportError as error:
+        raise DreamEngineError(f"the {pipeline_class} teacher needs diffusers and transformers ({error}); "
+                               "install them with: pip install 'dreamengine[sd]'") from None
+    try:
+        with quiet_loading():
+            return pipeline_type.from_pretrained(source, revision=revision, torch_dtype=dtype, safety_checker=None,
+                                                 feature_extractor=None, requires_safety_checker=False, **kwargs)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise explain_load_failure(model, revision, error) from None
+    except Exception as error:  # huggingface_hub's HTTP errors and friends
+        if type(error).__module__.startswith(("huggingface_hub", "requests", "httpx")):
+            raise explain_load_failure(model, revision, error) from None
+        raise
+
+
+def text_encoder_key(model: str, revision: str | None, max_tokens: int, text_encoder: torch.nn.Module) -> str:
+    """Identifies a text encoder's weights for the embedding cache: model, revision and a hash of its token
+    embedding table and final norm, so a folder overwritten with another model gets a new key."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(f"{model}|{revision}|{max_tokens}".encode())
+    for tensor in (text_encoder.get_input_embeddings().weight,
+                   *[p for n, p in text_encoder.named_parameters() if "final_layer_norm" in n]):
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return f"{model}@{revision or 'main'}#{digest.hexdigest()[:16]}"
+
+
+def alphas_cumprod_from_scheduler(scheduler: Any) -> Tensor:
+    """[T] float64 alphas_cumprod of any diffusers scheduler (rebuilt by DDPMScheduler from its config)."""
+    values = getattr(scheduler, "alphas_cumprod", None)
+    if values is None:
+        from diffusers import DDPMScheduler
+
+        values = DDPMScheduler.from_config(scheduler.config).alphas_cumprod
+    return torch.as_tensor(values).to(torch.float64)
+
+
+def to_epsilon(output: Tensor, z_t: Tensor, abar: Tensor, prediction_type: str) -> Tensor:
+    """Convert a UNet output to eps. abar is [B] (float64 fine); all tensors [B, C, h, w].
+
+    v-prediction: eps = sqrt(abar) v + sqrt(1 - abar) z_t.  sample: eps = (z_t - sqrt(abar) x0) / sqrt(1 - abar).
+    """
+    if prediction_type == "epsilon":
+        return output
+    a = abar.to(torch.float64).view(-1, 1, 1, 1)
+    out64, z64 = output.to(torch.float64), z_t.to(torch.float64)
+    if prediction_type == "v_prediction":
+        eps = a.sqrt() * out64 + (1.0 - a).sqrt() * z64
+    else:
+        eps = (z64 - a.sqrt() * out64) / (1.0 - a).sqrt().clamp_min(1e-12)
+    return eps.to(output.dtype)
+
+
+class StableDiffusionTeacher:
+    """A frozen SD 1.x / 2.x model (implements :class:`dreamengine.teachers.base.Teacher`).
+
+    Args:
+        model: Hugging Face repo id or local diffusers folder.
+        revision: branch / tag / commit on the hub (None: main). Ignored by local folders.
+        device: where the teacher runs (may differ from the scene's device).
+        dtype: auto (float16 on CUDA, float32 elsewhere), float16, bfloat16 or float32.
+        channels_last, attention_slicing, enable_xformers, cpu_offload: CUDA speed / memory switches
+            (channels_last is ignored on a CPU).
+        resolution: image side the renders are resized to; None: the UNet's sample_size x VAE factor.
+        pipeline: an already built ``StableDiffusionPipeline`` to use instead of loading ``model``
+            (benchmarks and tests; ``model`` is then only a name).
+    """
+
+    def __init__(self, model: str, revision: str | None = None, device: str | torch.device = "cpu",
+                 dtype: str = "auto", channels_last: bool = False, attention_slicing: bool = False,
+                 enable_xformers: bool = False, cpu_offload: bool = False, resolution: int | None = None,
+                 pipeline: Any | None = None) -> None:
+        if not str(model).strip():
+            raise ConfigError("teacher.model is empty: give a Hugging Face repo id "
+                              "(stabilityai/stable-diffusion-2-1-base) or a local diffusers folder")
+        self.model = str(model)
+        self.revision = revision
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if cpu_offload and self.device.type != "cuda":
+            raise ConfigError("teacher.cpu_offload=true needs a CUDA teacher device (teacher.device=cuda); "
+                              "set teacher.cpu_offload=false on a CPU")
+        pipe = pipeline if pipeline is not None else load_pipeline(self.model, revision, self.dtype)
+        self.prediction_type = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise DreamEngineError(f"teacher model {model} predicts {self.prediction_type!r}; supported: "
+                                   f"{', '.join(PREDICTION_TYPES)}")
+        for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+            part.requires_grad_(False)
+            part.eval()
+        if cpu_offload:
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device, self.dtype)
+        self.channels_last = bool(channels_last) and self.device.type == "cuda"  # no gain on CPUs
+        if self.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+        if attention_slicing:
+            pipe.enable_attention_slicing()
+        if enable_xformers:
+            try:
+                pipe.enable_xformers_memory_efficient_attention()
+            except Exception as error:  # ImportError / ValueError when xformers or CUDA is missing
+                raise ConfigError(f"teacher.enable_xformers=true failed ({str(error).splitlines()[0]}); install "
+                                  "xformers for your CUDA torch or set teacher.enable_xformers=false "
+                                  "(PyTorch's SDPA attention is used by default)") from None
+        self.pipe = pipe
+        self.unet, self.vae, self.text_encoder, self.tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+        self.vae_scale = int(getattr(pipe, "vae_scale_factor", 8))
+        native = int(pipe.unet.config.sample_size) * self.vae_scale
+        self.resolution = int(resolution) if resolution else native
+        if self.resolution != native:
+            warnings.warn(f"teacher.resolution={self.resolution} differs from {self.model}'s native {native} px; "
+                          "set teacher.resolution=null to use the model's own (the quickstart config sets 32 for "
+                          "the toy teacher: start from --config dreamfusion-sd instead)", stacklevel=2)
+        if self.resolution % self.vae_scale:
+            raise ConfigError(f"teacher.resolution must be a multiple of {self.vae_scale}; got {self.resolution}")
+        self.scaling_factor = float(pipe.vae.config.scaling_factor)
+        self.shift_factor = float(getattr(pipe.vae.config, "shift_factor", None) or 0.0)
+        self._alphas64 = alphas_cumprod_from_scheduler(pipe.scheduler).to(self.device)
+        self.alphas_cumprod = self._alphas64.float()  # [T]
+        self.num_train_timesteps = int(self.alphas_cumprod.shape[0])
+        self.max_tokens = int(self.tokenizer.model_max_length)
+        self.embedding_key = text_encoder_key(self.model, revision, self.max_tokens, self.text_encoder)
+
+    # -- Teacher protocol -------------------------------------------------------------------------
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        """rgb [B, 3, H, W] in [0, 1] -> latents [B, 4, res/8, res/8] float32 on the teacher device (differentiable)."""
+        rgb = rgb.to(self.device)
+        if tuple(rgb.shape[-2:]) != (self.resolution, self.resolution):
+            rgb = F.interpolate(rgb, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        posterior = self.vae.encode((2.0 * rgb - 1.0).to(self.dtype)).latent_dist
+        return ((posterior.mean - self.shift_factor) * self.scaling_factor).float()
+
+    def decode(self, z: Tensor) -> Tensor:
+        """latents [B, 4, h, w] -> rgb [B, 3, 8h, 8w] in [0, 1], float32."""
+        image = self.vae.decode((z.to(self.device) / self.scaling_factor + self.shift_factor).to(self.dtype)).sample
+        return ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def embed(self, prompts: list[str]) -> Tensor:
+        """Text encoder hidden states [P, max_tokens, D] (float32). Over-long prompts are truncated with a warning."""
+        for prompt in prompts:
+            count = len(self.tokenizer(prompt, truncation=False, verbose=False).input_ids)
+            if count > self.max_tokens:
+                warnings.warn(f"prompt '{prompt}' is {count} tokens long; the text encoder of {self.model} reads "
+                              f"only {self.max_tokens} (start and end tokens included), so it is truncated",
+                              stacklevel=2)
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
+                                return_tensors="pt")
+        with torch.no_grad():
+            hidden = self.text_encoder(tokens.input_ids.to(self.device))[0]
+        return hidden.float()
+
+    @torch.no_grad()
+    def predict_noise(self, z_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Cameras | None = None) -> Tensor:
+        """eps [B, 4, h, w] float32 for z_t [B, 4, h, w] at integer t [B] under embeddings [B, L, D]."""
+        z_t = z_t.to(self.device)
+        t = t.to(self.device).long().reshape(-1).expand(z_t.shape[0])
+        if z_t.dim() != 4:
+            raise ValueError(f"z_t must be [B, 4, h, w], got {tuple(z_t.shape)}")
+        sample = z_t.to(self.dtype)
+        if self.channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        output = self.unet(sample, t, encoder_hidden_states=embeddings.to(self.device, self.dtype)).sample.float()
+        return to_epsilon(output, z_t.float(), self._alphas64[t], self.prediction_type)
+
+    # -- extras ------------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What a run manifest records about this teacher."""
+        return {"model": self.model, "revision": self.revision, "commit": self.commit_hash(),
+                "prediction_type": self.prediction_type, "dtype": str(self.dtype).replace("torch.", ""),
+                "resolution": self.resolution}
+
+    def commit_hash(self) -> str | None:
+        """The hub commit of the loaded snapshot (None for local folders)."""
+        path = Path(str(self.pipe.config.get("_name_or_path", "")))
+        return path.name if path.parent.name == "snapshots" else None

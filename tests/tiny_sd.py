@@ -1,0 +1,132 @@
+"""A tiny random-weight Stable Diffusion stack, saved as a user's local diffusers folder would be.
+
+``save_tiny_sd(folder)`` builds the components from small configs (diffusers' dummy-component pattern),
+wraps them in ``StableDiffusionPipeline`` and calls ``save_pretrained``, so the teacher loads them through
+the same ``from_pretrained`` path as a downloaded model. The tokenizer is a real ``CLIPTokenizer``: with
+CLIP's BPE vocabulary when the ``open_clip_torch`` wheel is installed (its ``bpe_simple_vocab_16e6.txt.gz``
+is read from the package folder without importing open_clip, which imports torchvision), otherwise with a
+character-level vocabulary of the same layout (bytes, bytes + ``</w>``, no merges, start/end tokens).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+import torch
+
+TEXT_DIM = 32
+MAX_TOKENS = 32  # the tiny tokenizer's model_max_length (CLIP: 77); short enough to test truncation cheaply
+
+
+def byte_characters() -> list[str]:
+    """The 256 printable stand-ins for bytes that CLIP's BPE uses, in CLIP's order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    codes, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for code in codes]
+
+
+def clip_bpe_merges() -> list[str] | None:
+    """CLIP's merges from the installed open_clip_torch package data, or None when it is not installed."""
+    spec = importlib.util.find_spec("open_clip")  # locates the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+    if not path.is_file():
+        return None
+    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    return lines[1:49152 - 256 - 2 + 1]  # CLIP's vocabulary size 49408 = 2 * 256 + merges + 2 specials
+
+
+def tiny_tokenizer():
+    """A ``CLIPTokenizer`` with CLIP's vocabulary layout (real CLIP ids when open_clip_torch is present)."""
+    from transformers import CLIPTokenizer
+
+    chars = byte_characters()
+    merges = clip_bpe_merges() or []
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges], model_max_length=MAX_TOKENS,
+                         pad_token="<|endoftext|>")
+
+
+def tiny_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
+    """UNet (32, 64 channels), 8x-downsampling VAE, 2-layer CLIP text encoder, DDIM schedule config."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
+                                norm_num_groups=8, attention_head_dim=(2, 4))
+    vae = AutoencoderKL(block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3, layers_per_block=1,
+                        latent_channels=4, norm_num_groups=8, sample_size=64,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type=prediction_type)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "scheduler": scheduler}
+
+
+def save_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """Write a tiny SD stack to ``folder`` with ``StableDiffusionPipeline.save_pretrained``; returns it."""
+    from diffusers import StableDiffusionPipeline
+
+    parts = tiny_components(prediction_type, seed)
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return Path(folder)
+
+
+def tiny_t5_tokenizer():
+    """A word-level T5 (Unigram) tokenizer over the words the tests use; unknown words map to <unk>."""
+    from transformers import T5Tokenizer
+
+    words = ["a", "cat", "dog", "photo", "of", "side", "front", "back", "backside", "overhead", "view", ",", "red",
+             "cube"]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz,."]
+    pieces += [("▁" + w, -1.0) for w in words] + [("▁", -2.0)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def save_tiny_if(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny DeepFloyd IF stage-I stack (6-channel learned-variance UNet, T5 encoder) to ``folder``."""
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=37,
+                                           num_layers=2, num_heads=4, pad_token_id=0, eos_token_id=1))
+    unet = UNet2DConditionModel(
+        sample_size=32, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), in_channels=3, out_channels=6,
+        cross_attention_dim=TEXT_DIM, encoder_hid_dim=TEXT_DIM, attention_head_dim=8, addition_embed_type="text",
+        addition_embed_type_num_heads=2, cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift",
+        act_fn="gelu", norm_num_groups=8)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", thresholding=True,
+                              dynamic_thresholding_ratio=0.95, sample_max_value=1.0, prediction_type="epsilon",
+                              variance_type="learned_range")
+    pipe = IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler,
+                      safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return Path(folder)
