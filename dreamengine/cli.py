@@ -111,7 +111,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, prompt=args.prompt)
     run_dir = plan_run_dir(cfg)
     trainer = Trainer(cfg, run_dir)  # validates the prompt and builds everything before touching the disk
-    init_run_dir(run_dir, cfg, sys.argv)
+    describe = getattr(trainer.teacher, "describe", None)
+    init_run_dir(run_dir, cfg, sys.argv, describe() if describe is not None else None)
     print(f"run directory: {run_dir}", flush=True)
     return train_export_eval(trainer, export=not args.no_export)
 

@@ -40,7 +40,7 @@ def plan_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def init_run_dir(run_dir: Path, cfg: RunConfig, argv: list[str]) -> None:
+def init_run_dir(run_dir: Path, cfg: RunConfig, argv: list[str], teacher_info: dict[str, Any] | None = None) -> None:
     """Create ``run_dir`` and write config.yaml and manifest.json into it."""
     try:
         run_dir.mkdir(parents=True)
@@ -48,10 +48,12 @@ def init_run_dir(run_dir: Path, cfg: RunConfig, argv: list[str]) -> None:
         raise DreamEngineError(f"cannot create the run directory {run_dir}: {error.strerror}; set "
                                "output_dir=PATH to a writable folder") from None
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    write_json(run_dir / "manifest.json", manifest(cfg, argv))
+    write_json(run_dir / "manifest.json", manifest(cfg, argv, teacher_info))
 
 
-def manifest(cfg: RunConfig, argv: list[str]) -> dict[str, Any]:
+def manifest(cfg: RunConfig, argv: list[str], teacher_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Versions, seed, command and config hash; ``teacher_info`` is what the loaded teacher reports about
+    itself (model, revision, resolved hub commit) when it can."""
     import numpy
     import torch
 
@@ -67,7 +69,7 @@ def manifest(cfg: RunConfig, argv: list[str]) -> dict[str, Any]:
         "seed": cfg.seed,
         "config_hash": config_hash(cfg),
         "teacher": {"name": cfg.teacher.name, "model": getattr(cfg.teacher, "model", None),
-                    "revision": getattr(cfg.teacher, "revision", None)},
+                    "revision": getattr(cfg.teacher, "revision", None), **(teacher_info or {})},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -165,7 +165,8 @@ def test_generate_with_the_tiny_stack_through_the_cli(sd_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["teacher"] == {"name": "stable-diffusion", "model": str(sd_folder), "revision": None}
+    assert manifest["teacher"]["name"] == "stable-diffusion" and manifest["teacher"]["model"] == str(sd_folder)
+    assert manifest["teacher"]["revision"] is None and manifest["teacher"]["prediction_type"] == "epsilon"
     assert (run_dir / "ckpt" / "last.pt").is_file() and (run_dir / "final" / "model.glb").is_file()
     assert len(list(env_cache.glob("text-*.safetensors"))) == 5
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
