@@ -1,0 +1,370 @@
+"""Rendering 3D Gaussians (3D Gaussian Splatting) as a function over tensors.
+
+Per camera (``gsplat.rasterization`` on CUDA when available, else the torch path below, which computes the
+same thing):
+
+1. **Projection (EWA).** World -> OpenCV camera (``viewmat = diag(1, -1, -1, 1) @ inverse(c2w)``: our cameras
+   are OpenGL, gsplat's are OpenCV). With camera-space mean ``t`` and pinhole intrinsics ``fx, fy, cx, cy``:
+   ``mean2d = (fx tx / tz + cx, fy ty / tz + cy)`` (pixel units, pixel centers at ``+0.5``, row 0 at the top),
+   ``Sigma2d = J W Sigma W^T J^T + 0.3 I`` with ``J = [[fx/tz, 0, -fx tx'/tz^2], [0, fy/tz, -fy ty'/tz^2]]``
+   where ``tx', ty'`` are ``tx, ty`` with ``tx/tz, ty/tz`` clamped to 1.3x the half field of view (3DGS and
+   gsplat do this so Gaussians far off-screen do not get huge footprints). ``0.3 I`` is the low-pass filter.
+   Gaussians with ``tz <= near`` or whose box ``mean2d +- radius`` misses the image are culled, with
+   ``radius = ceil(3.33 sqrt(diag Sigma2d))``.
+2. **Color.** ``max(0, SH(normalize(mu - camera center)) . coeffs + 0.5)`` (:func:`eval_sh`).
+3. **Compositing**, front to back in camera depth ``tz``: at pixel center ``p``, with ``d = p - mean2d``,
+   ``alpha_i = min(0.999, o_i exp(-0.5 d^T Sigma2d^-1 d))``; Gaussians with ``alpha_i < 1/255`` are skipped and
+   a pixel stops at the Gaussian that would bring its transmittance ``T`` to ``<= 1e-4`` (gsplat's rules; the
+   cap 0.999 is gsplat's too: the original 3DGS code uses 0.99, and both backends must agree).
+   ``rgb = sum_i T_i alpha_i c_i + T_final background``, ``opacity = 1 - T_final``,
+   ``depth = (sum_i T_i alpha_i tz_i) * |ray direction / ray z|``: a ray distance with empty space as 0, the
+   convention of :mod:`dreamengine.renderers.volume`.
+
+The torch compositor bins Gaussians to ``tile_size`` square tiles by their boxes (exact: outside its box a
+Gaussian's alpha is below 1/255) and composites tiles in batches padded to the largest Gaussian count in
+the batch, so memory is ``O(pixels per tile x tile-Gaussian pairs)``, never pixels x Gaussians.
+
+``render_splats`` returns a :class:`SplatRenderOut`, a :class:`~dreamengine.renderers.volume.RenderOut` with an
+``info`` dict for densification (see :mod:`dreamengine.scenes.densify`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dreamengine.cameras import Cameras
+from dreamengine.errors import ConfigError
+from dreamengine.renderers.volume import RenderOut
+from dreamengine.scenes.gaussians import GaussianScene, covariance_and_precision
+from dreamengine.scenes.nerf import Background
+
+BACKENDS = ("auto", "torch", "cuda")
+EPS2D = 0.3  # low-pass filter added to the 2D covariance diagonal, pixels^2
+MAX_ALPHA = 0.999
+MIN_ALPHA = 1.0 / 255.0
+MIN_TRANSMITTANCE = 1e-4
+RADIUS_SIGMAS = 3.33
+FOV_CLAMP = 1.3  # the Jacobian sees tx/tz, ty/tz clamped to this multiple of the half field of view
+NEAR_PLANE = 0.01
+
+# Real spherical-harmonic basis constants (degree 0..3), in the order of the 3DGS code.
+SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+
+
+@dataclass
+class SplatRenderOut(RenderOut):
+    """A :class:`RenderOut` plus ``info`` for densification: 'means2d' [B, N, 2] (gradient retained),
+    'radii' [B, N] (pixels, 0 where culled), 'width', 'height', 'n_cameras'."""
+
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Projection:
+    """Screen-space Gaussians of one camera (all N, culled ones flagged by ``visible``)."""
+
+    means2d: Tensor  # [N, 2] pixels
+    covars2d: Tensor  # [N, 2, 2] with the low-pass filter
+    conics: Tensor  # [N, 3] (a, b, c) of the inverse covariance [[a, b], [b, c]]
+    depths: Tensor  # [N] camera z
+    radii: Tensor  # [N, 2] box half sizes in pixels (integers as floats), 0 where culled
+    visible: Tensor  # [N] bool
+
+
+def opencv_viewmats(c2w: Tensor) -> Tensor:
+    """World-to-camera OpenCV matrices (+X right, +Y down, +Z forward) of OpenGL camera-to-world [B, 4, 4]."""
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=c2w.dtype, device=c2w.device))
+    return flip @ torch.linalg.inv(c2w)
+
+
+def intrinsics(cameras: Cameras, height: int, width: int) -> Tensor:
+    """Pinhole matrices [B, 3, 3] matching ``Cameras.rays``: focal from ``fovy``, center at the image center."""
+    focal = cameras.focal(height)
+    K = torch.zeros(len(cameras), 3, 3, dtype=cameras.c2w.dtype, device=cameras.device)
+    K[:, 0, 0] = focal
+    K[:, 1, 1] = focal
+    K[:, 0, 2] = 0.5 * width
+    K[:, 1, 2] = 0.5 * height
+    K[:, 2, 2] = 1.0
+    return K
+
+
+def project_gaussians(means: Tensor, covars: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int,
+                      eps2d: float = EPS2D, near_plane: float = NEAR_PLANE) -> Projection:
+    """EWA projection of world Gaussians (means [N, 3], covariances [N, 3, 3]) into one camera.
+
+    Args:
+        viewmat: [4, 4] OpenCV world-to-camera; K: [3, 3] pinhole intrinsics.
+    """
+    rot, trans = viewmat[:3, :3], viewmat[:3, 3]
+    t = means @ rot.T + trans  # [N, 3]
+    cov_cam = rot @ covars @ rot.T  # [N, 3, 3]
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    tx, ty, tz = t.unbind(-1)
+    lim_x_pos = (width - cx) / fx + (FOV_CLAMP - 1.0) * 0.5 * width / fx
+    lim_x_neg = cx / fx + (FOV_CLAMP - 1.0) * 0.5 * width / fx
+    lim_y_pos = (height - cy) / fy + (FOV_CLAMP - 1.0) * 0.5 * height / fy
+    lim_y_neg = cy / fy + (FOV_CLAMP - 1.0) * 0.5 * height / fy
+    tx_c = tz * torch.clamp(tx / tz, min=-lim_x_neg, max=lim_x_pos)
+    ty_c = tz * torch.clamp(ty / tz, min=-lim_y_neg, max=lim_y_pos)
+    zero = torch.zeros_like(tz)
+    jac = torch.stack([fx / tz, zero, -fx * tx_c / (tz * tz),
+                       zero, fy / tz, -fy * ty_c / (tz * tz)], dim=-1).view(-1, 2, 3)
+    covars2d = jac @ cov_cam @ jac.transpose(-1, -2) + eps2d * torch.eye(2, dtype=means.dtype,
+                                                                         device=means.device)
+    means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], dim=-1)
+    a, b, c = covars2d[:, 0, 0], 0.5 * (covars2d[:, 0, 1] + covars2d[:, 1, 0]), covars2d[:, 1, 1]
+    det = (a * c - b * b).clamp(min=1e-10)
+    conics = torch.stack([c / det, -b / det, a / det], dim=-1)
+    with torch.no_grad():
+        radii = torch.ceil(RADIUS_SIGMAS * torch.stack([a, c], dim=-1).clamp(min=0.0).sqrt())
+        visible = (det > 0) & (tz > near_plane)
+        visible &= (means2d[:, 0] + radii[:, 0] > 0) & (means2d[:, 0] - radii[:, 0] < width)
+        visible &= (means2d[:, 1] + radii[:, 1] > 0) & (means2d[:, 1] - radii[:, 1] < height)
+        radii = radii * visible[:, None]
+    return Projection(means2d, covars2d, conics, tz, radii, visible)
+
+
+def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
+    """Real spherical harmonics up to ``degree`` (0..3) at directions [..., 3] (normalized here) dotted with
+    coefficients [..., K, 3] (K >= (degree + 1)^2; extra ones ignored) -> [..., 3]. No +0.5, no clamp."""
+    x, y, z = torch.nn.functional.normalize(dirs, dim=-1).unbind(-1)
+    bases = [torch.full_like(x, SH_C0)]
+    if degree >= 1:
+        bases += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz = x * x, y * y, z * z
+        bases += [SH_C2[0] * x * y, SH_C2[1] * y * z, SH_C2[2] * (2.0 * zz - xx - yy), SH_C2[3] * x * z,
+                  SH_C2[4] * (xx - yy)]
+    if degree >= 3:
+        bases += [SH_C3[0] * y * (3.0 * xx - yy), SH_C3[1] * x * y * z, SH_C3[2] * y * (4.0 * zz - xx - yy),
+                  SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy), SH_C3[4] * x * (4.0 * zz - xx - yy),
+                  SH_C3[5] * z * (xx - yy), SH_C3[6] * x * (xx - 3.0 * yy)]
+    basis = torch.stack(bases, dim=-1)  # [..., (degree + 1)^2]
+    return torch.einsum("...k,...kc->...c", basis, coeffs[..., : basis.shape[-1], :])
+
+
+def _tile_intersections(means2d: Tensor, radii: Tensor, tile_size: int, tiles_x: int,
+                        tiles_y: int) -> tuple[Tensor, Tensor]:
+    """(gaussian index, tile index) pairs of the tiles each Gaussian's box touches, [I] each, in Gaussian
+    order (so a stable sort by tile keeps the Gaussians' order inside each tile)."""
+    x0 = ((means2d[:, 0] - radii[:, 0]) / tile_size).floor().clamp(0, tiles_x - 1).long()
+    x1 = ((means2d[:, 0] + radii[:, 0]) / tile_size).floor().clamp(0, tiles_x - 1).long()
+    y0 = ((means2d[:, 1] - radii[:, 1]) / tile_size).floor().clamp(0, tiles_y - 1).long()
+    y1 = ((means2d[:, 1] + radii[:, 1]) / tile_size).floor().clamp(0, tiles_y - 1).long()
+    span_x = x1 - x0 + 1
+    counts = span_x * (y1 - y0 + 1)
+    gaussian = torch.repeat_interleave(torch.arange(len(counts), device=means2d.device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    local = torch.arange(len(gaussian), device=means2d.device) - first[gaussian]
+    tile = (y0[gaussian] + local // span_x[gaussian]) * tiles_x + x0[gaussian] + local % span_x[gaussian]
+    return gaussian, tile
+
+
+def composite_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tensor, radii: Tensor,
+                    height: int, width: int, tile_size: int = 16, depth_chunk: int = 64,
+                    max_elements: int = 1 << 21) -> tuple[Tensor, Tensor]:
+    """Alpha-composite depth-sorted screen-space Gaussians front to back (rules in the module docstring).
+
+    Tiles are processed in batches (tiles sorted by Gaussian count, at most ``max_elements`` pixel-Gaussian
+    pairs at once); inside a batch, each tile's Gaussians are taken ``depth_chunk`` at a time front to back,
+    carrying each pixel's transmittance, and tiles whose pixels have all stopped drop out (the early
+    termination of the CUDA rasterizers).
+
+    Args:
+        means2d: [G, 2] pixels; conics: [G, 3]; opacities: [G]; features: [G, C] (colors, depth, ...);
+        radii: [G, 2] box half sizes (no gradient). The Gaussians must be sorted front to back.
+    Returns:
+        image: [H, W, C] sum of T_i alpha_i features_i; alpha: [H, W, 1] = 1 - final transmittance.
+    """
+    device, dtype = means2d.device, means2d.dtype
+    channels = features.shape[1]
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    num_tiles, pixels = tiles_x * tiles_y, tile_size * tile_size
+    with torch.no_grad():
+        gaussian, tile = _tile_intersections(means2d.detach(), radii, tile_size, tiles_x, tiles_y)
+        order = torch.sort(tile, stable=True).indices
+        gaussian, tile = gaussian[order], tile[order]
+        counts = torch.bincount(tile, minlength=num_tiles)
+        starts = torch.cumsum(counts, 0) - counts
+        busy = torch.sort(counts, descending=True)
+        offsets = torch.arange(tile_size, device=device, dtype=dtype) + 0.5
+        local_y, local_x = torch.meshgrid(offsets, offsets, indexing="ij")
+        local = torch.stack([local_x.reshape(-1), local_y.reshape(-1)], dim=-1)  # [P, 2] (x, y)
+    # per-Gaussian terms of sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2
+    quad = torch.stack([0.5 * conics[:, 0], conics[:, 1], 0.5 * conics[:, 2]], dim=-1)
+
+    out = torch.zeros(num_tiles, pixels, channels + 1, device=device, dtype=dtype)
+    out[..., channels] = 1.0  # transmittance of empty tiles
+    tile_ids_done, results = [], []
+    position = 0
+    chunk = max(1, depth_chunk)
+    while position < num_tiles and int(busy.values[position]) > 0:
+        batch = max(1, max_elements // (pixels * min(chunk, int(busy.values[position]))))
+        tiles_now = busy.indices[position: position + batch]
+        tiles_now = tiles_now[counts[tiles_now] > 0]
+        position += batch
+        image, log_t = _composite_tile_batch(tiles_now, counts, starts, gaussian, local, tiles_x, tile_size,
+                                             means2d, quad, opacities, features, chunk)
+        results.append(torch.cat([image, torch.exp(log_t)], dim=-1))
+        tile_ids_done.append(tiles_now)
+    if results:
+        out = out.index_put((torch.cat(tile_ids_done),), torch.cat(results))
+    grid = out.view(tiles_y, tiles_x, tile_size, tile_size, channels + 1).permute(0, 2, 1, 3, 4)
+    grid = grid.reshape(tiles_y * tile_size, tiles_x * tile_size, channels + 1)[:height, :width]
+    return grid[..., :channels], 1.0 - grid[..., channels:]
+
+
+def _composite_tile_batch(tiles: Tensor, counts: Tensor, starts: Tensor, gaussian: Tensor, local: Tensor,
+                          tiles_x: int, tile_size: int, means2d: Tensor, quad: Tensor, opacities: Tensor,
+                          features: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """Composite ``tiles`` [n] front to back, ``chunk`` Gaussians of each at a time.
+
+    Returns the tiles' pixels: features [n, P, C] and log transmittance [n, P, 1]."""
+    n, pixels, dtype = len(tiles), local.shape[0], means2d.dtype
+    corner = torch.stack([tiles % tiles_x, tiles // tiles_x], dim=-1).to(dtype) * tile_size
+    pixel = corner[:, None, :] + local[None]  # [n, P, 2]
+    px, py = pixel[..., 0:1], pixel[..., 1:2]  # [n, P, 1]
+    log_min_t = math.log(MIN_TRANSMITTANCE)
+    image_parts: list[Tensor] = []  # per chunk: (rows of tiles still active, their contributions)
+    rows_parts: list[Tensor] = []
+    active = torch.arange(n, device=tiles.device)  # rows of ``tiles`` still compositing
+    log_t = torch.zeros(n, pixels, 1, device=means2d.device, dtype=dtype)  # carried log transmittance
+    done = torch.zeros(n, pixels, 1, dtype=torch.bool, device=means2d.device)  # pixel stopped
+    first = 0
+    while len(active) > 0:
+        slots = first + torch.arange(chunk, device=tiles.device)
+        valid = slots[None, :] < counts[tiles[active], None]  # [a, K]
+        index = (starts[tiles[active], None] + slots[None, :]).clamp(max=len(gaussian) - 1)
+        ids = gaussian[index]  # [a, K]
+        dx = px[active] - means2d[ids, 0][:, None, :]  # [a, P, K]
+        dy = py[active] - means2d[ids, 1][:, None, :]
+        q = quad[ids][:, None]  # [a, 1, K, 3]
+        sigma = q[..., 0] * dx * dx + q[..., 1] * dx * dy + q[..., 2] * dy * dy
+        alpha = (opacities[ids][:, None, :] * torch.exp(-sigma)).clamp(max=MAX_ALPHA)
+        keep = (sigma >= 0) & (alpha >= MIN_ALPHA) & valid[:, None, :]
+        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+        carried = log_t[active]  # [a, P, 1]
+        with torch.no_grad():  # a pixel stops at the Gaussian that would take T to MIN_TRANSMITTANCE
+            alive = (carried + torch.cumsum(torch.log1p(-alpha), dim=-1) > log_min_t) & ~done[active]
+            done = done.index_put((active,), done[active] | ~alive[..., -1:])
+        alpha = torch.where(alive, alpha, torch.zeros_like(alpha))
+        step_log_t = torch.log1p(-alpha)
+        inclusive = carried + torch.cumsum(step_log_t, dim=-1)
+        weights = alpha * torch.exp(inclusive - step_log_t)  # T_i alpha_i, [a, P, K]
+        image_parts.append(torch.einsum("apk,akc->apc", weights, features[ids]))
+        rows_parts.append(active)
+        log_t = log_t.index_put((active,), inclusive[..., -1:])
+        first += chunk
+        with torch.no_grad():
+            still = (counts[tiles[active]] > first) & ~done[active].all(dim=1).squeeze(-1)
+        active = active[still]
+    image = torch.zeros(n, pixels, features.shape[1], device=means2d.device, dtype=dtype)
+    image = image.index_put((torch.cat(rows_parts),), torch.cat(image_parts), accumulate=True)
+    return image, log_t
+
+
+def ray_length_factor(K: Tensor, height: int, width: int) -> Tensor:
+    """|ray direction| / |ray z| at each pixel center, [H, W, 1]: turns camera z into distance along the ray."""
+    cols = torch.arange(width, dtype=K.dtype, device=K.device) + 0.5
+    rows = torch.arange(height, dtype=K.dtype, device=K.device) + 0.5
+    x = ((cols - K[0, 2]) / K[0, 0])[None, :]
+    y = ((rows - K[1, 2]) / K[1, 1])[:, None]
+    return torch.sqrt(1.0 + x * x + y * y)[..., None]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """'torch' or 'cuda' for a requested ``backend`` (auto | torch | cuda) on ``device``."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"splat renderer backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    available = device.type == "cuda" and _import_gsplat() is not None
+    if backend == "cuda" and not available:
+        raise ConfigError("splat renderer backend 'cuda' needs gsplat (pip install gsplat==1.5.3) and a CUDA "
+                          f"device (device is {device}); use backend 'torch' or 'auto'")
+    return "cuda" if available else "torch"
+
+
+def _import_gsplat() -> Any | None:
+    try:
+        import gsplat
+    except (ImportError, OSError):
+        return None
+    return gsplat
+
+
+def render_splats(scene: GaussianScene, cameras: Cameras, height: int, width: int, *, background: Background,
+                  backend: str = "auto", tile_size: int = 16) -> SplatRenderOut:
+    """Render ``cameras`` ([B] views) of a Gaussian scene at ``height`` x ``width``.
+
+    Returns:
+        :class:`SplatRenderOut`: rgb [B, H, W, 3], opacity and depth [B, H, W, 1], normal and
+        orientation_loss None, and ``info`` for densification.
+    """
+    if height < 1 or width < 1 or tile_size < 1:
+        raise ConfigError(f"render size and tile size must be >= 1, got {height}x{width}, tile {tile_size}")
+    viewmats = opencv_viewmats(cameras.c2w)
+    Ks = intrinsics(cameras, height, width)
+    if resolve_backend(backend, cameras.device) == "cuda":
+        features, alphas, means2d, radii = _render_gsplat(scene, viewmats, Ks, height, width)
+    else:
+        features, alphas, means2d, radii = _render_torch(scene, cameras, viewmats, Ks, height, width,
+                                                         tile_size)
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    _, directions = cameras.rays(height, width)
+    rgb = features[..., :3] + (1.0 - alphas) * background(directions)
+    factor = torch.stack([ray_length_factor(K, height, width) for K in Ks])
+    depth = features[..., 3:4] * factor
+    info = {"means2d": means2d, "radii": radii, "width": width, "height": height, "n_cameras": len(cameras)}
+    return SplatRenderOut(rgb=rgb, opacity=alphas, depth=depth, normal=None, orientation_loss=None, info=info)
+
+
+def _render_torch(scene: GaussianScene, cameras: Cameras, viewmats: Tensor, Ks: Tensor, height: int,
+                  width: int, tile_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    covars, _ = covariance_and_precision(scene.quats, scene.scales)
+    opacities, coeffs = scene.opacities, scene.sh_coeffs
+    projections = [project_gaussians(scene.means, covars, viewmats[view], Ks[view], width, height)
+                   for view in range(len(cameras))]
+    # Composite from one stacked means2d tensor: its .grad (retained) then holds the screen-space gradients.
+    means2d = torch.stack([proj.means2d for proj in projections])  # [B, N, 2]
+    features, alphas = [], []
+    for view, proj in enumerate(projections):
+        ids = torch.nonzero(proj.visible).squeeze(-1)
+        ids = ids[torch.argsort(proj.depths.detach()[ids], stable=True)]
+        dirs = scene.means[ids] - cameras.position[view]
+        colors = (eval_sh(scene.sh_degree, dirs, coeffs[ids]) + 0.5).clamp(min=0.0)
+        feats = torch.cat([colors, proj.depths[ids, None]], dim=-1)
+        image, alpha = composite_tiles(means2d[view, ids], proj.conics[ids], opacities[ids], feats,
+                                       proj.radii[ids], height, width, tile_size)
+        features.append(image)
+        alphas.append(alpha)
+    radii = torch.stack([proj.radii.amax(dim=-1) for proj in projections])
+    return torch.stack(features), torch.stack(alphas), means2d, radii
+
+
+def _render_gsplat(scene: GaussianScene, viewmats: Tensor, Ks: Tensor, height: int,
+                   width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    gsplat = _import_gsplat()
+    colors, alphas, meta = gsplat.rasterization(
+        scene.means, torch.nn.functional.normalize(scene.quats, dim=-1), scene.scales, scene.opacities,
+        scene.sh_coeffs, viewmats, Ks, width, height, near_plane=NEAR_PLANE, eps2d=EPS2D,
+        sh_degree=scene.sh_degree, packed=False, render_mode="RGB+D")
+    radii = meta["radii"]
+    if radii.dim() == 3:  # [C, N, 2] in gsplat >= 1.5
+        radii = radii.amax(dim=-1)
+    return colors, alphas, meta["means2d"], radii.to(colors.dtype)
+
+
+__all__ = ["Projection", "SplatRenderOut", "composite_tiles", "eval_sh", "intrinsics", "opencv_viewmats",
+           "project_gaussians", "render_splats", "resolve_backend"]
