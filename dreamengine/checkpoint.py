@@ -45,6 +45,6 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             f"checkpoint {path} is corrupt or not a DreamEngine checkpoint ({type(error).__name__}). "
             "If the run has another checkpoint, move this file away and resume; otherwise start the run "
             "again with dreamengine generate.") from None
-    if not isinstance(state, dict) or "step" not in state or "scene" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a DreamEngine checkpoint (it lacks 'step' and 'scene')")
+    if not isinstance(state, dict) or "step" not in state or "scenes" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a DreamEngine checkpoint (it lacks 'step' and 'scenes')")
     return state

@@ -60,11 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                                              "export and evaluate as generate does.")
     resume.add_argument("run_dir", metavar="RUN_DIR")
 
-    export = commands.add_parser("export", help="write a run's mesh as GLB, OBJ or PLY",
+    export = commands.add_parser("export", help="write a run's mesh as GLB, OBJ or PLY (or its Gaussians)",
                                  description="Extract a mesh from RUN_DIR's last checkpoint and write "
-                                             "RUN_DIR/final/model.FORMAT (export.* settings from its config).")
+                                             "RUN_DIR/final/model.FORMAT (export.* settings from its config). "
+                                             "For a Gaussian scene, --format splat writes its Gaussians as a "
+                                             "standard 3DGS PLY, RUN_DIR/final/scene.ply, for splat viewers.")
     export.add_argument("run_dir", metavar="RUN_DIR")
-    export.add_argument("--format", "-f", choices=["glb", "ply", "obj"], default="glb")
+    export.add_argument("--format", "-f", choices=["glb", "ply", "obj", "splat"], default="glb")
 
     evaluate = commands.add_parser("eval", help="measure a toy-world run against ground truth",
                                    description="Render RUN_DIR's scene from held-out cameras and compare with the "
@@ -129,6 +131,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def train_export_eval(trainer: Any, export: bool) -> int:
+    from dreamengine.results import evaluate_run, export_run
     from dreamengine.trainer import progress_printer
 
     cfg, run_dir = trainer.cfg, trainer.run_dir
@@ -142,48 +145,11 @@ def train_export_eval(trainer: Any, export: bool) -> int:
     if timings:
         print("median seconds per step: " + ", ".join(f"{k} {v:.4f}" for k, v in timings.items()))
     if export:
-        for fmt in cfg.export.formats:
-            path = export_run(trainer.scene, trainer.background, trainer.occupancy, cfg, run_dir, fmt)
+        for path in export_run(trainer.scenes, trainer.background, trainer.renderers, cfg, run_dir):
             print(f"wrote {path}")
     if cfg.teacher.name == "toyworld":
-        print_metrics(evaluate_run(trainer.scene, trainer.background, trainer.occupancy, cfg, run_dir))
+        print_metrics(evaluate_run(trainer.scene, trainer.background, trainer.renderer, cfg, run_dir))
     return 0
-
-
-def export_run(scene: Any, background: Any, occupancy: Any, cfg: Any, run_dir: Path, fmt: str) -> Path:
-    import numpy as np
-
-    from dreamengine import __version__
-    from dreamengine.export.scene_export import export_cameras, export_scene
-    from dreamengine.trainer import render_fixed
-
-    metadata = {"generator": f"DreamEngine {__version__}", "prompt": cfg.prompt, "seed": cfg.seed,
-                "guidance": cfg.guidance.name, "teacher": cfg.teacher.name, "scene": cfg.scene.name}
-    cameras = export_cameras(float(np.mean(cfg.camera.distance_range)), float(np.mean(cfg.camera.fovy_range)))
-
-    def render_opacity(cams: Any, resolution: int) -> Any:
-        return render_fixed(scene, background, cfg.render, occupancy, cams, resolution, resolution).opacity[..., 0]
-
-    return export_scene(scene, cfg.export, run_dir / "final" / f"model.{fmt}", fmt, metadata, render_opacity, cameras)
-
-
-def evaluate_run(scene: Any, background: Any, occupancy: Any, cfg: Any, run_dir: Path) -> dict[str, Any]:
-    from dreamengine.evaluate import evaluate_renders
-    from dreamengine.runs import write_json
-    from dreamengine.trainer import render_fixed
-
-    device = next(scene.parameters()).device
-    results = evaluate_renders(cfg, lambda cams, h, w: render_fixed(scene, background, cfg.render, occupancy,
-                                                                    cams.to(device), h, w))
-    glb = run_dir / "final" / "model.glb"
-    if glb.is_file():
-        from dreamengine.evaluate import mesh_metrics
-        from dreamengine.export import load_mesh
-        from dreamengine.toyworld import parse_prompt
-
-        results["mesh"] = {"file": str(glb), **mesh_metrics(load_mesh(glb), parse_prompt(cfg.prompt))}
-    write_json(run_dir / "metrics.json", results)
-    return results
 
 
 def print_metrics(results: dict[str, Any]) -> None:
@@ -210,33 +176,30 @@ def print_metrics(results: dict[str, Any]) -> None:
                       f"Chamfer distance {mesh['chamfer']:.4f} (scene units)")
 
 
-def load_trained(run_dir_arg: str) -> tuple[Path, Any, Any, Any, Any]:
-    """(run_dir, cfg, scene, background, occupancy grid) from a run directory's config and last checkpoint."""
-    import torch
-
-    from dreamengine.checkpoint import load_checkpoint
+def load_run(run_dir_arg: str) -> tuple[Path, Any, list[Any], Any, list[Any]]:
+    """(run_dir, cfg, scenes, background, renderers) from a run directory's config and last checkpoint."""
     from dreamengine.runs import open_run_dir
-    from dreamengine.scenes import build_background, build_scene
-    from dreamengine.trainer import build_occupancy, restore_scene
+    from dreamengine.trainer import load_trained
 
     run_dir, cfg = open_run_dir(run_dir_arg)
-    path = run_dir / "ckpt" / "last.pt"
-    state = load_checkpoint(path)
-    scene, background = build_scene(cfg.scene), build_background(cfg.render)
-    occupancy = build_occupancy(cfg.render, scene.radius, torch.device("cpu"))
-    restore_scene(state, path, scene, background, occupancy)
-    return run_dir, cfg, scene.eval(), background.eval(), occupancy
+    scenes, background, renderers = load_trained(cfg, run_dir / "ckpt" / "last.pt")
+    return run_dir, cfg, scenes, background, renderers
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    run_dir, cfg, scene, background, occupancy = load_trained(args.run_dir)
-    print(f"wrote {export_run(scene, background, occupancy, cfg, run_dir, args.format)}")
+    from dreamengine.results import export_run
+
+    run_dir, cfg, scenes, background, renderers = load_run(args.run_dir)
+    for path in export_run(scenes, background, renderers, cfg, run_dir, formats=[args.format]):
+        print(f"wrote {path}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    run_dir, cfg, scene, background, occupancy = load_trained(args.run_dir)
-    results = evaluate_run(scene, background, occupancy, cfg, run_dir)
+    from dreamengine.results import evaluate_run
+
+    run_dir, cfg, scenes, background, renderers = load_run(args.run_dir)
+    results = evaluate_run(scenes[0], background, renderers[0], cfg, run_dir)
     print_metrics(results)
     print(json.dumps({k: results[k] for k in ("mask_iou", "psnr")}))
     return 0

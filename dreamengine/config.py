@@ -29,6 +29,7 @@ from dreamengine.errors import ConfigError
 from dreamengine.guidance import GUIDANCE_CONFIGS
 from dreamengine.prompts import PromptConfig
 from dreamengine.scenes import SCENE_CONFIGS
+from dreamengine.scenes.densify import DensifyConfig
 from dreamengine.teachers import TEACHER_CONFIGS
 
 
@@ -81,11 +82,16 @@ class LossConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 600
+    n_particles: int = 1  # scenes optimized together (VSD's particles share its score model); >= 1
     log_every: int = 10  # append a line to metrics.jsonl every N steps
     preview_every: int = 100  # write previews/step-XXXXXX.png every N steps (0: never)
     checkpoint_every: int = 100  # write ckpt/last.pt every N steps (0: only at the end and on signals)
     max_bad_steps: int = 10  # stop after this many NaN/Inf steps in a row
     progress: bool = True  # show a progress bar on a terminal
+
+    def __post_init__(self) -> None:
+        if self.n_particles < 1:
+            raise ConfigError(f"trainer.n_particles must be >= 1, got {self.n_particles}")
 
 
 @dataclass
@@ -119,6 +125,7 @@ class RunConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)  # Gaussian scenes only
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

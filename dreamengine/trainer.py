@@ -8,6 +8,7 @@ with exactly the numbers an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -25,13 +26,15 @@ from torch import Tensor
 
 from dreamengine.cameras import Cameras, CameraSampler
 from dreamengine.checkpoint import load_checkpoint, save_checkpoint
-from dreamengine.config import RenderConfig, RunConfig, config_hash
+from dreamengine.config import RunConfig, config_hash
 from dreamengine.errors import CheckpointError, TrainingError
 from dreamengine.guidance import GUIDANCES
 from dreamengine.prompts import PromptProcessor
-from dreamengine.renderers.volume import OccupancyGrid, RenderOut, render_volume
-from dreamengine.scenes import build_background, build_scene
-from dreamengine.scenes.nerf import sample_light_positions
+from dreamengine.renderers import RenderOut, build_renderer
+from dreamengine.scenes import build_background, build_scene, scene_param_groups
+from dreamengine.scenes.densify import DensifyStrategy
+from dreamengine.scenes.gaussians import GaussianScene
+from dreamengine.scenes.nerf import Background
 from dreamengine.schedules import schedule_value
 from dreamengine.teachers import build_teacher
 
@@ -106,34 +109,12 @@ def regularizer_losses(render: RenderOut, cfg: RunConfig, step: int) -> dict[str
     return losses
 
 
-def build_occupancy(render_cfg: RenderConfig, radius: float, device: torch.device) -> OccupancyGrid | None:
-    """The empty-space skipping grid of the render config, or None when it is switched off."""
-    if not render_cfg.occupancy_grid:
-        return None
-    return OccupancyGrid(radius=radius, num_samples=render_cfg.num_samples,
-                         resolution=render_cfg.occupancy_resolution, update_every=render_cfg.occupancy_update_every,
-                         occupancy_threshold=render_cfg.occupancy_threshold, backend=render_cfg.backend,
-                         device=device)
-
-
-def render_with_config(scene: torch.nn.Module, background: torch.nn.Module, render_cfg: RenderConfig,
-                       occupancy: OccupancyGrid | None, cameras: Cameras, height: int, width: int,
-                       generator: torch.Generator | None, perturb: bool) -> RenderOut:
-    """Render ``cameras`` with the run's render settings (lights are drawn from ``generator``)."""
-    light = None
-    if render_cfg.shading != "albedo":
-        light = sample_light_positions(cameras, generator).to(cameras.device)
-    return render_volume(scene, cameras, height, width, num_samples=render_cfg.num_samples,
-                         background=background, shading=render_cfg.shading, light_positions=light,
-                         perturb=perturb, generator=generator, backend=render_cfg.backend, occupancy=occupancy)
-
-
-@torch.no_grad()
-def render_fixed(scene: torch.nn.Module, background: torch.nn.Module, render_cfg: RenderConfig,
-                 occupancy: OccupancyGrid | None, cameras: Cameras, height: int, width: int) -> RenderOut:
+def render_fixed(scene: torch.nn.Module, background: torch.nn.Module, renderer: Any, cameras: Cameras, height: int,
+                 width: int) -> RenderOut:
     """Deterministic render (no jitter, lights from a fixed seed) for previews, eval and export checks."""
-    return render_with_config(scene, background, render_cfg, occupancy, cameras, height, width,
-                              torch.Generator().manual_seed(0), perturb=False)
+    with torch.no_grad():
+        return renderer(scene, background, cameras, height, width, generator=torch.Generator().manual_seed(0),
+                        perturb=False)
 
 
 def image_grid(images: list[Tensor]) -> np.ndarray:
@@ -143,7 +124,13 @@ def image_grid(images: list[Tensor]) -> np.ndarray:
 
 
 class Trainer:
-    """Owns the scene, teacher, guidance and optimizer of one run directory."""
+    """Owns the scene(s), teacher, guidance and optimizer of one run directory.
+
+    With ``trainer.n_particles = P > 1`` the run optimizes P independent scenes of the same kind (VSD's
+    particles, which share the guidance's score model): each step renders ``camera.batch_size`` views of every
+    particle and the guidance sees all P x B renders as one batch. The guidance loss is multiplied by P so that
+    each particle receives the gradient it would get alone (``gradient_to_loss`` divides by the batch size).
+    """
 
     def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
         self.cfg = cfg
@@ -165,33 +152,45 @@ class Trainer:
             view_thresholds=(pp.front_threshold, pp.back_threshold, pp.overhead_threshold), device=self.device)
         self.teacher = TimedTeacher(teacher, self.timer)
         self.prompts = PromptProcessor(teacher, cfg.prompt, pp)
-        self.scene = build_scene(cfg.scene).to(self.device)
-        self.background = build_background(cfg.render).to(self.device)
-        self.occupancy = build_occupancy(cfg.render, self.scene.radius, self.device)
+        self.scenes, self.background, self.renderers = build_scenes(cfg, self.device)
+        self.densifiers = [DensifyStrategy(cfg.densify) if isinstance(scene, GaussianScene) else None
+                           for scene in self.scenes]
         self.guidance = GUIDANCES[cfg.guidance.name](cfg.guidance, self.teacher, cfg.trainer.max_steps)
-        opt = cfg.optim
-        groups = self.scene.param_groups(opt.lr_encoding, opt.lr_network, opt.lr_background, self.background)
-        self.optimizer = torch.optim.Adam(groups, betas=tuple(opt.betas), eps=opt.eps)
+        groups = [group for index, scene in enumerate(self.scenes)
+                  for group in scene_param_groups(scene, cfg.optim, self.background if index == 0 else None)]
+        self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         self.step = 0
         self.bad_steps = 0
         self._stop_signal: str | None = None
 
-    # ----------------------------------------------------------------------------------------- one step
-    def render(self, cameras: Cameras, height: int, width: int, perturb: bool) -> RenderOut:
-        return render_with_config(self.scene, self.background, self.cfg.render, self.occupancy, cameras, height,
-                                  width, self.generator, perturb)
+    @property
+    def scene(self) -> torch.nn.Module:
+        """The first (usually only) particle's scene."""
+        return self.scenes[0]
 
+    @property
+    def renderer(self) -> Any:
+        return self.renderers[0]
+
+    # ----------------------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, float]:
         """One optimization step. Returns the logged terms. Skips the update if the loss is not finite."""
         cam = self.cfg.camera
-        cameras = self.sampler.sample(cam.batch_size, self.generator).to(self.device)
+        batch, particles = cam.batch_size, len(self.scenes)
+        cameras = self.sampler.sample(batch * particles, self.generator).to(self.device)
         with self.timer("render"):
-            render = self.render(cameras, cam.height, cam.width, perturb=True)
+            renders = [renderer(scene, self.background, cameras[i * batch:(i + 1) * batch], cam.height, cam.width,
+                                generator=self.generator, perturb=True)
+                       for i, (scene, renderer) in enumerate(zip(self.scenes, self.renderers, strict=True))]
+        rgb = renders[0].rgb if particles == 1 else torch.cat([render.rgb for render in renders])
         prompt_batch = self.prompts(cameras)
         with self.timer("guidance"):
-            guided = self.guidance(render.rgb, prompt_batch, cameras, self.step, self.generator)
-        regularizers = regularizer_losses(render, self.cfg, self.step)
-        loss = guided.loss.to(render.rgb.device) + sum(regularizers.values())  # the teacher may sit elsewhere
+            guided = self.guidance(rgb, prompt_batch, cameras, self.step, self.generator)
+        regularizers: dict[str, Tensor] = {}
+        for render in renders:  # each particle's own regularizers
+            for name, value in regularizer_losses(render, self.cfg, self.step).items():
+                regularizers[name] = regularizers[name] + value if name in regularizers else value
+        loss = particles * guided.loss.to(rgb.device) + sum(regularizers.values())  # the teacher may sit elsewhere
 
         with self.timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)
@@ -202,12 +201,18 @@ class Trainer:
             if finite:
                 self.optimizer.step()
         self.step += 1
-        if self.occupancy is not None:
-            with self.timer("occupancy"):
-                self.occupancy.update(self.scene, self.step)
+        with self.timer("after_step"):
+            parts = zip(self.scenes, self.renderers, self.densifiers, renders, strict=True)
+            for scene, renderer, densify, render in parts:
+                renderer.after_step(scene, self.step)  # NeRF: occupancy grid refresh
+                if densify is not None:  # Gaussians: clone / split / prune, then the position lr schedule
+                    densify.step_post_backward(scene, self.optimizer, render.info, self.step)
+                    scene.update_learning_rate(self.optimizer, self.step)
         self.bad_steps = 0 if finite else self.bad_steps + 1
         terms = {"loss": float(loss.detach()), **guided.terms}
         terms.update({name: float(value.detach()) for name, value in regularizers.items()})
+        if any(isinstance(scene, GaussianScene) for scene in self.scenes):
+            terms["num_gaussians"] = float(sum(scene.num_gaussians for scene in self.scenes))
         if not finite:
             terms["skipped"] = 1.0
         return terms
@@ -261,19 +266,21 @@ class Trainer:
             file.write(json.dumps(record) + "\n")
 
     # ----------------------------------------------------------------------------------------- previews
-    @torch.no_grad()
-    def render_views(self, cameras: Cameras, height: int, width: int) -> RenderOut:
-        return render_fixed(self.scene, self.background, self.cfg.render, self.occupancy, cameras.to(self.device),
-                            height, width)
+    def render_views(self, cameras: Cameras, height: int, width: int, particle: int = 0) -> RenderOut:
+        """Deterministic render of one particle's scene (see :func:`render_fixed`)."""
+        return render_fixed(self.scenes[particle], self.background, self.renderers[particle],
+                            cameras.to(self.device), height, width)
 
     def write_preview(self, num_views: int = 4) -> Path:
+        """An image grid: per particle, a row of rgb and a row of opacity over an orbit of ``num_views``."""
         cameras = self.sampler.orbit(num_views, elevation_deg=15.0)
-        out = self.render_views(cameras, self.cfg.camera.height, self.cfg.camera.width)
-        rgb_row = image_grid(list(out.rgb))
-        opacity_row = image_grid([o.expand(-1, -1, 3) for o in out.opacity])
+        rows = []
+        for particle in range(len(self.scenes)):
+            out = self.render_views(cameras, self.cfg.camera.height, self.cfg.camera.width, particle)
+            rows += [image_grid(list(out.rgb)), image_grid([o.expand(-1, -1, 3) for o in out.opacity])]
         path = self.run_dir / "previews" / f"step-{self.step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        iio.imwrite(path, np.concatenate([rgb_row, opacity_row], axis=0))
+        iio.imwrite(path, np.concatenate(rows, axis=0))
         return path
 
     # -------------------------------------------------------------------------------------- checkpoints
@@ -285,9 +292,8 @@ class Trainer:
         return {
             "step": self.step,
             "bad_steps": self.bad_steps,
-            "scene": self.scene.state_dict(),
-            "background": self.background.state_dict(),
-            "occupancy": self.occupancy.state_dict() if self.occupancy is not None else {},
+            **scenes_state_dict(self.scenes, self.background, self.renderers),
+            "densify": [d.state_dict() if d is not None else {} for d in self.densifiers],
             "optimizer": self.optimizer.state_dict(),
             "guidance": self.guidance.state_dict() if hasattr(self.guidance, "state_dict") else {},
             "generator": self.generator.get_state(),
@@ -302,32 +308,68 @@ class Trainer:
         """Restore everything a step depends on from a checkpoint (default: ``ckpt/last.pt``)."""
         path = path or self.checkpoint_path
         state = load_checkpoint(path, map_location=self.device)
-        restore_scene(state, path, self.scene, self.background, self.occupancy)
+        restore_scenes(state, path, self.scenes, self.background, self.renderers)
         try:
+            for densify, densify_state in zip(self.densifiers, state["densify"], strict=True):
+                if densify is not None:
+                    densify.load_state_dict(densify_state)
             if "optimizer" in state:
                 self.optimizer.load_state_dict(state["optimizer"])
             if state.get("guidance") and hasattr(self.guidance, "load_state_dict"):
                 self.guidance.load_state_dict(state["guidance"])
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
-        except (RuntimeError, KeyError, ValueError) as error:
+        except (RuntimeError, KeyError, ValueError, TypeError) as error:
             raise CheckpointError(f"checkpoint {path} does not match this run's config ({str(error).splitlines()[0]}); "
                                   "was config.yaml edited after the run started?") from None
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
 
 
-def restore_scene(state: dict[str, Any], path: Path, scene: torch.nn.Module, background: torch.nn.Module,
-                  occupancy: OccupancyGrid | None) -> None:
-    """Load the scene, background and occupancy grid of a checkpoint ``state`` read from ``path``."""
+def build_scenes(cfg: RunConfig, device: torch.device) -> tuple[list[torch.nn.Module], Background, list[Any]]:
+    """``trainer.n_particles`` fresh scenes of ``cfg.scene`` (particle i seeded ``scene.seed + i`` where the scene
+    has a seed), one background, and one renderer per scene, all on ``device``."""
+    scenes, renderers = [], []
+    for particle in range(cfg.trainer.n_particles):
+        scene_cfg = cfg.scene
+        if particle and hasattr(scene_cfg, "seed"):
+            scene_cfg = dataclasses.replace(scene_cfg, seed=scene_cfg.seed + particle)
+        scene = build_scene(scene_cfg).to(device)
+        scenes.append(scene)
+        renderers.append(build_renderer(cfg.scene.name, cfg.render, scene.radius, device))
+    return scenes, build_background(cfg.render).to(device), renderers
+
+
+def scenes_state_dict(scenes: list[torch.nn.Module], background: torch.nn.Module,
+                      renderers: list[Any]) -> dict[str, Any]:
+    """What a checkpoint holds of the scenes: their parameters, the background and the renderers' state."""
+    return {"scenes": [scene.state_dict() for scene in scenes], "background": background.state_dict(),
+            "renderers": [renderer.state_dict() for renderer in renderers]}
+
+
+def restore_scenes(state: dict[str, Any], path: Path, scenes: list[torch.nn.Module], background: torch.nn.Module,
+                   renderers: list[Any]) -> None:
+    """Load the scenes, background and renderer state of a checkpoint ``state`` read from ``path``."""
     try:
-        scene.load_state_dict(state["scene"])
+        if len(state["scenes"]) != len(scenes):
+            raise ValueError(f"it holds {len(state['scenes'])} particle(s), the config asks for {len(scenes)}")
+        for scene, scene_state in zip(scenes, state["scenes"], strict=True):
+            scene.load_state_dict(scene_state)
         background.load_state_dict(state["background"])
-        if occupancy is not None and state.get("occupancy"):
-            occupancy.load_state_dict(state["occupancy"])
-    except (RuntimeError, KeyError, ValueError) as error:
+        for renderer, renderer_state in zip(renderers, state["renderers"], strict=True):
+            renderer.load_state_dict(renderer_state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"checkpoint {path} does not match this run's config ({str(error).splitlines()[0]}); "
                               "was config.yaml edited after the run started?") from None
+
+
+def load_trained(cfg: RunConfig, path: Path, device: torch.device | str = "cpu"
+                 ) -> tuple[list[torch.nn.Module], Background, list[Any]]:
+    """The scenes, background and renderers of a run's checkpoint at ``path``, ready to render (eval mode)."""
+    state = load_checkpoint(path, map_location=device)
+    scenes, background, renderers = build_scenes(cfg, torch.device(device))
+    restore_scenes(state, path, scenes, background, renderers)
+    return [scene.eval() for scene in scenes], background.eval(), renderers
 
 
 def format_eta(seconds: float) -> str:

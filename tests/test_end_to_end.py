@@ -95,8 +95,8 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path: Path):
     final_resumed = torch.load(run_dir / "ckpt" / "last.pt", weights_only=True)
     final_straight = torch.load(only_run_dir(tmp_path / "straight") / "ckpt" / "last.pt", weights_only=True)
     assert final_resumed["step"] == final_straight["step"] == 60
-    for key, value in final_straight["scene"].items():
-        assert torch.equal(value, final_resumed["scene"][key]), key
+    for key, value in final_straight["scenes"][0].items():
+        assert torch.equal(value, final_resumed["scenes"][0][key]), key
 
 
 def test_help_texts(tmp_path: Path):

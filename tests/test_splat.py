@@ -15,7 +15,7 @@ from dreamengine.renderers.splat import (
     MAX_ALPHA,
     MIN_ALPHA,
     MIN_TRANSMITTANCE,
-    composite_tiles,
+    composite_pairs,
     eval_sh,
     intrinsics,
     opencv_viewmats,
@@ -152,13 +152,12 @@ def small_screen_scene(seed: int, n: int, height: int, width: int) -> tuple[torc
     return means2d, conics, opacities, features, radii
 
 
-@pytest.mark.parametrize("tile_size,depth_chunk,max_elements", [(4, 64, 1 << 22), (8, 3, 300), (16, 5, 1 << 22)])
-def test_tiled_compositor_matches_brute_force(tile_size: int, depth_chunk: int, max_elements: int) -> None:
+@pytest.mark.parametrize("seed,count", [(3, 30), (4, 60)])
+def test_pair_compositor_matches_brute_force(seed: int, count: int) -> None:
     height, width = 12, 16
-    means2d, conics, opacities, features, radii = small_screen_scene(3, 30, height, width)
+    means2d, conics, opacities, features, radii = small_screen_scene(seed, count, height, width)
     leaves = [t.clone().requires_grad_(True) for t in (means2d, conics, opacities, features)]
-    image, alpha = composite_tiles(*leaves, radii, height, width, tile_size=tile_size, depth_chunk=depth_chunk,
-                                   max_elements=max_elements)
+    image, alpha = composite_pairs(*leaves, radii, height, width)
     ref_leaves = [t.clone().requires_grad_(True) for t in (means2d, conics, opacities, features)]
     ref_image, ref_alpha = brute_force_composite(*ref_leaves, height, width)
     assert image.shape == (height, width, 4) and alpha.shape == (height, width, 1)

@@ -65,14 +65,14 @@ def test_nan_steps_are_skipped_then_stop_with_clear_error(tmp_path: Path):
     assert trainer.step == 5
     state = load_checkpoint(trainer.checkpoint_path)
     assert state["step"] == 5
-    for key, value in state["scene"].items():  # the skipped steps did not touch the parameters
+    for key, value in state["scenes"][0].items():  # the skipped steps did not touch the parameters
         assert torch.equal(value, after_two[key])
     assert "step skipped" in (trainer.run_dir / "metrics.jsonl").read_text()
 
 
 def test_checkpoint_atomic_write_and_safe_load(tmp_path: Path):
     path = tmp_path / "ckpt" / "last.pt"
-    save_checkpoint({"step": 3, "scene": {"w": torch.ones(2)}}, path)
+    save_checkpoint({"step": 3, "scenes": [{"w": torch.ones(2)}]}, path)
     assert load_checkpoint(path)["step"] == 3
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary files left
     path.write_bytes(b"garbage")
@@ -90,3 +90,74 @@ def test_regularizers_and_orientation_requirement(tmp_path: Path):
         tiny_trainer(tmp_path, "loss.lambda_orient=1.0").train_step()
     shaded = tiny_trainer(tmp_path, "loss.lambda_orient=1.0", "render.shading=diffuse")
     assert shaded.train_step()["orient"] >= 0
+
+
+GAUSSIAN_TINY = ["camera.height=24", "camera.width=24", "teacher.resolution=16", "teacher.elevations=[0,30,60]",
+                 "teacher.azimuth_step=30", "trainer.preview_every=0", "trainer.log_every=1", "deterministic=true",
+                 "scene.num_points=300", "densify.refine_start=3", "densify.refine_every=3", "densify.grow_grad2d=0",
+                 "densify.max_gaussians=450"]
+
+
+def gaussian_trainer(run_dir: Path, *overrides: str) -> Trainer:
+    cfg = load_config("gaussian-toy", [*GAUSSIAN_TINY, *overrides], prompt="a red cube")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(cfg, run_dir)
+
+
+def test_gaussian_scene_trains_densifies_and_resumes_exactly(tmp_path: Path):
+    """Densification changes N mid-run; a resumed run (N restored, Adam moments and densify statistics with it)
+    must still end bit-identical to an uninterrupted one."""
+    straight = gaussian_trainer(tmp_path / "a", "trainer.max_steps=8")
+    straight.fit()
+    assert straight.scene.num_gaussians == 450  # grew (every candidate cloned or split) up to the cap
+    first = gaussian_trainer(tmp_path / "b", "trainer.max_steps=4")
+    first.fit()
+    assert 300 < first.scene.num_gaussians <= 450
+    second = gaussian_trainer(tmp_path / "b", "trainer.max_steps=8")
+    assert second.scene.num_gaussians == 300
+    second.load()
+    assert second.scene.num_gaussians == first.scene.num_gaussians
+    second.fit()
+    for key, value in straight.scene.state_dict().items():
+        assert torch.equal(value, second.scene.state_dict()[key]), key
+    lines = (straight.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert '"num_gaussians": 450.0' in lines[-1]
+
+
+def test_gaussian_scene_refuses_shading_it_cannot_do(tmp_path: Path):
+    from dreamengine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="render.shading=albedo"):
+        gaussian_trainer(tmp_path, "render.shading=diffuse")
+
+
+def test_two_particles_train_two_scenes(tmp_path: Path):
+    trainer = tiny_trainer(tmp_path / "p", "trainer.max_steps=3", "trainer.n_particles=2")
+    assert len(trainer.scenes) == 2 and len(trainer.renderers) == 2
+    before = [scene_parameters_of(s) for s in trainer.scenes]
+    seen_batches = []
+    real_guidance = trainer.guidance
+
+    def recording(rgb, prompts, cameras, step, generator=None):
+        seen_batches.append((rgb.shape[0], len(cameras), prompts.cond.shape[0]))
+        return real_guidance(rgb, prompts, cameras, step, generator)
+
+    trainer.guidance = recording
+    trainer.fit()
+    assert seen_batches == [(2, 2, 2)] * 3  # batch_size 1 x 2 particles in one guidance call
+    after = [scene_parameters_of(s) for s in trainer.scenes]
+    for b, a in zip(before, after, strict=True):  # both particles moved ...
+        assert any(not torch.equal(b[k], a[k]) for k in b)
+    assert any(not torch.equal(after[0][k], after[1][k]) for k in after[0])  # ... and differently
+    # a checkpoint restores both; the wrong particle count is refused with a clear message
+    restored = tiny_trainer(tmp_path / "p", "trainer.max_steps=3", "trainer.n_particles=2")
+    restored.load()
+    for scene, expected in zip(restored.scenes, after, strict=True):
+        for key, value in scene.state_dict().items():
+            assert torch.equal(value, expected[key]), key
+    with pytest.raises(CheckpointError, match="particle"):
+        tiny_trainer(tmp_path / "p", "trainer.max_steps=3").load()
+
+
+def scene_parameters_of(scene: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in scene.state_dict().items()}

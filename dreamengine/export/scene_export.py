@@ -83,6 +83,22 @@ def export_cameras(distance: float, fovy_deg: float) -> Cameras:
     return cameras_from_spherical(elevation, azimuth, torch.tensor(distance), torch.tensor(fovy_deg))
 
 
+def surface_level(scene: torch.nn.Module, threshold: float | None,
+                  render_opacity: Callable[[Cameras, int], Tensor] | None = None,
+                  cameras: Cameras | None = None, resolution: int = 64) -> float:
+    """The density level of a scene's surface: ``threshold`` when given, else the level whose silhouettes
+    best match the rendered opacity of ``cameras`` (:func:`silhouette_threshold`)."""
+    if threshold is not None:
+        return float(threshold)
+    if render_opacity is None or cameras is None:
+        raise ValueError("an automatic export threshold needs render_opacity and cameras")
+    device = next(scene.parameters()).device
+    cameras = cameras.to(device)
+    coarse = gridded_density(scene.density, scene.radius, resolution, device)
+    maxima = max_density_along_rays(coarse, cameras, resolution, scene.radius)
+    return silhouette_threshold(maxima.cpu(), render_opacity(cameras, resolution).cpu())
+
+
 def export_scene(scene: torch.nn.Module, cfg: ExportConfig, path: Path, fmt: str, metadata: dict[str, Any],
                  render_opacity: Callable[[Cameras, int], Tensor] | None = None,
                  cameras: Cameras | None = None) -> Path:
@@ -91,16 +107,7 @@ def export_scene(scene: torch.nn.Module, cfg: ExportConfig, path: Path, fmt: str
     ``render_opacity(cameras, resolution) -> [B, H, W]`` and ``cameras`` are needed when
     ``cfg.threshold`` is None (automatic level).
     """
-    threshold = cfg.threshold
-    if threshold is None:
-        if render_opacity is None or cameras is None:
-            raise ValueError("an automatic export threshold needs render_opacity and cameras")
-        resolution = 64
-        device = next(scene.parameters()).device
-        cameras = cameras.to(device)
-        coarse = gridded_density(scene.density, scene.radius, resolution, device)
-        maxima = max_density_along_rays(coarse, cameras, resolution, scene.radius)
-        threshold = silhouette_threshold(maxima.cpu(), render_opacity(cameras, resolution).cpu())
+    threshold = surface_level(scene, cfg.threshold, render_opacity, cameras)
     mesh = extract_mesh(scene.density, radius=scene.radius, resolution=cfg.resolution, threshold=threshold)
     mesh = clean_mesh(mesh, min_component_fraction=cfg.min_component_fraction,
                       target_faces=cfg.target_faces or None)

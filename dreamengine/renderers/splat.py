@@ -20,9 +20,9 @@ same thing):
    ``depth = (sum_i T_i alpha_i tz_i) * |ray direction / ray z|``: a ray distance with empty space as 0, the
    convention of :mod:`dreamengine.renderers.volume`.
 
-The torch compositor bins Gaussians to ``tile_size`` square tiles by their boxes (exact: outside its box a
-Gaussian's alpha is below 1/255) and composites tiles in batches padded to the largest Gaussian count in
-the batch, so memory is ``O(pixels per tile x tile-Gaussian pairs)``, never pixels x Gaussians.
+The torch compositor evaluates only the (Gaussian, pixel) pairs inside each Gaussian's box (exact: outside
+its box a Gaussian's alpha is below 1/255), sorted by pixel, with a segmented cumulative sum for the
+transmittance: memory and time are ``O(pairs)``, never pixels x Gaussians (:func:`composite_pairs`).
 
 ``render_splats`` returns a :class:`SplatRenderOut`, a :class:`~dreamengine.renderers.volume.RenderOut` with an
 ``info`` dict for densification (see :mod:`dreamengine.scenes.densify`).
@@ -153,32 +153,36 @@ def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
     return torch.einsum("...k,...kc->...c", basis, coeffs[..., : basis.shape[-1], :])
 
 
-def _tile_intersections(means2d: Tensor, radii: Tensor, tile_size: int, tiles_x: int,
-                        tiles_y: int) -> tuple[Tensor, Tensor]:
-    """(gaussian index, tile index) pairs of the tiles each Gaussian's box touches, [I] each, in Gaussian
-    order (so a stable sort by tile keeps the Gaussians' order inside each tile)."""
-    x0 = ((means2d[:, 0] - radii[:, 0]) / tile_size).floor().clamp(0, tiles_x - 1).long()
-    x1 = ((means2d[:, 0] + radii[:, 0]) / tile_size).floor().clamp(0, tiles_x - 1).long()
-    y0 = ((means2d[:, 1] - radii[:, 1]) / tile_size).floor().clamp(0, tiles_y - 1).long()
-    y1 = ((means2d[:, 1] + radii[:, 1]) / tile_size).floor().clamp(0, tiles_y - 1).long()
-    span_x = x1 - x0 + 1
-    counts = span_x * (y1 - y0 + 1)
+def pixel_pairs(means2d: Tensor, radii: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Every (Gaussian, pixel) pair whose pixel center lies in the Gaussian's box ``mean2d +- radius``.
+
+    Args:
+        means2d: [G, 2] pixels; radii: [G, 2] box half sizes (pixels).
+    Returns:
+        gaussian: [P] index into the G Gaussians, in Gaussian order; pixel: [P] ``row * width + col``.
+    """
+    x0 = torch.ceil(means2d[:, 0] - radii[:, 0] - 0.5).clamp(0, width).long()  # first column whose center
+    x1 = torch.floor(means2d[:, 0] + radii[:, 0] - 0.5).clamp(-1, width - 1).long()  # is inside the box
+    y0 = torch.ceil(means2d[:, 1] - radii[:, 1] - 0.5).clamp(0, height).long()
+    y1 = torch.floor(means2d[:, 1] + radii[:, 1] - 0.5).clamp(-1, height - 1).long()
+    span_x = (x1 - x0 + 1).clamp(min=0)
+    counts = span_x * (y1 - y0 + 1).clamp(min=0)
     gaussian = torch.repeat_interleave(torch.arange(len(counts), device=means2d.device), counts)
     first = torch.cumsum(counts, 0) - counts
     local = torch.arange(len(gaussian), device=means2d.device) - first[gaussian]
-    tile = (y0[gaussian] + local // span_x[gaussian]) * tiles_x + x0[gaussian] + local % span_x[gaussian]
-    return gaussian, tile
+    span = span_x[gaussian]
+    pixel = (y0[gaussian] + local // span) * width + x0[gaussian] + local % span
+    return gaussian, pixel
 
 
-def composite_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tensor, radii: Tensor,
-                    height: int, width: int, tile_size: int = 16, depth_chunk: int = 64,
-                    max_elements: int = 1 << 21) -> tuple[Tensor, Tensor]:
+def composite_pairs(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tensor, radii: Tensor,
+                    height: int, width: int) -> tuple[Tensor, Tensor]:
     """Alpha-composite depth-sorted screen-space Gaussians front to back (rules in the module docstring).
 
-    Tiles are processed in batches (tiles sorted by Gaussian count, at most ``max_elements`` pixel-Gaussian
-    pairs at once); inside a batch, each tile's Gaussians are taken ``depth_chunk`` at a time front to back,
-    carrying each pixel's transmittance, and tiles whose pixels have all stopped drop out (the early
-    termination of the CUDA rasterizers).
+    Only the (Gaussian, pixel) pairs inside each Gaussian's box are evaluated (:func:`pixel_pairs`); outside
+    it a Gaussian's alpha is below 1/255, so this is exact. The pairs are stably sorted by pixel, which keeps
+    each pixel's Gaussians front to back, and transmittance is a segmented cumulative sum of ``log(1 - alpha)``
+    (in float64, so long pixel lists lose no precision). Memory and time are O(pairs), never pixels x Gaussians.
 
     Args:
         means2d: [G, 2] pixels; conics: [G, 3]; opacities: [G]; features: [G, C] (colors, depth, ...);
@@ -186,91 +190,45 @@ def composite_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, features
     Returns:
         image: [H, W, C] sum of T_i alpha_i features_i; alpha: [H, W, 1] = 1 - final transmittance.
     """
-    device, dtype = means2d.device, means2d.dtype
-    channels = features.shape[1]
-    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    num_tiles, pixels = tiles_x * tiles_y, tile_size * tile_size
+    num_pixels, dtype = height * width, means2d.dtype
+    def pair_alpha(gaussian: Tensor, pixel: Tensor) -> Tensor:
+        """alpha of each pair [P] (0 where gsplat skips it: sigma < 0 or alpha < 1/255)."""
+        center_x = (pixel % width).to(dtype) + 0.5
+        center_y = torch.div(pixel, width, rounding_mode="floor").to(dtype) + 0.5
+        dx = center_x - means2d[gaussian, 0]
+        dy = center_y - means2d[gaussian, 1]
+        conic = conics[gaussian]
+        sigma = 0.5 * conic[:, 0] * dx * dx + conic[:, 1] * dx * dy + 0.5 * conic[:, 2] * dy * dy
+        alpha = (opacities[gaussian] * torch.exp(-sigma)).clamp(max=MAX_ALPHA)
+        return torch.where((sigma >= 0) & (alpha >= MIN_ALPHA), alpha, torch.zeros_like(alpha))
+
     with torch.no_grad():
-        gaussian, tile = _tile_intersections(means2d.detach(), radii, tile_size, tiles_x, tiles_y)
-        order = torch.sort(tile, stable=True).indices
-        gaussian, tile = gaussian[order], tile[order]
-        counts = torch.bincount(tile, minlength=num_tiles)
-        starts = torch.cumsum(counts, 0) - counts
-        busy = torch.sort(counts, descending=True)
-        offsets = torch.arange(tile_size, device=device, dtype=dtype) + 0.5
-        local_y, local_x = torch.meshgrid(offsets, offsets, indexing="ij")
-        local = torch.stack([local_x.reshape(-1), local_y.reshape(-1)], dim=-1)  # [P, 2] (x, y)
-    # per-Gaussian terms of sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2
-    quad = torch.stack([0.5 * conics[:, 0], conics[:, 1], 0.5 * conics[:, 2]], dim=-1)
+        gaussian, pixel = pixel_pairs(means2d.detach(), radii, height, width)
+        visible = pair_alpha(gaussian, pixel) > 0  # drop the box corners and faint tails before sorting
+        gaussian, pixel = gaussian[visible], pixel[visible]
+        order = torch.sort(pixel, stable=True).indices
+        gaussian, pixel = gaussian[order], pixel[order]
+        counts = torch.bincount(pixel, minlength=num_pixels)
+        starts = torch.cumsum(counts, 0) - counts  # first pair of each pixel
+    alpha = pair_alpha(gaussian, pixel)
 
-    out = torch.zeros(num_tiles, pixels, channels + 1, device=device, dtype=dtype)
-    out[..., channels] = 1.0  # transmittance of empty tiles
-    tile_ids_done, results = [], []
-    position = 0
-    chunk = max(1, depth_chunk)
-    while position < num_tiles and int(busy.values[position]) > 0:
-        batch = max(1, max_elements // (pixels * min(chunk, int(busy.values[position]))))
-        tiles_now = busy.indices[position: position + batch]
-        tiles_now = tiles_now[counts[tiles_now] > 0]
-        position += batch
-        image, log_t = _composite_tile_batch(tiles_now, counts, starts, gaussian, local, tiles_x, tile_size,
-                                             means2d, quad, opacities, features, chunk)
-        results.append(torch.cat([image, torch.exp(log_t)], dim=-1))
-        tile_ids_done.append(tiles_now)
-    if results:
-        out = out.index_put((torch.cat(tile_ids_done),), torch.cat(results))
-    grid = out.view(tiles_y, tiles_x, tile_size, tile_size, channels + 1).permute(0, 2, 1, 3, 4)
-    grid = grid.reshape(tiles_y * tile_size, tiles_x * tile_size, channels + 1)[:height, :width]
-    return grid[..., :channels], 1.0 - grid[..., channels:]
+    def log_transmittance(alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """Per pair: log(1 - alpha) and the inclusive sum of it over the pixel's pairs so far (float64)."""
+        step = torch.log1p(-alpha.double())
+        total = torch.cumsum(step, 0)
+        before_pixel = (total - step)[starts.clamp(max=max(len(step) - 1, 0))]  # exclusive sum at each pixel start
+        return step, total - before_pixel[pixel]
 
-
-def _composite_tile_batch(tiles: Tensor, counts: Tensor, starts: Tensor, gaussian: Tensor, local: Tensor,
-                          tiles_x: int, tile_size: int, means2d: Tensor, quad: Tensor, opacities: Tensor,
-                          features: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
-    """Composite ``tiles`` [n] front to back, ``chunk`` Gaussians of each at a time.
-
-    Returns the tiles' pixels: features [n, P, C] and log transmittance [n, P, 1]."""
-    n, pixels, dtype = len(tiles), local.shape[0], means2d.dtype
-    corner = torch.stack([tiles % tiles_x, tiles // tiles_x], dim=-1).to(dtype) * tile_size
-    pixel = corner[:, None, :] + local[None]  # [n, P, 2]
-    px, py = pixel[..., 0:1], pixel[..., 1:2]  # [n, P, 1]
-    log_min_t = math.log(MIN_TRANSMITTANCE)
-    image_parts: list[Tensor] = []  # per chunk: (rows of tiles still active, their contributions)
-    rows_parts: list[Tensor] = []
-    active = torch.arange(n, device=tiles.device)  # rows of ``tiles`` still compositing
-    log_t = torch.zeros(n, pixels, 1, device=means2d.device, dtype=dtype)  # carried log transmittance
-    done = torch.zeros(n, pixels, 1, dtype=torch.bool, device=means2d.device)  # pixel stopped
-    first = 0
-    while len(active) > 0:
-        slots = first + torch.arange(chunk, device=tiles.device)
-        valid = slots[None, :] < counts[tiles[active], None]  # [a, K]
-        index = (starts[tiles[active], None] + slots[None, :]).clamp(max=len(gaussian) - 1)
-        ids = gaussian[index]  # [a, K]
-        dx = px[active] - means2d[ids, 0][:, None, :]  # [a, P, K]
-        dy = py[active] - means2d[ids, 1][:, None, :]
-        q = quad[ids][:, None]  # [a, 1, K, 3]
-        sigma = q[..., 0] * dx * dx + q[..., 1] * dx * dy + q[..., 2] * dy * dy
-        alpha = (opacities[ids][:, None, :] * torch.exp(-sigma)).clamp(max=MAX_ALPHA)
-        keep = (sigma >= 0) & (alpha >= MIN_ALPHA) & valid[:, None, :]
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        carried = log_t[active]  # [a, P, 1]
-        with torch.no_grad():  # a pixel stops at the Gaussian that would take T to MIN_TRANSMITTANCE
-            alive = (carried + torch.cumsum(torch.log1p(-alpha), dim=-1) > log_min_t) & ~done[active]
-            done = done.index_put((active,), done[active] | ~alive[..., -1:])
-        alpha = torch.where(alive, alpha, torch.zeros_like(alpha))
-        step_log_t = torch.log1p(-alpha)
-        inclusive = carried + torch.cumsum(step_log_t, dim=-1)
-        weights = alpha * torch.exp(inclusive - step_log_t)  # T_i alpha_i, [a, P, K]
-        image_parts.append(torch.einsum("apk,akc->apc", weights, features[ids]))
-        rows_parts.append(active)
-        log_t = log_t.index_put((active,), inclusive[..., -1:])
-        first += chunk
-        with torch.no_grad():
-            still = (counts[tiles[active]] > first) & ~done[active].all(dim=1).squeeze(-1)
-        active = active[still]
-    image = torch.zeros(n, pixels, features.shape[1], device=means2d.device, dtype=dtype)
-    image = image.index_put((torch.cat(rows_parts),), torch.cat(image_parts), accumulate=True)
-    return image, log_t
+    with torch.no_grad():  # a pixel stops at the Gaussian that would take T to MIN_TRANSMITTANCE (gsplat's rule)
+        alive = log_transmittance(alpha)[1] > math.log(MIN_TRANSMITTANCE)
+    alpha = torch.where(alive, alpha, torch.zeros_like(alpha))
+    step, inclusive = log_transmittance(alpha)
+    weights = (alpha.double() * torch.exp(inclusive - step)).to(dtype)  # T_i alpha_i, [P]
+    image = torch.zeros(num_pixels, features.shape[1], dtype=dtype, device=means2d.device)
+    image = image.index_add(0, pixel, weights[:, None] * features[gaussian])
+    log_final = torch.zeros(num_pixels, dtype=torch.float64, device=means2d.device).index_add(0, pixel, step)
+    alpha_image = (1.0 - torch.exp(log_final)).to(dtype)
+    return image.view(height, width, -1), alpha_image.view(height, width, 1)
 
 
 def ray_length_factor(K: Tensor, height: int, width: int) -> Tensor:
@@ -304,22 +262,21 @@ def _import_gsplat() -> Any | None:
 
 
 def render_splats(scene: GaussianScene, cameras: Cameras, height: int, width: int, *, background: Background,
-                  backend: str = "auto", tile_size: int = 16) -> SplatRenderOut:
+                  backend: str = "auto") -> SplatRenderOut:
     """Render ``cameras`` ([B] views) of a Gaussian scene at ``height`` x ``width``.
 
     Returns:
         :class:`SplatRenderOut`: rgb [B, H, W, 3], opacity and depth [B, H, W, 1], normal and
         orientation_loss None, and ``info`` for densification.
     """
-    if height < 1 or width < 1 or tile_size < 1:
-        raise ConfigError(f"render size and tile size must be >= 1, got {height}x{width}, tile {tile_size}")
+    if height < 1 or width < 1:
+        raise ConfigError(f"render size must be >= 1, got {height}x{width}")
     viewmats = opencv_viewmats(cameras.c2w)
     Ks = intrinsics(cameras, height, width)
     if resolve_backend(backend, cameras.device) == "cuda":
         features, alphas, means2d, radii = _render_gsplat(scene, viewmats, Ks, height, width)
     else:
-        features, alphas, means2d, radii = _render_torch(scene, cameras, viewmats, Ks, height, width,
-                                                         tile_size)
+        features, alphas, means2d, radii = _render_torch(scene, cameras, viewmats, Ks, height, width)
     if means2d.requires_grad:
         means2d.retain_grad()
     _, directions = cameras.rays(height, width)
@@ -331,7 +288,7 @@ def render_splats(scene: GaussianScene, cameras: Cameras, height: int, width: in
 
 
 def _render_torch(scene: GaussianScene, cameras: Cameras, viewmats: Tensor, Ks: Tensor, height: int,
-                  width: int, tile_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     covars, _ = covariance_and_precision(scene.quats, scene.scales)
     opacities, coeffs = scene.opacities, scene.sh_coeffs
     projections = [project_gaussians(scene.means, covars, viewmats[view], Ks[view], width, height)
@@ -345,8 +302,8 @@ def _render_torch(scene: GaussianScene, cameras: Cameras, viewmats: Tensor, Ks: 
         dirs = scene.means[ids] - cameras.position[view]
         colors = (eval_sh(scene.sh_degree, dirs, coeffs[ids]) + 0.5).clamp(min=0.0)
         feats = torch.cat([colors, proj.depths[ids, None]], dim=-1)
-        image, alpha = composite_tiles(means2d[view, ids], proj.conics[ids], opacities[ids], feats,
-                                       proj.radii[ids], height, width, tile_size)
+        image, alpha = composite_pairs(means2d[view, ids], proj.conics[ids], opacities[ids], feats,
+                                       proj.radii[ids], height, width)
         features.append(image)
         alphas.append(alpha)
     radii = torch.stack([proj.radii.amax(dim=-1) for proj in projections])
@@ -366,5 +323,36 @@ def _render_gsplat(scene: GaussianScene, viewmats: Tensor, Ks: Tensor, height: i
     return colors, alphas, meta["means2d"], radii.to(colors.dtype)
 
 
-__all__ = ["Projection", "SplatRenderOut", "composite_tiles", "eval_sh", "intrinsics", "opencv_viewmats",
-           "project_gaussians", "render_splats", "resolve_backend"]
+class SplatRenderer:
+    """Renders a Gaussian scene with a run's render settings (``RenderConfig``): the trainer's renderer object
+    for ``scene.name: gaussians`` (see :class:`~dreamengine.renderers.volume.VolumeRenderer` for the protocol).
+
+    Gaussians carry colors, not normals, so only ``render.shading: albedo`` is supported (as in GaussianDreamer
+    and DreamGaussian). The renderer holds no state; densification is the trainer's
+    :class:`~dreamengine.scenes.densify.DensifyStrategy`.
+    """
+
+    def __init__(self, cfg: Any, device: torch.device) -> None:
+        if cfg.shading != "albedo":
+            raise ConfigError(f"render.shading={cfg.shading} needs surface normals, which Gaussian scenes do not "
+                              "have; set render.shading=albedo (the default) for scene.name=gaussians")
+        resolve_backend(cfg.backend, device)  # fail early on backend=cuda without gsplat or a GPU
+        self.cfg = cfg
+
+    def __call__(self, scene: GaussianScene, background: Background, cameras: Cameras, height: int, width: int, *,
+                 generator: torch.Generator | None = None, perturb: bool = False) -> SplatRenderOut:
+        """Render ``cameras`` [B] at ``height`` x ``width`` (deterministic: ``generator`` and ``perturb`` unused)."""
+        return render_splats(scene, cameras, height, width, background=background, backend=self.cfg.backend)
+
+    def after_step(self, scene: GaussianScene, step: int) -> None:
+        """Nothing to refresh."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Stateless."""
+
+
+__all__ = ["Projection", "SplatRenderOut", "SplatRenderer", "composite_pairs", "eval_sh", "intrinsics",
+           "opencv_viewmats", "project_gaussians", "render_splats", "resolve_backend"]

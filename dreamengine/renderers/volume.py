@@ -436,5 +436,49 @@ def _march_nerfacc(scene: VolumeField, rays_o: Tensor, rays_d: Tensor, ray_light
     return out
 
 
-__all__ = ["OccupancyGrid", "RenderOut", "VolumeField", "accumulate", "composite_weights", "intersect_sphere",
-           "render_volume", "resolve_backend", "shade", "stratified_samples"]
+class VolumeRenderer:
+    """Renders a NeRF scene with a run's render settings (``RenderConfig``); owns its occupancy grid.
+
+    The trainer calls ``renderer(scene, background, cameras, H, W, generator=..., perturb=...)`` every step
+    and ``renderer.after_step(scene, step)`` after each optimizer step (the grid refresh). Lights for the
+    'diffuse' and 'textureless' shadings are drawn from ``generator`` (threestudio's dreamfusion strategy).
+    """
+
+    def __init__(self, cfg: Any, radius: float, device: torch.device) -> None:
+        if cfg.shading not in SHADINGS:
+            raise ConfigError(f"render.shading must be one of {', '.join(SHADINGS)}; got {cfg.shading!r}")
+        self.cfg = cfg
+        self.occupancy: OccupancyGrid | None = None
+        if cfg.occupancy_grid:
+            self.occupancy = OccupancyGrid(
+                radius=radius, num_samples=cfg.num_samples, resolution=cfg.occupancy_resolution,
+                update_every=cfg.occupancy_update_every, occupancy_threshold=cfg.occupancy_threshold,
+                backend=cfg.backend, device=device)
+
+    def __call__(self, scene: VolumeField, background: Background, cameras: Cameras, height: int, width: int, *,
+                 generator: torch.Generator | None, perturb: bool) -> RenderOut:
+        """Render ``cameras`` [B] at ``height`` x ``width`` (see :func:`render_volume`)."""
+        from dreamengine.scenes.nerf import sample_light_positions
+
+        light = None
+        if self.cfg.shading != "albedo":
+            light = sample_light_positions(cameras, generator).to(cameras.device)
+        return render_volume(scene, cameras, height, width, num_samples=self.cfg.num_samples, background=background,
+                             shading=self.cfg.shading, light_positions=light, perturb=perturb, generator=generator,
+                             backend=self.cfg.backend, occupancy=self.occupancy)
+
+    def after_step(self, scene: VolumeField, step: int) -> None:
+        """Refresh the occupancy grid when it is due (call after ``optimizer.step()``)."""
+        if self.occupancy is not None:
+            self.occupancy.update(scene, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"occupancy": self.occupancy.state_dict()} if self.occupancy is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.occupancy is not None and state.get("occupancy"):
+            self.occupancy.load_state_dict(state["occupancy"])
+
+
+__all__ = ["OccupancyGrid", "RenderOut", "VolumeField", "VolumeRenderer", "accumulate", "composite_weights",
+           "intersect_sphere", "render_volume", "resolve_backend", "shade", "stratified_samples"]

@@ -1,4 +1,4 @@
-"""What is optimized: name -> config dataclass, and builders for scenes and backgrounds."""
+"""What is optimized: name -> config dataclass / class, and builders for scenes, backgrounds, optimizer groups."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from typing import Any
 
 import torch
 
+from dreamengine.scenes.gaussians import GaussianScene, GaussiansConfig
 from dreamengine.scenes.nerf import Background, NeRFConfig, NeRFScene
 
-SCENE_CONFIGS = {"nerf": NeRFConfig}
-SCENES = {"nerf": NeRFScene}
+SCENE_CONFIGS = {"nerf": NeRFConfig, "gaussians": GaussiansConfig}
+SCENES = {"nerf": NeRFScene, "gaussians": GaussianScene}
 
 
 def build_scene(cfg: Any) -> torch.nn.Module:
@@ -22,4 +23,13 @@ def build_background(render_cfg: Any) -> Background:
     return Background(mode=render_cfg.background, color=tuple(render_cfg.background_color))
 
 
-__all__ = ["SCENES", "SCENE_CONFIGS", "Background", "NeRFConfig", "NeRFScene", "build_background", "build_scene"]
+def scene_param_groups(scene: torch.nn.Module, optim_cfg: Any, background: Background | None) -> list[dict[str, Any]]:
+    """Adam groups of a scene (and of ``background`` when given). NeRF learning rates come from the ``optim``
+    section; a Gaussian scene's per-parameter rates from its own config (``scene.lr_*``)."""
+    if isinstance(scene, GaussianScene):
+        return scene.param_groups(optim_cfg.lr_background, background)
+    return scene.param_groups(optim_cfg.lr_encoding, optim_cfg.lr_network, optim_cfg.lr_background, background)
+
+
+__all__ = ["SCENES", "SCENE_CONFIGS", "Background", "GaussianScene", "GaussiansConfig", "NeRFConfig", "NeRFScene",
+           "build_background", "build_scene", "scene_param_groups"]

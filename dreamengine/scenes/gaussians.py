@@ -24,9 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from dreamengine.errors import ConfigError
+from dreamengine.scenes.gaussian_init import INITIALIZERS, SH_C0, rgb_to_sh_dc
 
-SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi))
-INITS = ("sphere", "ply")
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh_dc", "sh_rest")
 # param-group name -> attribute of GaussianScene (log scales and logit opacities are what is optimized)
 ATTRIBUTES = {"means": "means", "scales": "log_scales", "quats": "quats", "opacities": "logit_opacities",
@@ -39,9 +38,11 @@ class GaussiansConfig:
 
     name: str = "gaussians"
     radius: float = 1.0  # scene bound (the exporter's grid covers [-radius, radius]^3)
-    num_points: int = 4096  # initial number of Gaussians ('sphere' init)
-    init: str = "sphere"  # sphere: uniform random points in a ball of init_radius | ply: read init_path
-    init_path: str = ""  # a 3DGS PLY file for init 'ply'
+    num_points: int = 4096  # initial number of Gaussians (all inits but 'ply')
+    init: str = "sphere"  # sphere | shape | mesh | nerf | ply (see dreamengine/scenes/gaussian_init.py)
+    init_path: str = ""  # mesh: a GLB/OBJ/PLY mesh | nerf: a NeRF run directory | ply: a 3DGS PLY file
+    init_shape: str = "sphere"  # shape: a toy shape name (geometry only) or a toy prompt (geometry + colors)
+    init_mesh_normalize: bool = True  # mesh: center the surface points and scale them into init_radius
     init_radius: float = 0.5
     init_color: tuple[float, float, float] = (0.5, 0.5, 0.5)  # initial view-independent color
     init_random_color: bool = True  # uniform random colors in [0, 1] instead of init_color
@@ -59,11 +60,6 @@ class GaussiansConfig:
     lr_opacities: float = 5e-2
     lr_sh_dc: float = 2.5e-3
     lr_sh_rest: float = 2.5e-3 / 20.0
-
-
-def rgb_to_sh_dc(rgb: Tensor) -> Tensor:
-    """Degree-0 coefficient [..., 3] giving the color ``rgb`` [..., 3] (renderer adds 0.5)."""
-    return (rgb - 0.5) / SH_C0
 
 
 def sh_dc_to_rgb(sh_dc: Tensor) -> Tensor:
@@ -105,12 +101,7 @@ class GaussianScene(nn.Module):
         self.config = config
         self.radius = float(config.radius)
         self.sh_degree = 0 if config.albedo_only else int(config.sh_degree)
-        if config.init == "sphere":
-            tensors = _sphere_init(config, self.sh_degree)
-        else:
-            from dreamengine.export.splat_ply import read_splat_ply  # here: export imports scenes
-            tensors = read_splat_ply(config.init_path)
-            tensors["sh_rest"] = _fit_sh_rest(tensors["sh_rest"], self.sh_degree)
+        tensors = INITIALIZERS[config.init](config, self.sh_degree)
         self.means = nn.Parameter(tensors["means"].float())
         self.quats = nn.Parameter(tensors["quats"].float())
         self.log_scales = nn.Parameter(tensors["log_scales"].float())
@@ -243,13 +234,14 @@ class GaussianScene(nn.Module):
 
 
 def _validate(config: GaussiansConfig) -> None:
-    if config.init not in INITS:
-        raise ConfigError(f"scene.init must be one of {INITS}, got {config.init!r}")
-    if config.init == "ply" and not config.init_path:
-        raise ConfigError("scene.init 'ply' needs scene.init_path: the path of a 3DGS .ply file")
+    if config.init not in INITIALIZERS:
+        raise ConfigError(f"scene.init must be one of {', '.join(INITIALIZERS)}, got {config.init!r}")
+    if config.init in ("mesh", "nerf", "ply") and not config.init_path:
+        raise ConfigError(f"scene.init={config.init} needs scene.init_path (a mesh file for mesh, a NeRF run "
+                          "directory for nerf, a 3DGS .ply file for ply)")
     if not 0 <= config.sh_degree <= 3:
         raise ConfigError(f"scene.sh_degree must be 0, 1, 2 or 3, got {config.sh_degree}")
-    if config.num_points < 1 and config.init == "sphere":
+    if config.num_points < 1 and config.init != "ply":
         raise ConfigError(f"scene.num_points must be >= 1, got {config.num_points}")
     positive = {"radius": config.radius, "init_radius": config.init_radius, "init_scale": config.init_scale,
                 "lr_means_init": config.lr_means_init, "lr_means_final": config.lr_means_final,
@@ -259,38 +251,6 @@ def _validate(config: GaussiansConfig) -> None:
             raise ConfigError(f"scene.{key} must be > 0, got {value}")
     if not 0.0 < config.init_opacity < 1.0:
         raise ConfigError(f"scene.init_opacity must be in (0, 1), got {config.init_opacity}")
-
-
-def _sphere_init(config: GaussiansConfig, sh_degree: int) -> dict[str, Tensor]:
-    """Uniform random points in a ball, isotropic scales, identity rotations."""
-    generator = torch.Generator().manual_seed(config.seed)
-    n = config.num_points
-    direction = nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
-    radius = config.init_radius * torch.rand(n, 1, generator=generator) ** (1.0 / 3.0)  # uniform in volume
-    if config.init_random_color:
-        rgb = torch.rand(n, 3, generator=generator)
-    else:
-        rgb = torch.tensor(config.init_color, dtype=torch.float32).expand(n, 3)
-    quats = torch.zeros(n, 4)
-    quats[:, 0] = 1.0
-    opacity = torch.tensor(config.init_opacity)
-    return {
-        "means": direction * radius,
-        "quats": quats,
-        "log_scales": torch.full((n, 3), math.log(config.init_scale)),
-        "logit_opacities": torch.full((n,), float(torch.logit(opacity))),
-        "sh_dc": rgb_to_sh_dc(rgb)[:, None, :].clone(),
-        "sh_rest": torch.zeros(n, (sh_degree + 1) ** 2 - 1, 3),
-    }
-
-
-def _fit_sh_rest(sh_rest: Tensor, sh_degree: int) -> Tensor:
-    """Truncate or zero-pad higher-order coefficients [N, K, 3] to degree ``sh_degree``."""
-    wanted = (sh_degree + 1) ** 2 - 1
-    if sh_rest.shape[1] >= wanted:
-        return sh_rest[:, :wanted].contiguous()
-    pad = sh_rest.new_zeros(sh_rest.shape[0], wanted - sh_rest.shape[1], 3)
-    return torch.cat([sh_rest, pad], dim=1)
 
 
 __all__ = ["GaussianScene", "GaussiansConfig", "PARAM_NAMES", "covariance_and_precision", "quat_to_rotmat",

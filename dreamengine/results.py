@@ -1,0 +1,94 @@
+"""What a trained run writes: meshes and splat files under ``final/``, and its evaluation in ``metrics.json``.
+
+Used by the CLI (``generate``, ``resume``, ``export``, ``eval``) and the library API. Every function takes the
+trained objects explicitly (scene, background, renderer), so it works the same right after training and on a
+checkpoint loaded later (:func:`dreamengine.trainer.load_trained`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dreamengine.config import RunConfig
+from dreamengine.errors import ExportError
+from dreamengine.scenes.gaussians import GaussianScene
+from dreamengine.trainer import render_fixed
+
+MESH_FORMATS = ("glb", "obj", "ply")
+SPLAT_FORMAT = "splat"  # the 3DGS PLY of a Gaussian scene, written as final/scene.ply
+
+
+def particle_folder(run_dir: Path, particle: int) -> Path:
+    """``final/`` for the first particle, ``final/particle-<i>/`` for the others."""
+    return run_dir / "final" if particle == 0 else run_dir / "final" / f"particle-{particle}"
+
+
+def export_metadata(cfg: RunConfig) -> dict[str, Any]:
+    """What every exported file records about the run that made it (GLB ``asset.extras``)."""
+    from dreamengine import __version__
+
+    return {"generator": f"DreamEngine {__version__}", "prompt": cfg.prompt, "seed": cfg.seed,
+            "guidance": cfg.guidance.name, "teacher": cfg.teacher.name,
+            "teacher_model": getattr(cfg.teacher, "model", cfg.teacher.name), "scene": cfg.scene.name}
+
+
+def export_scene_file(scene: torch.nn.Module, background: torch.nn.Module, renderer: Any, cfg: RunConfig,
+                      folder: Path, fmt: str) -> Path:
+    """Write ``folder/model.<fmt>`` (a mesh) or, for ``fmt == 'splat'``, ``folder/scene.ply`` (3DGS)."""
+    if fmt == SPLAT_FORMAT:
+        if not isinstance(scene, GaussianScene):
+            raise ExportError(f"format 'splat' writes the Gaussians of a Gaussian scene; this run's scene is "
+                              f"'{cfg.scene.name}': export it as one of {', '.join(MESH_FORMATS)}")
+        from dreamengine.export.splat_ply import write_splat_ply
+
+        return write_splat_ply(scene, folder / "scene.ply")
+    from dreamengine.export.scene_export import export_cameras, export_scene
+
+    cameras = export_cameras(float(np.mean(cfg.camera.distance_range)), float(np.mean(cfg.camera.fovy_range)))
+
+    def render_opacity(cams: Any, resolution: int) -> torch.Tensor:
+        return render_fixed(scene, background, renderer, cams, resolution, resolution).opacity[..., 0]
+
+    return export_scene(scene, cfg.export, folder / f"model.{fmt}", fmt, export_metadata(cfg), render_opacity, cameras)
+
+
+def export_run(scenes: list[torch.nn.Module], background: torch.nn.Module, renderers: list[Any], cfg: RunConfig,
+               run_dir: Path, formats: list[str] | None = None) -> list[Path]:
+    """Every particle in every format of ``formats`` (default ``export.formats``; Gaussian scenes also get their
+    splat PLY). Returns the written paths."""
+    written = []
+    for particle, (scene, renderer) in enumerate(zip(scenes, renderers, strict=True)):
+        wanted = list(formats if formats is not None else cfg.export.formats)
+        if formats is None and isinstance(scene, GaussianScene):
+            wanted.append(SPLAT_FORMAT)
+        for fmt in wanted:
+            written.append(export_scene_file(scene, background, renderer, cfg, particle_folder(run_dir, particle), fmt))
+    return written
+
+
+def evaluate_run(scene: torch.nn.Module, background: torch.nn.Module, renderer: Any, cfg: RunConfig,
+                 run_dir: Path) -> dict[str, Any]:
+    """Held-out render metrics against the toy world's ground truth (and the exported GLB's shape metrics when
+    ``final/model.glb`` exists), written to ``metrics.json``."""
+    from dreamengine.evaluate import evaluate_renders
+    from dreamengine.runs import write_json
+
+    device = next(scene.parameters()).device
+    results = evaluate_renders(cfg, lambda cams, h, w: render_fixed(scene, background, renderer, cams.to(device), h, w))
+    glb = run_dir / "final" / "model.glb"
+    if glb.is_file():
+        from dreamengine.evaluate import mesh_metrics
+        from dreamengine.export import load_mesh
+        from dreamengine.toyworld import parse_prompt
+
+        results["mesh"] = {"file": str(glb), **mesh_metrics(load_mesh(glb), parse_prompt(cfg.prompt))}
+    write_json(run_dir / "metrics.json", results)
+    return results
+
+
+__all__ = ["MESH_FORMATS", "SPLAT_FORMAT", "evaluate_run", "export_metadata", "export_run", "export_scene_file",
+           "particle_folder"]
