@@ -1,3 +1,26 @@
-"""DreamEngine: text to 3D assets by score distillation."""
+"""DreamEngine: text to 3D assets by score distillation.
+
+The library API (imported on first use, so ``import dreamengine`` stays light)::
+
+    import dreamengine
+    asset = dreamengine.generate("a red cube")                      # one config (default: quickstart)
+    asset = dreamengine.generate("a snowman", system="dreamgaussian-toy")
+    asset = dreamengine.resume("runs/a-red-cube-20260101-120000")
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_API = ("Asset", "generate", "prepare", "resume", "open_run")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from dreamengine import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dreamengine' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_API]

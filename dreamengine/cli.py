@@ -33,7 +33,11 @@ evaluate it. A run directory is created under output_dir (default: runs/) and pr
 
 Settings come from a config (default: quickstart) and KEY=VALUE overrides, for example:
   dreamengine generate "a blue torus" trainer.max_steps=400 camera.height=48 seed=3
-  dreamengine generate "a snowman" --config quickstart guidance.guidance_scale=20
+  dreamengine generate "a snowman" --config gaussian-toy guidance.guidance_scale=20
+Or name a system, a paper's multi-stage pipeline (list them with: dreamengine systems):
+  dreamengine generate "a snowman" --system dreamgaussian-toy
+  dreamengine generate "a snowman" --system dreamgaussian-toy seed=3 texture:trainer.max_steps=100
+(KEY=VALUE applies to every stage, STAGE:KEY=VALUE to one stage.)
 Unknown keys and wrong types are reported before any work starts. Ctrl-C saves a checkpoint;
 continue with: dreamengine resume RUN_DIR
 """
@@ -50,15 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="text prompt -> trained scene -> GLB", description=GENERATE_HELP,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     generate.add_argument("prompt", metavar="PROMPT", help='what to make, e.g. "a red cube" (quote it)')
-    generate.add_argument("--config", "-c", default="quickstart",
-                          help="a packaged config name (quickstart) or a path to a YAML file (default: quickstart)")
+    choice = generate.add_mutually_exclusive_group()
+    choice.add_argument("--config", "-c", default=None,
+                        help="a packaged config name (quickstart) or a path to a YAML file (default: quickstart)")
+    choice.add_argument("--system", "-s", default=None,
+                        help="a packaged system name (see: dreamengine systems) or a path to a system YAML file")
     generate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. seed=3")
     generate.add_argument("--no-export", action="store_true", help="skip the mesh export at the end")
 
     resume = commands.add_parser("resume", help="continue a stopped run from its last checkpoint",
                                  description="Continue RUN_DIR from ckpt/last.pt with its own config.yaml, then "
-                                             "export and evaluate as generate does.")
+                                             "export and evaluate as generate does. A system run continues in the "
+                                             "middle of the stage it stopped in; finished stages are kept.")
     resume.add_argument("run_dir", metavar="RUN_DIR")
+
+    commands.add_parser("systems", help="list the packaged systems (papers' pipelines)",
+                        description="List every packaged system with its stages and the paper it follows. Run one "
+                                    "with: dreamengine generate PROMPT --system NAME")
 
     export = commands.add_parser("export", help="write a run's mesh as GLB, OBJ or PLY (or its Gaussians)",
                                  description="Extract a mesh from RUN_DIR's last checkpoint and write "
@@ -101,55 +113,87 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into a reader that stopped early (| head)
+        sys.stderr.close()
+        return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dreamengine.config import load_config
-    from dreamengine.runs import init_run_dir, plan_run_dir
-    from dreamengine.trainer import Trainer
+    from dreamengine.api import prepare
 
-    if not args.prompt.strip():
-        raise DreamEngineError('the prompt is empty: give a text prompt, e.g. dreamengine generate "a red cube"')
-    cfg = load_config(args.config, args.overrides, prompt=args.prompt)
-    run_dir = plan_run_dir(cfg)
-    trainer = Trainer(cfg, run_dir)  # validates the prompt and builds everything before touching the disk
-    describe = getattr(trainer.teacher, "describe", None)
-    init_run_dir(run_dir, cfg, sys.argv, describe() if describe is not None else None)
-    print(f"run directory: {run_dir}", flush=True)
-    return train_export_eval(trainer, export=not args.no_export)
+    run = prepare(args.prompt, config=args.config, system=args.system, overrides=args.overrides,
+                  export=not args.no_export)
+    run.on_stage = announce_stage
+    print(f"run directory: {run.run_dir}", flush=True)
+    return execute_and_report(run)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from dreamengine.runs import open_run_dir
-    from dreamengine.trainer import Trainer
+    from dreamengine.api import open_run
 
-    run_dir, cfg = open_run_dir(args.run_dir)
-    trainer = Trainer(cfg, run_dir)
-    trainer.load()
-    print(f"resuming {run_dir} at step {trainer.step}/{cfg.trainer.max_steps}", flush=True)
-    return train_export_eval(trainer, export=True)
+    run = open_run(args.run_dir)
+    run.on_stage = announce_stage
+    if run.trainer is not None:
+        print(f"resuming {run.run_dir} at step {run.trainer.step}/{run.trainer.cfg.trainer.max_steps}", flush=True)
+    else:
+        print(f"resuming {run.run_dir}", flush=True)
+    return execute_and_report(run)
 
 
-def train_export_eval(trainer: Any, export: bool) -> int:
-    from dreamengine.results import evaluate_run, export_run
-    from dreamengine.trainer import progress_printer
+def announce_stage(name: str, index: int, count: int, trainer: Any) -> None:
+    cfg = trainer.cfg
+    start = f", resuming at step {trainer.step}" if trainer.step else ""
+    print(f"stage {index + 1}/{count}: {name} ({cfg.scene.name} + {cfg.guidance.name}, {cfg.trainer.max_steps} "
+          f"steps{start})", flush=True)
 
-    cfg, run_dir = trainer.cfg, trainer.run_dir
-    progress = progress_printer(cfg.trainer.max_steps, trainer.step) if cfg.trainer.progress else None
+
+class StageProgress:
+    """A step-event callback that draws one rich progress bar per stage (nothing when not on a terminal)."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, event: Any) -> None:
+        from dreamengine.trainer import progress_bar
+
+        if event.stage != self.stage or self.bar is None:
+            self.stop()
+            self.stage = event.stage
+            self.bar = progress_bar(event.max_steps, event.step - 1, label=event.stage)
+        if self.bar is not None:
+            self.bar(event)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def execute_and_report(run: Any) -> int:
+    """Train, export and evaluate a prepared run with a progress bar, then print what it wrote and measured."""
+    progress = StageProgress()
+    callbacks = [progress] if progress_enabled(run) else []
     try:
-        trainer.fit(progress)
+        asset = run.execute(callbacks)
     finally:
-        if progress is not None:
-            progress.stop()
-    timings = trainer.timer.medians()
-    if timings:
-        print("median seconds per step: " + ", ".join(f"{k} {v:.4f}" for k, v in timings.items()))
-    if export:
-        for path in export_run(trainer.scenes, trainer.background, trainer.renderers, cfg, run_dir):
-            print(f"wrote {path}")
-    if cfg.teacher.name == "toyworld":
-        print_metrics(evaluate_run(trainer.scene, trainer.background, trainer.renderer, cfg, run_dir))
+        progress.stop()
+    for timings in sorted(run.run_dir.rglob("timings.json")):
+        medians = json.loads(timings.read_text())
+        steps = medians.pop("steps_timed", None)
+        label = f"{timings.parent.name}: " if timings.parent != run.run_dir else ""
+        stages = ", ".join(f"{k} {v:.4f}" for k, v in medians.items())
+        print(f"{label}median seconds per step ({steps} steps): {stages}")
+    for path in asset.files:
+        print(f"wrote {path}")
+    if asset.metrics:
+        print_metrics(asset.metrics)
     return 0
+
+
+def progress_enabled(run: Any) -> bool:
+    cfg = run.trainer.cfg if run.trainer is not None else None
+    return cfg is None or cfg.trainer.progress
 
 
 def print_metrics(results: dict[str, Any]) -> None:
@@ -177,11 +221,20 @@ def print_metrics(results: dict[str, Any]) -> None:
 
 
 def load_run(run_dir_arg: str) -> tuple[Path, Any, list[Any], Any, list[Any]]:
-    """(run_dir, cfg, scenes, background, renderers) from a run directory's config and last checkpoint."""
+    """(run_dir, cfg, scenes, background, renderers) from a run directory's config and last checkpoint; for a
+    system run, its last stage that has a checkpoint."""
     from dreamengine.runs import open_run_dir
+    from dreamengine.systems.driver import is_system_run, read_system_run
     from dreamengine.trainer import load_trained
 
-    run_dir, cfg = open_run_dir(run_dir_arg)
+    run_dir = Path(run_dir_arg)
+    if is_system_run(run_dir):
+        stages = [run_dir / stage["dir"] for stage in read_system_run(run_dir)["stages"]]
+        started = [folder for folder in stages if (folder / "ckpt" / "last.pt").is_file()]
+        if not started:
+            raise DreamEngineError(f"no stage of the system run {run_dir} has a checkpoint yet; resume it first")
+        run_dir = started[-1]
+    run_dir, cfg = open_run_dir(run_dir)
     scenes, background, renderers = load_trained(cfg, run_dir / "ckpt" / "last.pt")
     return run_dir, cfg, scenes, background, renderers
 
@@ -205,7 +258,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval}
+def cmd_systems(args: argparse.Namespace) -> int:
+    from dreamengine.systems import load_system, packaged_systems
+
+    specs = [load_system(name) for name in sorted(packaged_systems())]
+    width = max(len(spec.name) for spec in specs) + 2
+    print("Systems (run one with: dreamengine generate PROMPT --system NAME; its YAML file documents it):\n")
+    for spec in specs:
+        stages = " -> ".join(stage.name for stage in spec.stages)
+        print(f"{spec.name:<{width}}{spec.description}")
+        print(f"{'':<{width}}stages: {stages}")
+        print(f"{'':<{width}}paper: {spec.paper}\n")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval,
+            "systems": cmd_systems}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,9 +8,10 @@ A config is loaded in three layers, each validated against the dataclass schema 
 
 The sections ``teacher``, ``guidance`` and ``scene`` are polymorphic: their ``name`` key selects the
 dataclass that validates the rest of the section (``guidance.name=sds`` -> ``SDSConfig``), from the plain
-dicts in each sub-package's ``__init__``. Unknown keys, wrong types and interpolations (``${...}``, which
-could read the environment) stop loading with a :class:`ConfigError` naming the key, where it came from,
-and the closest valid key.
+dicts in each sub-package's ``__init__``. A layer that changes a section's ``name`` replaces the section: the
+earlier layers' keys for the old name are dropped (``--config quickstart guidance.name=ism`` gives ISM's
+defaults). Unknown keys, wrong types and interpolations (``${...}``, which could read the environment) stop
+loading with a :class:`ConfigError` naming the key, where it came from, and the closest valid key.
 """
 
 from __future__ import annotations
@@ -230,6 +231,31 @@ def _section_name(section: str, layers: list[DictConfig]) -> str:
     return name
 
 
+def _drop_replaced_sections(layer: DictConfig, names: dict[str, str], index: int,
+                            layers: list[DictConfig]) -> DictConfig:
+    """``layer`` without the polymorphic sections it wrote for a ``name`` that a later layer replaced.
+
+    ``--config quickstart guidance.name=ism``: quickstart's guidance keys were written for SDS, and ISM's
+    config starts from its own defaults instead of failing on SDS-only keys."""
+    stale = []
+    for section, final in names.items():
+        if section not in layer:
+            continue
+        current = DEFAULT_NAMES[section]  # the name in force when this layer was written
+        for earlier in layers[: index + 1]:
+            value = OmegaConf.select(earlier, f"{section}.name", default=None)
+            if value is not None:
+                current = str(value)
+        if current != final:
+            stale.append(section)
+    if not stale:
+        return layer
+    kept = OmegaConf.to_container(layer)
+    for section in stale:
+        kept.pop(section)
+    return OmegaConf.create(kept)
+
+
 def load_config(config: str | Path | None = None, overrides: list[str] | None = None,
                 prompt: str | None = None) -> RunConfig:
     """Build a validated :class:`RunConfig` from defaults, an optional YAML file and overrides."""
@@ -245,7 +271,10 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
     for layer, source in layers:
         _reject_interpolations(layer, source)
 
-    sections = {s: POLYMORPHIC_SECTIONS[s][_section_name(s, [la for la, _ in layers])]() for s in POLYMORPHIC_SECTIONS}
+    names = {s: _section_name(s, [la for la, _ in layers]) for s in POLYMORPHIC_SECTIONS}
+    layers = [(_drop_replaced_sections(layer, names, index, [la for la, _ in layers]), source)
+              for index, (layer, source) in enumerate(layers)]
+    sections = {s: POLYMORPHIC_SECTIONS[s][names[s]]() for s in POLYMORPHIC_SECTIONS}
     merged = OmegaConf.structured(RunConfig(**sections))
     for layer, source in layers:
         merged = _merge_layer(merged, layer, source)

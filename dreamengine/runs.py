@@ -40,14 +40,17 @@ def plan_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def init_run_dir(run_dir: Path, cfg: RunConfig, argv: list[str], teacher_info: dict[str, Any] | None = None) -> None:
-    """Create ``run_dir`` and write config.yaml and manifest.json into it."""
+def init_run_dir(run_dir: Path, cfg: RunConfig, argv: list[str], teacher_info: dict[str, Any] | None = None,
+                 write_config: bool = True) -> None:
+    """Create ``run_dir`` and write manifest.json and (unless ``write_config`` is False: a system run keeps one
+    config per stage) config.yaml into it."""
     try:
         run_dir.mkdir(parents=True)
     except OSError as error:
         raise DreamEngineError(f"cannot create the run directory {run_dir}: {error.strerror}; set "
                                "output_dir=PATH to a writable folder") from None
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    if write_config:
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     write_json(run_dir / "manifest.json", manifest(cfg, argv, teacher_info))
 
 

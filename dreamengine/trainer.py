@@ -15,7 +15,9 @@ import signal
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,21 @@ def image_grid(images: list[Tensor]) -> np.ndarray:
     return (row.numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
+@dataclass
+class StepEvent:
+    """What a run reports after each step, to callbacks (progress bars, notebooks, GUIs)."""
+
+    step: int  # steps done in this stage
+    max_steps: int
+    terms: dict[str, float]  # the logged losses and values of this step
+    stage: str = ""  # the system stage's name ("" for a single-stage run)
+    preview: Path | None = None  # the preview grid written at this step, if one was
+
+    def preview_image(self) -> np.ndarray | None:
+        """The preview grid as an [H, W, 3] uint8 array, or None when this step wrote none."""
+        return None if self.preview is None else iio.imread(self.preview)
+
+
 class Trainer:
     """Owns the scene(s), teacher, guidance and optimizer of one run directory.
 
@@ -132,9 +149,10 @@ class Trainer:
     each particle receives the gradient it would get alone (``gradient_to_loss`` divides by the batch size).
     """
 
-    def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: Path, stage: str = "") -> None:
         self.cfg = cfg
         self.run_dir = run_dir
+        self.stage = stage  # a system stage's name, reported in step events
         self.device = resolve_device(cfg.device)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -218,8 +236,11 @@ class Trainer:
         return terms
 
     # ------------------------------------------------------------------------------------------ the loop
-    def fit(self, progress: Any | None = None) -> None:
-        """Run steps until ``trainer.max_steps``; checkpoint periodically, at the end and on signals."""
+    def fit(self, callbacks: Sequence[Callable[[StepEvent], None]] = ()) -> None:
+        """Run steps until ``trainer.max_steps``; checkpoint periodically, at the end and on signals.
+
+        Each callback receives a :class:`StepEvent` after every step (a progress bar, a notebook, a GUI). If a
+        callback raises, the run is checkpointed first, so nothing is lost."""
         tcfg = self.cfg.trainer
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -235,12 +256,18 @@ class Trainer:
                             "Lower the learning rates (optim.*) or the guidance scale, or set guidance.grad_clip.")
                 if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
                     self._log({"step": self.step, **terms})
-                if progress is not None:
-                    progress(self.step, terms)
+                preview = None
                 if tcfg.preview_every and self.step % tcfg.preview_every == 0:
-                    self.write_preview()
+                    preview = self.write_preview()
                 if tcfg.checkpoint_every and self.step % tcfg.checkpoint_every == 0:
                     self.save()
+                event = StepEvent(self.step, tcfg.max_steps, terms, self.stage, preview)
+                for callback in callbacks:
+                    try:
+                        callback(event)
+                    except BaseException:
+                        self.save()
+                        raise
                 if self._stop_signal is not None:
                     self.save()
                     raise Interrupted(self.step, self._stop_signal)
@@ -324,6 +351,25 @@ class Trainer:
                                   "was config.yaml edited after the run started?") from None
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
+        self.truncate_log()
+
+    def truncate_log(self) -> None:
+        """Drop training-log lines after the restored step (a killed run logged steps it will now redo)."""
+        log = self.run_dir / "metrics.jsonl"
+        if not log.is_file():
+            return
+        kept = [line for line in log.read_text().splitlines() if logged_step(line) <= self.step]
+        tmp = log.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(log)
+
+
+def logged_step(line: str) -> float:
+    """The step of a training-log line; infinity for a line cut short by a kill (so it is dropped)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def build_scenes(cfg: RunConfig, device: torch.device) -> tuple[list[torch.nn.Module], Background, list[Any]]:
@@ -379,20 +425,21 @@ def format_eta(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
-def progress_printer(max_steps: int, start_step: int) -> Any:
-    """A callable(step, terms) drawing a rich progress bar on a terminal, or None when not a terminal."""
+def progress_bar(max_steps: int, start_step: int, label: str = "") -> Any:
+    """A step-event callback drawing a rich progress bar on a terminal (call ``.stop()`` when done), or None
+    when stderr is not a terminal."""
     if not sys.stderr.isatty():
         return None
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+    bar = Progress(TextColumn(f"{label + ' ' if label else ''}step {{task.completed}}/{{task.total}}"), BarColumn(),
                    TextColumn("loss {task.fields[loss]:.4g}"), TimeRemainingColumn(), transient=False)
     task = bar.add_task("train", total=max_steps, completed=start_step, loss=float("nan"))
     bar.start()
 
-    def update(step: int, terms: dict[str, float]) -> None:
-        bar.update(task, completed=step, loss=terms.get("loss", float("nan")))
-        if step >= max_steps:
+    def update(event: StepEvent) -> None:
+        bar.update(task, completed=event.step, loss=event.terms.get("loss", float("nan")))
+        if event.step >= max_steps:
             bar.stop()
 
     update.stop = bar.stop  # type: ignore[attr-defined]

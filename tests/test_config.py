@@ -65,3 +65,15 @@ def test_missing_config_and_interpolations_are_rejected(tmp_path: Path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
+
+
+def test_changing_a_section_name_replaces_the_section():
+    # quickstart's guidance keys are SDS's; naming another method starts from that method's defaults
+    cfg = load_config("quickstart", ["guidance.name=ism", "guidance.delta_t=50"])
+    assert cfg.guidance.name == "ism" and cfg.guidance.delta_t == 50 and cfg.guidance.grad_scale == 0.1
+    # the scene too, and keys given for the new name in the same layer still count
+    cfg = load_config("quickstart", ["scene.name=gaussians", "scene.num_points=123"])
+    assert cfg.scene.name == "gaussians" and cfg.scene.num_points == 123
+    # keys written for the old name in the overriding layer itself are still errors
+    with pytest.raises(ConfigError, match="weighting"):
+        load_config("quickstart", ["guidance.name=ism", "guidance.weighting=sds"])

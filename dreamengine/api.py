@@ -1,0 +1,167 @@
+"""The library API: what ``dreamengine generate`` / ``resume`` do, callable from Python.
+
+    import dreamengine
+
+    asset = dreamengine.generate("a red cube", config="quickstart", overrides=["trainer.max_steps=300"],
+                                 callbacks=[lambda event: print(event.step, event.terms["loss"])])
+    print(asset.glb, asset.metrics["mask_iou"])
+
+``generate`` runs either one config (``config=``, default ``quickstart``) or a named system of stages
+(``system=``, see ``dreamengine systems``). Callbacks receive a :class:`~dreamengine.trainer.StepEvent` after
+every step (stage name, step, losses, the preview image when one was written). For a command-line tool or a
+GUI that wants to show the run directory before training starts, :func:`prepare` builds and validates
+everything and creates the run directory; :meth:`Run.execute` trains.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dreamengine.errors import DreamEngineError
+from dreamengine.trainer import StepEvent, Trainer
+
+Callback = Callable[[StepEvent], None]
+
+
+@dataclass
+class Asset:
+    """What a finished run produced."""
+
+    run_dir: Path
+    files: list[Path] = field(default_factory=list)  # every file written under run_dir/final
+    metrics: dict[str, Any] | None = None  # the evaluation (toy-world runs), as in run_dir/metrics.json
+
+    @property
+    def glb(self) -> Path | None:
+        """The textured/colored mesh, ``final/model.glb``, when the run exported one."""
+        path = self.run_dir / "final" / "model.glb"
+        return path if path.is_file() else None
+
+    @property
+    def splat(self) -> Path | None:
+        """The Gaussians as a standard 3DGS PLY, ``final/scene.ply``, for Gaussian runs."""
+        path = self.run_dir / "final" / "scene.ply"
+        return path if path.is_file() else None
+
+
+@dataclass
+class Run:
+    """A validated run whose directory exists: call :meth:`execute` to train, export and evaluate it."""
+
+    run_dir: Path
+    trainer: Trainer | None = None  # the first (or only) stage's trainer, already built
+    system: bool = False
+    export: bool = True
+    on_stage: Callable[[str, int, int, Trainer], None] | None = None  # called before each system stage
+
+    def execute(self, callbacks: Sequence[Callback] = ()) -> Asset:
+        """Train (resuming where a checkpoint exists), export and evaluate; returns the :class:`Asset`."""
+        from dreamengine.systems.driver import run_stage, run_system
+
+        if self.system:
+            results = run_system(self.run_dir, callbacks, first_trainer=self.trainer, on_stage=self.on_stage)
+            files = sorted(p for p in (self.run_dir / "final").rglob("*") if p.is_file())
+            return Asset(self.run_dir, files, _read_metrics(self.run_dir) if results[-1].metrics else None)
+        trainer = self.trainer if self.trainer is not None else _load_single(self.run_dir)
+        result = run_stage(trainer, callbacks, export=self.export)
+        return Asset(self.run_dir, result.files, result.metrics)
+
+
+def prepare(prompt: str, *, config: str | Path | None = None, system: str | None = None,
+            overrides: Sequence[str] = (), output_dir: str | Path | None = None, export: bool = True,
+            argv: Sequence[str] | None = None) -> Run:
+    """Validate the settings, build the first stage's trainer (teacher, scene, ...), then create the run
+    directory with its resolved config(s) and manifest. Nothing is written when anything is wrong."""
+    from dreamengine.config import load_config
+    from dreamengine.runs import init_run_dir, plan_run_dir
+
+    if not prompt.strip():
+        raise DreamEngineError('the prompt is empty: give a text prompt, e.g. dreamengine generate "a red cube"')
+    overrides = list(overrides)
+    if output_dir is not None:
+        overrides.append(f"output_dir='{output_dir}'")
+    command = list(argv if argv is not None else sys.argv)
+    if system is None:
+        cfg = load_config(config if config is not None else "quickstart", overrides, prompt=prompt)
+        run_dir = plan_run_dir(cfg)
+        trainer = Trainer(cfg, run_dir)  # validates the prompt and builds everything before touching the disk
+        init_run_dir(run_dir, cfg, command, _teacher_info(trainer))
+        return Run(run_dir, trainer, system=False, export=export)
+    if config is not None:
+        raise DreamEngineError("pass either a config or a system, not both: a system names its stages' configs "
+                               "(override their keys with key=value, or STAGE:key=value for one stage)")
+    from dreamengine.systems import load_system
+    from dreamengine.systems.driver import plan_stages, stage_dir, write_system_run
+
+    spec = load_system(system)
+    first = load_config(spec.stages[0].config, [*spec.stages[0].overrides], prompt=prompt)  # only for output_dir
+    run_dir = plan_run_dir(_with_output_dir(first, overrides))
+    configs = plan_stages(spec, prompt, overrides, run_dir)
+    trainer = Trainer(configs[0], stage_dir(run_dir, 0, spec.stages[0].name), stage=spec.stages[0].name)
+    init_run_dir(run_dir, configs[0], command, _teacher_info(trainer), write_config=False)
+    write_system_run(run_dir, spec, prompt, configs)
+    return Run(run_dir, trainer, system=True, export=export)
+
+
+def generate(prompt: str, *, config: str | Path | None = None, system: str | None = None,
+             overrides: Sequence[str] = (), callbacks: Sequence[Callback] = (),
+             output_dir: str | Path | None = None) -> Asset:
+    """Text prompt -> trained scene -> exported asset (see the module docstring)."""
+    return prepare(prompt, config=config, system=system, overrides=overrides, output_dir=output_dir).execute(callbacks)
+
+
+def open_run(run_dir: str | Path) -> Run:
+    """A stopped or killed run directory, ready to :meth:`Run.execute` from its last checkpoint."""
+    from dreamengine.runs import open_run_dir
+    from dreamengine.systems.driver import is_system_run
+
+    path = Path(run_dir)
+    if is_system_run(path):
+        return Run(path, None, system=True)
+    run_path, cfg = open_run_dir(path)
+    trainer = Trainer(cfg, run_path)
+    trainer.load()
+    return Run(run_path, trainer, system=False)
+
+
+def resume(run_dir: str | Path, callbacks: Sequence[Callback] = ()) -> Asset:
+    """Continue a stopped or killed run (single config or system) from its checkpoints."""
+    return open_run(run_dir).execute(callbacks)
+
+
+def _load_single(run_dir: Path) -> Trainer:
+    from dreamengine.runs import open_run_dir
+
+    run_path, cfg = open_run_dir(run_dir)
+    trainer = Trainer(cfg, run_path)
+    trainer.load()
+    return trainer
+
+
+def _with_output_dir(cfg: Any, overrides: list[str]) -> Any:
+    """``cfg`` with the output_dir the overrides ask for (systems pick their run directory before stages load)."""
+    from dataclasses import replace
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "output_dir":
+            return replace(cfg, output_dir=value.strip().strip("'\""))
+    return cfg
+
+
+def _teacher_info(trainer: Trainer) -> dict[str, Any] | None:
+    describe = getattr(trainer.teacher, "describe", None)
+    return describe() if describe is not None else None
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+__all__ = ["Asset", "Callback", "Run", "generate", "open_run", "prepare", "resume"]
