@@ -34,7 +34,7 @@ class Asset:
 
     run_dir: Path
     files: list[Path] = field(default_factory=list)  # every file written under run_dir/final
-    metrics: dict[str, Any] | None = None  # the evaluation (toy-world runs), as in run_dir/metrics.json
+    metrics: dict[str, Any] | None = None  # run_dir/metrics.json: evaluation (toy-world runs), training summary
 
     @property
     def glb(self) -> Path | None:
@@ -64,9 +64,9 @@ class Run:
         from dreamengine.systems.driver import run_stage, run_system
 
         if self.system:
-            results = run_system(self.run_dir, callbacks, first_trainer=self.trainer, on_stage=self.on_stage)
+            run_system(self.run_dir, callbacks, first_trainer=self.trainer, on_stage=self.on_stage)
             files = sorted(p for p in (self.run_dir / "final").rglob("*") if p.is_file())
-            return Asset(self.run_dir, files, _read_metrics(self.run_dir) if results[-1].metrics else None)
+            return Asset(self.run_dir, files, _read_metrics(self.run_dir))
         trainer = self.trainer if self.trainer is not None else _load_single(self.run_dir)
         result = run_stage(trainer, callbacks, export=self.export)
         return Asset(self.run_dir, result.files, result.metrics)
@@ -74,9 +74,11 @@ class Run:
 
 def prepare(prompt: str, *, config: str | Path | None = None, system: str | None = None,
             overrides: Sequence[str] = (), output_dir: str | Path | None = None, export: bool = True,
-            argv: Sequence[str] | None = None) -> Run:
+            argv: Sequence[str] | None = None, run_dir: str | Path | None = None) -> Run:
     """Validate the settings, build the first stage's trainer (teacher, scene, ...), then create the run
-    directory with its resolved config(s) and manifest. Nothing is written when anything is wrong."""
+    directory with its resolved config(s) and manifest. Nothing is written when anything is wrong.
+
+    The run directory is ``output_dir/<prompt slug>-<time>`` unless ``run_dir`` names it (it must not exist)."""
     from dreamengine.config import load_config
     from dreamengine.runs import init_run_dir, plan_run_dir
 
@@ -88,7 +90,7 @@ def prepare(prompt: str, *, config: str | Path | None = None, system: str | None
     command = list(argv if argv is not None else sys.argv)
     if system is None:
         cfg = load_config(config if config is not None else "quickstart", overrides, prompt=prompt)
-        run_dir = plan_run_dir(cfg)
+        run_dir = Path(run_dir) if run_dir is not None else plan_run_dir(cfg)
         trainer = Trainer(cfg, run_dir)  # validates the prompt and builds everything before touching the disk
         init_run_dir(run_dir, cfg, command, _teacher_info(trainer))
         return Run(run_dir, trainer, system=False, export=export)
@@ -100,7 +102,7 @@ def prepare(prompt: str, *, config: str | Path | None = None, system: str | None
 
     spec = load_system(system)
     first = load_config(spec.stages[0].config, [*spec.stages[0].overrides], prompt=prompt)  # only for output_dir
-    run_dir = plan_run_dir(_with_output_dir(first, overrides))
+    run_dir = Path(run_dir) if run_dir is not None else plan_run_dir(_with_output_dir(first, overrides))
     configs = plan_stages(spec, prompt, overrides, run_dir)
     trainer = Trainer(configs[0], stage_dir(run_dir, 0, spec.stages[0].name), stage=spec.stages[0].name)
     init_run_dir(run_dir, configs[0], command, _teacher_info(trainer), write_config=False)

@@ -43,6 +43,19 @@ continue with: dreamengine resume RUN_DIR
 """
 
 
+BATCH_HELP = """\
+Run every prompt of PROMPTS, one run folder per line under --output-dir, then write summary.md, a contact
+sheet and an index page there. PROMPTS is a .txt file (one prompt per line; # comments) or a .jsonl file
+whose lines are objects like {"prompt": "a red cube", "seed": 3, "system": "luciddreamer-toy",
+"overrides": ["trainer.max_steps=300"]}. Bad lines are reported with their line numbers; the rest run.
+Finished prompts are skipped, so running the same command again continues the batch; a failed prompt is
+retried (--retries) and then recorded as failed. Examples:
+  dreamengine batch prompts.txt trainer.max_steps=300
+  dreamengine batch prompts.jsonl --system gaussiandreamer-toy --workers 2 -o /shared/batch1
+  dreamengine batch prompts.txt --ray-address auto -o /shared/batch1     # on a Ray cluster
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamengine", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
                                              "middle of the stage it stopped in; finished stages are kept.")
     resume.add_argument("run_dir", metavar="RUN_DIR")
 
+    batch = commands.add_parser("batch", help="run many prompts (a process pool or a Ray cluster)",
+                                description=BATCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    batch.add_argument("prompts_file", metavar="PROMPTS", help="a .txt file (one prompt per line) or a .jsonl file")
+    batch_choice = batch.add_mutually_exclusive_group()
+    batch_choice.add_argument("--config", "-c", default=None, help="config for every line (default: quickstart)")
+    batch_choice.add_argument("--system", "-s", default=None, help="system for every line (see: dreamengine systems)")
+    batch.add_argument("--output-dir", "-o", default=None,
+                       help="where the runs go, one folder per line (default: runs/batch-<prompts file name>)")
+    batch.add_argument("--workers", "-w", type=int, default=None,
+                       help="local worker processes (default: one per GPU, one on a CPU machine)")
+    batch.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="run the jobs as Ray tasks: auto (the running cluster), HOST:PORT, or local")
+    batch.add_argument("--retries", type=int, default=2, help="retries of a failed prompt (default: 2)")
+    batch.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every line")
+
     commands.add_parser("systems", help="list the packaged systems (papers' pipelines)",
                         description="List every packaged system with its stages and the paper it follows. Run one "
                                     "with: dreamengine generate PROMPT --system NAME")
@@ -92,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse stops filling KEY=VALUE after an option (generate "a cat" --config x k=v): collect the rest
-    if extra and args.command == "generate" and all("=" in e and not e.startswith("-") for e in extra):
+    if extra and args.command in ("generate", "batch") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -186,7 +214,7 @@ def execute_and_report(run: Any) -> int:
         print(f"{label}median seconds per step ({steps} steps): {stages}")
     for path in asset.files:
         print(f"wrote {path}")
-    if asset.metrics:
+    if asset.metrics and "mask_iou" in asset.metrics:
         print_metrics(asset.metrics)
     return 0
 
@@ -258,6 +286,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from dreamengine.batch import read_jobs, run_batch
+
+    jobs, bad_lines = read_jobs(args.prompts_file, args.system, args.config, args.overrides)
+    for message in bad_lines:
+        print(f"error: {message}", file=sys.stderr)
+    if args.retries < 0 or (args.workers is not None and args.workers < 1):
+        raise DreamEngineError("--retries must be >= 0 and --workers >= 1")
+    out_dir = Path(args.output_dir or Path("runs") / f"batch-{Path(args.prompts_file).stem}")
+    print(f"batch of {len(jobs)} prompt(s) in {out_dir}" + (f"; {len(bad_lines)} bad line(s) skipped"
+                                                            if bad_lines else ""), flush=True)
+    results = run_batch(jobs, out_dir, workers=args.workers, retries=args.retries, ray_address=args.ray_address)
+    print_batch_summary(results, out_dir)
+    failed = [r for r in results if r.status == "failed"]
+    return 1 if failed or bad_lines else 0
+
+
+def print_batch_summary(results: list[Any], out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"batch {out_dir}")
+    for column in ("line", "prompt", "status", "attempts", "mask IoU", "seconds"):
+        table.add_column(column)
+    for r in results:
+        iou = r.metrics.get("mask_iou")
+        status = r.status if r.status != "failed" else f"failed: {r.error}"
+        table.add_row(str(r.line), r.prompt, status, str(r.attempts), "-" if iou is None else f"{iou:.3f}",
+                      f"{r.seconds:.0f}")
+    Console().print(table)
+    print(f"summary: {out_dir / 'summary.md'}; contact sheet: {out_dir / 'contact_sheet.png'}")
+
+
 def cmd_systems(args: argparse.Namespace) -> int:
     from dreamengine.systems import load_system, packaged_systems
 
@@ -273,7 +334,7 @@ def cmd_systems(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval,
-            "systems": cmd_systems}
+            "batch": cmd_batch, "systems": cmd_systems}
 
 if __name__ == "__main__":
     sys.exit(main())

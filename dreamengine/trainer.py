@@ -39,6 +39,9 @@ from dreamengine.scenes.gaussians import GaussianScene
 from dreamengine.scenes.nerf import Background
 from dreamengine.schedules import schedule_value
 from dreamengine.teachers import build_teacher
+from dreamengine.teachers.cache import reuse_or_build
+
+GUIDANCES_THAT_ADAPT_THE_TEACHER = ("vsd",)  # they attach trainable adapters to the teacher's network
 
 
 class Interrupted(Exception):
@@ -164,10 +167,13 @@ class Trainer:
         self.sampler = CameraSampler(tuple(cam.elevation_range), tuple(cam.azimuth_range),
                                      tuple(cam.distance_range), tuple(cam.fovy_range))
         pp = cfg.prompt_processor
-        teacher = build_teacher(
-            cfg.teacher, distance=float(np.mean(cam.distance_range)), fovy_deg=float(np.mean(cam.fovy_range)),
-            background=tuple(cfg.render.background_color),
-            view_thresholds=(pp.front_threshold, pp.back_threshold, pp.overhead_threshold), device=self.device)
+        teacher_args = {"distance": float(np.mean(cam.distance_range)), "fovy_deg": float(np.mean(cam.fovy_range)),
+                        "background": tuple(cfg.render.background_color),
+                        "view_thresholds": (pp.front_threshold, pp.back_threshold, pp.overhead_threshold),
+                        "device": self.device}
+        teacher = reuse_or_build(repr((cfg.teacher, teacher_args)),  # batch workers keep their teacher loaded
+                                 lambda: build_teacher(cfg.teacher, **teacher_args),
+                                 shareable=cfg.guidance.name not in GUIDANCES_THAT_ADAPT_THE_TEACHER)
         self.teacher = TimedTeacher(teacher, self.timer)
         self.prompts = PromptProcessor(teacher, cfg.prompt, pp)
         self.scenes, self.background, self.renderers = build_scenes(cfg, self.device)

@@ -43,7 +43,7 @@ class StageResult:
     name: str
     run_dir: Path
     files: list[Path]  # what export wrote under final/
-    metrics: dict[str, Any] | None  # metrics.json (toy-world runs)
+    metrics: dict[str, Any]  # metrics.json: the evaluation (toy-world runs) and a training summary
     seconds: float  # wall time of the training, export and eval that finished the stage
 
 
@@ -113,10 +113,13 @@ def run_stage(trainer: Trainer, callbacks: Sequence[Callable[[StepEvent], None]]
     cfg, run_dir = trainer.cfg, trainer.run_dir
     trainer.fit(callbacks)
     files = export_run(trainer.scenes, trainer.background, trainer.renderers, cfg, run_dir) if export else []
-    metrics = None
+    metrics: dict[str, Any] = {"prompt": cfg.prompt}
     if cfg.teacher.name == "toyworld":
         metrics = evaluate_run(trainer.scene, trainer.background, trainer.renderer, cfg, run_dir)
-    return StageResult(trainer.stage, run_dir, files, metrics, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    metrics["training"] = {"steps": trainer.step, "seconds_this_session": round(seconds, 2)}
+    write_json(run_dir / "metrics.json", metrics)  # every finished run has one: batch skips runs that do
+    return StageResult(trainer.stage, run_dir, files, metrics, seconds)
 
 
 def load_stage_trainer(folder: Path, name: str) -> Trainer:
@@ -163,7 +166,7 @@ def finished_stage(folder: Path, name: str) -> StageResult:
     """The result of a stage that finished earlier (from its done.json and metrics.json)."""
     done = json.loads((folder / DONE_FILE).read_text())
     metrics_path = folder / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return StageResult(name, folder, [folder / f for f in done["files"]], metrics, float(done["seconds"]))
 
 
@@ -174,9 +177,9 @@ def publish_final(run_dir: Path, results: list[StageResult]) -> None:
     if source.is_dir():
         shutil.copytree(source, run_dir / "final", dirs_exist_ok=True)
     summary = [{"stage": r.name, "seconds": round(r.seconds, 2),
-                **({"mask_iou": r.metrics["mask_iou"], "psnr": r.metrics["psnr"]} if r.metrics else {})}
+                **({"mask_iou": r.metrics["mask_iou"], "psnr": r.metrics["psnr"]} if "mask_iou" in r.metrics else {})}
                for r in results]
-    write_json(run_dir / "metrics.json", {**(last.metrics or {}), "stages": summary})
+    write_json(run_dir / "metrics.json", {**last.metrics, "stages": summary})
 
 
 __all__ = ["DONE_FILE", "StageResult", "init_from_previous", "is_system_run", "load_stage_trainer", "plan_stages",
