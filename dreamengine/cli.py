@@ -1,4 +1,4 @@
-"""The ``dreamengine`` command line: generate, resume, export, eval.
+"""The ``dreamengine`` command line: generate, resume, export, eval, report.
 
 Every command turns user mistakes (:class:`DreamEngineError`) into one clear paragraph on stderr and a
 non-zero exit code; tracebacks are for bugs only.
@@ -71,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                "toy world's ground truth: mask IoU and PSNR, written to "
                                                "RUN_DIR/metrics.json.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
+
+    report = commands.add_parser("report", help="write RUN_DIR/report.html (3D viewer, turntable, curves, metrics)",
+                                 description="Render a turntable video of RUN_DIR's last checkpoint (final/turntable"
+                                             ".mp4 and .gif) and write RUN_DIR/report.html: the GLB in an interactive"
+                                             " 3D viewer, the turntable, metrics, loss curves, previews and config. "
+                                             "The page works offline, opened from disk.")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--frames", type=int, default=None, help="turntable frames (default: 90 on a GPU, 36 on a CPU)")
+    report.add_argument("--size", type=int, default=None,
+                        help="turntable pixels per side, a multiple of 16 (default: twice the training resolution)")
+    report.add_argument("--no-turntable", action="store_true",
+                        help="keep the existing turntable (or none); write the page only, without loading the scene")
     return parser
 
 
@@ -147,6 +159,9 @@ def train_export_eval(trainer: Any, export: bool) -> int:
             print(f"wrote {path}")
     if cfg.teacher.name == "toyworld":
         print_metrics(evaluate_run(trainer.scene, trainer.background, trainer.occupancy, cfg, run_dir))
+    from dreamengine.report import report_after_training
+
+    report_after_training(trainer)  # warns on failure: the results above are already saved
     return 0
 
 
@@ -242,7 +257,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval}
+def cmd_report(args: argparse.Namespace) -> int:
+    from dreamengine.report import report_run, write_report
+    from dreamengine.report.turntable import check_turntable_settings
+    from dreamengine.trainer import render_fixed
+
+    if args.no_turntable:
+        print(f"wrote {write_report(args.run_dir)}")
+        return 0
+    check_turntable_settings(args.frames, args.size)  # before the slow part
+    run_dir, cfg, scene, background, occupancy = load_trained(args.run_dir)
+    path = report_run(run_dir, cfg, lambda cams, h, w: render_fixed(scene, background, cfg.render, occupancy, cams,
+                                                                    h, w), "cpu", args.frames, args.size)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval,
+            "report": cmd_report}
 
 if __name__ == "__main__":
     sys.exit(main())
