@@ -96,7 +96,10 @@ def open_report(context, report: Path):
     page.errors = []
     page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.goto(report.as_uri())
-    page.wait_for_function("document.querySelector('model-viewer').loaded === true", timeout=30_000)
+    # loaded, or the page's error line (model-viewer's 'error' event, a missing script) says why not
+    page.wait_for_function("document.querySelector('model-viewer').loaded === true || "
+                           "document.getElementById('viewer-status').classList.contains('error')", timeout=30_000)
+    assert page.evaluate("document.querySelector('model-viewer').loaded"), page.locator("#viewer-status").inner_text()
     page.wait_for_timeout(300)  # a few frames after load
     return page
 

@@ -17,7 +17,7 @@ INDEX_NAME = "index.html"
 HEADLINE = (("mask_iou", "mask IoU"), ("psnr", "PSNR")), (("volumetric_iou", "mesh IoU"),)
 
 INDEX_STYLE = """
-.runs{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:16px}
+.runs{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:16px;margin-bottom:16px}
 .run{display:block;background:var(--card);border:1px solid var(--border);border-radius:12px;overflow:hidden;
 color:var(--text);text-decoration:none}
 a.run:hover{border-color:var(--accent)}

@@ -1,8 +1,8 @@
 """Training curves from ``metrics.jsonl`` as inline SVG (no plotting dependency, nothing to fetch).
 
 One small panel per logged term (``loss`` first), x = step. The raw values are a thin line, an
-exponential moving average over about 1/20 of the run a thick one, and a panel switches to a log y axis
-when its values are positive and span more than two decades (SDS losses do).
+exponential moving average over about 1/20 of the run (at least 3 points) a thick one, and a panel
+switches to a log y axis when its values are positive and span more than two decades (SDS losses do).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def panel_svg(name: str, steps: list[float], values: list[float]) -> str:
                  f'y2="{MARGIN_TOP + plot_h}"/>')
     parts.append(polyline(ys, "raw"))
     if len(values) > 2:
-        parts.append(polyline([transform(v) for v in ema(values, len(values) / 20.0)], "smooth"))
+        parts.append(polyline([transform(v) for v in ema(values, max(3.0, len(values) / 20.0))], "smooth"))
     last = values[-1]
     parts.append(f'<text class="last" x="{WIDTH - MARGIN_RIGHT}" y="16" text-anchor="end">last '
                  f'{format_number(last)} @ {format_number(steps[-1])}</text>')

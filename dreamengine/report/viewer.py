@@ -41,7 +41,8 @@ LOADER_JS = """
   viewer.addEventListener('load', function () { status.hidden = true; });
   viewer.addEventListener('error', function (event) {
     var kind = event.detail && event.detail.type ? event.detail.type : 'error';
-    fail('The model could not be displayed (' + kind + '; is WebGL enabled?). It can still be downloaded below.');
+    var why = kind === 'loadfailure' ? 'the embedded GLB could not be read' : kind + '; is WebGL enabled?';
+    fail('The model could not be displayed (' + why + '). It can still be downloaded below.');
   });
   viewer.setAttribute('src', URL.createObjectURL(new Blob([bytes], {type: 'model/gltf-binary'})));
 })();
