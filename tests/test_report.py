@@ -149,6 +149,12 @@ def test_turntable_settings():
     assert turntable_settings(cfg, "cpu")[1] == 64
     cfg.camera.height = cfg.camera.width = 512
     assert turntable_settings(cfg, "cpu")[1] == 512
+    cfg = load_config("quickstart", ["report.turntable_frames=8", "report.turntable_size=32"], prompt="a red cube")
+    assert turntable_settings(cfg, "cuda") == (8, 32)
+    with pytest.raises(DreamEngineError, match="report.turntable_size must be 0 .* multiple of 16"):
+        load_config("quickstart", ["report.turntable_size=100"], prompt="a red cube")
+    with pytest.raises(DreamEngineError, match="report.turntable_frames must be 0"):
+        load_config("quickstart", ["report.turntable_frames=1"], prompt="a red cube")
     assert turntable_fps(36) == 12 and turntable_fps(90) == 30 and turntable_fps(4) == 6
     with pytest.raises(DreamEngineError, match="multiple of 16.*--size 96"):
         check_turntable_settings(36, 100)
@@ -298,6 +304,10 @@ def test_a_failing_report_warns_and_keeps_the_run(tmp_path: Path, capsys: pytest
     assert "warning: the run report was not written (RuntimeError: out of memory)" in err
     assert f"dreamengine report {run_dir}" in err
     assert all(path.read_bytes() == data for path, data in before.items())
+
+    BrokenTrainer.cfg = load_config("quickstart", ["report.turntable=false"], prompt="a red cube")
+    assert report_after_training(BrokenTrainer()) == run_dir / "report.html"  # the page, without rendering
+    assert "No turntable yet" in (run_dir / "report.html").read_text()
 
 
 def test_report_run_renders_the_turntable_with_the_given_callback(tmp_path: Path):

@@ -21,7 +21,7 @@ import trimesh
 
 from dreamengine.cli import main
 from dreamengine.export.mesh_io import save_mesh
-from dreamengine.report import build, write_report
+from dreamengine.report import write_report
 from tests.cli_helpers import TINY
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -55,10 +55,9 @@ def moved_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real ``dreamengine generate`` (in process, so the report hook runs as in a user's run), then the
     run folder moved elsewhere: the report must not depend on where it was written."""
     root = tmp_path_factory.mktemp("report-run")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(build, "turntable_settings", lambda cfg, device: (FRAMES, SIZE))
-        code = main(["generate", "a red cube", *TINY, "trainer.max_steps=6", "trainer.preview_every=3",
-                     "trainer.log_every=1", "export.threshold=5.0", f"output_dir={root / 'runs'}"])
+    code = main(["generate", "a red cube", *TINY, "trainer.max_steps=6", "trainer.preview_every=3",
+                 "trainer.log_every=1", "export.threshold=5.0", f"report.turntable_frames={FRAMES}",
+                 f"report.turntable_size={SIZE}", f"output_dir={root / 'runs'}"])  # later overrides win
     assert code == 0
     (run_dir,) = (root / "runs").iterdir()
     return Path(shutil.move(str(run_dir), str(root / "elsewhere" / run_dir.name)))
