@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              " 3D viewer, the turntable, metrics, loss curves, previews and config. "
                                              "The page works offline, opened from disk.")
     report.add_argument("run_dir", metavar="RUN_DIR")
-    report.add_argument("--frames", type=int, default=None, help="turntable frames (default: 90 on a GPU, 36 on a CPU)")
-    report.add_argument("--size", type=int, default=None,
-                        help="turntable pixels per side, a multiple of 16 (default: twice the training resolution)")
+    report.add_argument("--frames", type=int, default=None,
+                        help="turntable frames (default: the run's report.turntable_frames, or 36 when that is 0)")
+    report.add_argument("--size", type=int, default=None, help="turntable pixels per side, a multiple of 16 (default: "
+                        "the run's report.turntable_size, or twice the training resolution when that is 0)")
     report.add_argument("--no-turntable", action="store_true",
                         help="keep the existing turntable (or none); write the page only, without loading the scene")
     return parser
@@ -262,10 +263,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from dreamengine.report.turntable import check_turntable_settings
     from dreamengine.trainer import render_fixed
 
-    if args.no_turntable:
+    check_turntable_settings(args.frames, args.size)  # before the slow part
+    has_checkpoint = (Path(args.run_dir) / "ckpt" / "last.pt").is_file()
+    if args.no_turntable or not has_checkpoint:
+        if not args.no_turntable and (Path(args.run_dir) / "config.yaml").is_file():
+            print("no checkpoint (ckpt/last.pt) to render a turntable from; writing the page only", file=sys.stderr)
         print(f"wrote {write_report(args.run_dir)}")
         return 0
-    check_turntable_settings(args.frames, args.size)  # before the slow part
     run_dir, cfg, scene, background, occupancy = load_trained(args.run_dir)
     path = report_run(run_dir, cfg, lambda cams, h, w: render_fixed(scene, background, cfg.render, occupancy, cams,
                                                                     h, w), "cpu", args.frames, args.size)

@@ -283,6 +283,9 @@ def test_report_cli_help_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     run_dir = fake_run(tmp_path / "run")
     assert main(["report", str(run_dir), "--no-turntable"]) == 0
     assert (run_dir / "report.html").is_file()
+    (run_dir / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0  # no checkpoint: the page alone, and a note why
+    assert "no checkpoint" in capsys.readouterr().err and (run_dir / "report.html").is_file()
 
 
 def test_a_failing_report_warns_and_keeps_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
