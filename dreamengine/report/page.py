@@ -190,7 +190,9 @@ def metrics_html(metrics: dict[str, Any] | None) -> str:
     cards = []
     for key, (label, hint) in METRIC_LABELS.items():
         if is_number(flat.get(key)):
-            hint = hint.format(true_saturation=format_number(flat.get("true_saturation", float("nan"))))
+            if "{true_saturation}" in hint:
+                truth = flat.get("true_saturation")
+                hint = hint.format(true_saturation=format_number(float(truth))) if is_number(truth) else "foreground"
             cards.append((label, flat[key], hint))
             used.add(key)
     cards += [(key, value, "") for key, value in flat.items() if key not in used and is_number(value)]
