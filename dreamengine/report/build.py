@@ -18,8 +18,9 @@ def turntable_settings(cfg: Any, device: torch.device | str) -> tuple[int, int]:
     """(frames, size) of a run's turntable: ``report.turntable_frames`` / ``turntable_size``, or when 0:
 
     the size is twice the training resolution rounded up to a multiple of 16 (64 to 512 pixels); a GPU
-    renders 90 frames, a CPU 36 (one turn plays in 3 s either way, see :func:`turntable_fps`), so the
-    quickstart's 96-pixel turntable stays a small part of its run time on a CPU.
+    renders 90 frames, a CPU 36 (one turn plays in 3 s either way, see :func:`turntable_fps`). The
+    quickstart's turntable (36 frames at 96 px) costs about 75 training steps on a CPU, ~12% of its 600
+    (bench/results/report.md); ``report.turntable=false`` skips it.
     """
     report = getattr(cfg, "report", None)
     size = 16 * -(-2 * max(cfg.camera.height, cfg.camera.width) // 16)
