@@ -195,8 +195,7 @@ def execute_job(job: dict[str, Any], out_dir: str) -> dict[str, Any]:
                 shutil.rmtree(run_dir, ignore_errors=True)  # a start that died before its first checkpoint
                 run = prepare(spec.prompt, config=spec.config, system=spec.system, overrides=spec.all_overrides,
                               run_dir=run_dir, argv=["dreamengine", "batch", f"line {spec.line}"])
-            asset = run.execute()
-            write_report_quietly(run_dir)
+            asset = run.execute()  # writes the run's report.html too
             result.metrics = asset.metrics or {}
     except Exception as error:  # recorded (and retried); the message says what failed
         result.status = "failed"
@@ -222,18 +221,6 @@ def record_attempt(out_dir: Path, key: str) -> None:
 def count_attempts(out_dir: Path, key: str) -> int:
     path = out_dir / ".batch" / f"{key}.attempts.jsonl"
     return len(path.read_text().splitlines()) if path.is_file() else 0
-
-
-def write_report_quietly(run_dir: Path) -> None:
-    """The run's report.html when the report module is available (never fails the job)."""
-    try:
-        from dreamengine.report import write_report
-    except ImportError:
-        return
-    try:
-        write_report(run_dir)
-    except Exception as error:  # a report is a convenience; the run's outputs are saved
-        print(f"warning: no report for {run_dir}: {error}")
 
 
 # -------------------------------------------------------------------------------------------- pools
@@ -376,11 +363,9 @@ def write_summary(out_dir: Path, results: list[JobResult]) -> None:
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
     done = [r for r in results if r.status != "failed"]
     if done:
+        from dreamengine.report import write_index
+
         write_contact_sheet(out_dir / "contact_sheet.png", [(out_dir / r.key, r.prompt) for r in done])
-        try:
-            from dreamengine.report import write_index
-        except ImportError:
-            return
         write_index(out_dir, [out_dir / r.key for r in done])
 
 

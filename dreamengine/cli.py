@@ -1,4 +1,4 @@
-"""The ``dreamengine`` command line: generate, resume, export, eval.
+"""The ``dreamengine`` command line: generate, resume, export, eval, report.
 
 Every command turns user mistakes (:class:`DreamEngineError`) into one clear paragraph on stderr and a
 non-zero exit code; tracebacks are for bugs only.
@@ -113,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                "toy world's ground truth: mask IoU and PSNR, written to "
                                                "RUN_DIR/metrics.json.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
+
+    report = commands.add_parser("report", help="write RUN_DIR/report.html (3D viewer, turntable, curves, metrics)",
+                                 description="Render a turntable video of RUN_DIR's last checkpoint (final/turntable"
+                                             ".mp4 and .gif) and write RUN_DIR/report.html: the GLB in an interactive"
+                                             " 3D viewer, the turntable, metrics, loss curves, previews and config. "
+                                             "The page works offline, opened from disk.")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--frames", type=int, default=None,
+                        help="turntable frames (default: the run's report.turntable_frames, or 36 when that is 0)")
+    report.add_argument("--size", type=int, default=None, help="turntable pixels per side, a multiple of 16 (default: "
+                        "the run's report.turntable_size, or twice the training resolution when that is 0)")
+    report.add_argument("--no-turntable", action="store_true",
+                        help="keep the existing turntable (or none); write the page only, without loading the scene")
     return parser
 
 
@@ -333,8 +346,31 @@ def cmd_systems(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from dreamengine.report import report_run, write_report
+    from dreamengine.report.turntable import check_turntable_settings
+    from dreamengine.systems.driver import is_system_run
+    from dreamengine.trainer import render_fixed
+
+    check_turntable_settings(args.frames, args.size)  # before the slow part
+    top = Path(args.run_dir)
+    has_checkpoint = any(top.glob("ckpt/last.pt")) or any(top.glob("stages/*/ckpt/last.pt"))
+    if args.no_turntable or not has_checkpoint:
+        if not args.no_turntable and ((top / "config.yaml").is_file() or is_system_run(top)):
+            print("no checkpoint (ckpt/last.pt) to render a turntable from; writing the page only", file=sys.stderr)
+        print(f"wrote {write_report(top)}")
+        return 0
+    _, cfg, scenes, background, renderers = load_run(args.run_dir)  # a system run: its last started stage
+
+    def render(cams: Any, h: int, w: int) -> Any:
+        return render_fixed(scenes[0], background, renderers[0], cams, h, w)
+
+    print(f"wrote {report_run(top, cfg, render, 'cpu', args.frames, args.size)}")
+    return 0
+
+
 COMMANDS = {"generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval,
-            "batch": cmd_batch, "systems": cmd_systems}
+            "batch": cmd_batch, "report": cmd_report, "systems": cmd_systems}
 
 if __name__ == "__main__":
     sys.exit(main())

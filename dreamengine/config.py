@@ -112,6 +112,22 @@ class EvalConfig:
 
 
 @dataclass
+class ReportConfig:
+    """The turntable that ``report.html`` shows (written at the end of a run; see docs/report.md)."""
+
+    turntable: bool = True  # render final/turntable.mp4 and .gif from the trained scene
+    turntable_frames: int = 0  # frames per turn; 0: 90 on a GPU, 36 on a CPU
+    turntable_size: int = 0  # pixels per side, a multiple of 16; 0: twice the training resolution (64 to 512)
+
+    def __post_init__(self) -> None:
+        if self.turntable_frames != 0 and self.turntable_frames < 2:
+            raise ConfigError(f"report.turntable_frames must be 0 (automatic) or >= 2, got {self.turntable_frames}")
+        if self.turntable_size != 0 and (self.turntable_size < 16 or self.turntable_size % 16):
+            raise ConfigError("report.turntable_size must be 0 (automatic) or a multiple of 16 (H.264 encodes "
+                              f"16x16 blocks), got {self.turntable_size}")
+
+
+@dataclass
 class RunConfig:
     prompt: str = ""
     seed: int = 0
@@ -130,6 +146,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 POLYMORPHIC_SECTIONS = {"teacher": TEACHER_CONFIGS, "guidance": GUIDANCE_CONFIGS, "scene": SCENE_CONFIGS}

@@ -6,8 +6,9 @@ Layout::
     manifest.json    versions, seed, command line, config hash, start time
     ckpt/last.pt     the latest checkpoint (atomic)
     previews/        image grids written during training
-    final/           model.glb (and .obj / .ply on request)
+    final/           model.glb (and .obj / .ply on request); turntable.mp4, .gif, thumbnail.png
     metrics.jsonl    training log; metrics.json: evaluation results
+    report.html      the run report (opens from disk; report_files/ holds its viewer script)
 """
 
 from __future__ import annotations

@@ -119,6 +119,9 @@ def run_stage(trainer: Trainer, callbacks: Sequence[Callable[[StepEvent], None]]
     seconds = time.perf_counter() - start
     metrics["training"] = {"steps": trainer.step, "seconds_this_session": round(seconds, 2)}
     write_json(run_dir / "metrics.json", metrics)  # every finished run has one: batch skips runs that do
+    from dreamengine.report import report_after_training
+
+    report_after_training(trainer)  # turntable + report.html; a failure only warns (the results are saved)
     return StageResult(trainer.stage, run_dir, files, metrics, seconds)
 
 
@@ -180,6 +183,13 @@ def publish_final(run_dir: Path, results: list[StageResult]) -> None:
                 **({"mask_iou": r.metrics["mask_iou"], "psnr": r.metrics["psnr"]} if "mask_iou" in r.metrics else {})}
                for r in results]
     write_json(run_dir / "metrics.json", {**last.metrics, "stages": summary})
+    from dreamengine.report import write_report
+
+    try:
+        write_report(run_dir)  # the system's page: the last stage's outputs, links to every stage's report
+    except Exception as error:  # noqa: BLE001 (a report failure must not lose the run)
+        print(f"warning: the run report was not written ({type(error).__name__}: {error}); retry with: "
+              f"dreamengine report {run_dir}", flush=True)
 
 
 __all__ = ["DONE_FILE", "StageResult", "init_from_previous", "is_system_run", "load_stage_trainer", "plan_stages",
