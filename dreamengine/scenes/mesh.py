@@ -87,6 +87,7 @@ class MeshSceneConfig:
     encoding_backend: str = "auto"  # auto | torch | cuda (tiny-cuda-nn)
     init_fit_steps: int = 100  # field: Adam steps fitting it to the input's colors (when it has colors)
     init_fit_points: int = 4096  # field: surface samples per fitting step
+    init_fit_lr: float = 0.03  # field: Adam learning rate of the fitting (encoding and network alike)
     seed: int = 0  # for the field's initialization and fitting samples
     # geometry
     optimize_vertices: bool = False  # train per-vertex offsets
@@ -271,8 +272,8 @@ class MeshScene(nn.Module):
 
     def _fit_field(self, tensors: MeshTensors, generator: torch.Generator) -> None:
         """A few Adam steps fitting the color field to the input's colors at random surface points."""
-        optimizer = torch.optim.Adam([{"params": self.encoding.parameters(), "lr": self.config.lr_encoding},
-                                      {"params": self.network.parameters(), "lr": self.config.lr_network * 10}])
+        optimizer = torch.optim.Adam([*self.encoding.parameters(), *self.network.parameters()],
+                                     lr=self.config.init_fit_lr)
         for _ in range(self.config.init_fit_steps):
             face, bary, points = sample_surface(tensors.vertices, tensors.faces, self.config.init_fit_points,
                                                 generator)
@@ -438,7 +439,7 @@ def _validate(config: MeshSceneConfig) -> None:
     _check_choice("scene.texture_activation", config.texture_activation, TEXTURE_ACTIVATIONS)
     if config.texture_resolution < 16:
         raise ConfigError(f"scene.texture_resolution must be >= 16, got {config.texture_resolution}")
-    for key in ("radius", "fit_radius", "lr_texture", "lr_encoding", "lr_network", "lr_offsets"):
+    for key in ("radius", "fit_radius", "lr_texture", "lr_encoding", "lr_network", "lr_offsets", "init_fit_lr"):
         value = getattr(config, key)
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"scene.{key} must be > 0, got {value}")
