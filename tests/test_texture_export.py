@@ -285,3 +285,18 @@ def test_export_config_keys_are_validated(tmp_path):
     config_file = tmp_path / "c.yaml"
     config_file.write_text(json.dumps({"export": {"texture_size": 512, "roughness": 0.5}}))
     assert load_config(config_file).export.texture_size == 512
+
+
+def test_normals_are_unit_length_even_for_folded_faces(tmp_path):
+    # Two faces back to back on the same vertices: their normals cancel; glTF still needs unit normals.
+    vertices = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    mesh = trimesh.Trimesh(vertices, np.array([[0, 1, 2], [0, 2, 1], [0, 1, 3]]), process=False)
+    report = validate_glb(save_mesh(mesh, tmp_path / "folded.glb"))
+    assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"]
+    # A textured sphere split along its UV seams gets the same normals on both sides of every seam.
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    path = save_mesh(texture_mesh(sphere, smooth_color, size=32, padding=1), tmp_path / "s.glb")
+    raw = next(iter(trimesh.load(path, process=False).geometry.values()))  # the file's NORMAL attribute
+    assert len(raw.vertices) > len(sphere.vertices)  # split along seams
+    radial = raw.vertices / np.linalg.norm(raw.vertices, axis=1, keepdims=True)
+    assert (np.sum(raw.vertex_normals * radial, axis=1) > np.cos(np.radians(2))).all()

@@ -37,7 +37,8 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05,
          [meshing_isotropic_explicit_remeshing];
       6. if ``target_faces`` is given and smaller than the face count: quadric edge-collapse decimation
          to about ``target_faces`` faces, with normal-flip prevention
-         [meshing_decimation_quadric_edge_collapse].
+         [meshing_decimation_quadric_edge_collapse], then step 1's duplicate / zero-area face removal and
+         step 3's repairs again (decimation can fold two faces back to back onto the same vertices).
 
     Args:
         mesh: V vertices [V, 3], F faces [F, 3].
@@ -91,6 +92,11 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05,
     if target_faces is not None and meshset.current_mesh().face_number() > target_faces:
         meshset.meshing_decimation_quadric_edge_collapse(targetfacenum=int(target_faces), preservenormal=True,
                                                          optimalplacement=True, autoclean=True)
+        # Decimation can fold two faces onto the same three vertices (back to back); drop such leftovers.
+        meshset.meshing_remove_duplicate_faces()
+        meshset.meshing_remove_null_faces()
+        meshset.meshing_repair_non_manifold_edges(method="Remove Faces")
+        meshset.meshing_repair_non_manifold_vertices()
     meshset.meshing_remove_unreferenced_vertices()
 
     result = meshset.current_mesh()

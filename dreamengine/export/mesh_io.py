@@ -199,7 +199,8 @@ def welded_vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
     summed = np.zeros((int(weld.max()) + 1, 3))
     np.add.at(summed, weld[np.asarray(mesh.faces)].reshape(-1), np.repeat(face_normals, 3, axis=0))
     length = np.linalg.norm(summed, axis=1, keepdims=True)
-    normals = np.divide(summed, length, out=np.zeros_like(summed), where=length > 0)
+    # A vertex whose faces cancel out (or have no area) gets an arbitrary unit normal: glTF requires unit length.
+    normals = np.divide(summed, length, out=np.tile([0.0, 1.0, 0.0], (len(summed), 1)), where=length > 1e-30)
     return normals[weld]
 
 

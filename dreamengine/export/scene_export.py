@@ -35,10 +35,12 @@ from dreamengine.config import ExportConfig
 from dreamengine.errors import ExportError
 from dreamengine.export.cleanup import clean_mesh
 from dreamengine.export.color import color_vertices
-from dreamengine.export.marching import extract_mesh
+from dreamengine.export.marching import mesh_from_volume, sample_density_grid
 from dreamengine.export.mesh_io import save_mesh
+from dreamengine.export.splat_grid import gaussian_density_grid
 from dreamengine.export.texture import texture_mesh, unwrap_uv
 from dreamengine.renderers.volume import intersect_sphere
+from dreamengine.scenes.gaussians import GaussianScene
 
 
 @torch.no_grad()
@@ -46,18 +48,31 @@ def gridded_density(density_fn: Callable[[Tensor], Tensor], radius: float, resol
                     device: torch.device, chunk: int = 65536) -> Callable[[Tensor], Tensor]:
     """Sample ``density_fn`` once on a ``resolution^3`` grid over the bounding cube; return a cheap
     trilinear interpolator of it (points [N, 3] -> [N]) for queries that need many evaluations."""
-    axis = torch.linspace(-radius, radius, resolution)
-    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    values = torch.cat([density_fn(part.to(device)).cpu() for part in points.split(chunk)])
-    volume = values.view(1, 1, resolution, resolution, resolution)  # [1, 1, X, Y, Z]
+    return volume_interpolator(sample_density_grid(density_fn, radius, resolution, chunk, device), radius)
+
+
+def volume_interpolator(volume: np.ndarray, radius: float) -> Callable[[Tensor], Tensor]:
+    """A trilinear interpolator (points [N, 3] -> [N]) of a density grid [R, R, R] over ``[-radius, radius]^3``
+    laid out as :func:`~dreamengine.export.marching.sample_density_grid` returns it."""
+    resolution = volume.shape[0]
+    grid = torch.as_tensor(volume, dtype=torch.float32).view(1, 1, resolution, resolution, resolution)
 
     def interpolate(query: Tensor) -> Tensor:
         # grid_sample's last coordinate indexes the first volume axis: pass (z, y, x)
-        coords = (query.cpu() / radius).flip(-1).view(1, -1, 1, 1, 3)
-        sampled = torch.nn.functional.grid_sample(volume, coords, mode="bilinear", align_corners=True)
+        coords = (query.cpu().float() / radius).flip(-1).view(1, -1, 1, 1, 3)
+        sampled = torch.nn.functional.grid_sample(grid, coords, mode="bilinear", align_corners=True)
         return sampled.view(-1).to(query.device)
 
     return interpolate
+
+
+def density_volume(scene: torch.nn.Module, resolution: int) -> np.ndarray:
+    """The scene's density on the ``resolution^3`` export grid over its bounding cube, [R, R, R]. Gaussian
+    scenes scatter their Gaussians into the grid (:func:`~dreamengine.export.splat_grid.gaussian_density_grid`,
+    the same values as point queries, much faster); other scenes are queried point by point."""
+    if isinstance(scene, GaussianScene):
+        return gaussian_density_grid(scene, scene.radius, resolution)
+    return sample_density_grid(scene.density, scene.radius, resolution)
 
 
 @torch.no_grad()
@@ -120,7 +135,7 @@ def surface_mesh(scene: torch.nn.Module, cfg: ExportConfig, threshold: float,
                  timings: dict[str, float] | None = None) -> trimesh.Trimesh:
     """Marching cubes of ``scene.density`` at ``threshold`` and pymeshlab cleanup (world frame, uncolored)."""
     with _stage(timings, "extraction"):
-        mesh = extract_mesh(scene.density, radius=scene.radius, resolution=cfg.resolution, threshold=threshold)
+        mesh = mesh_from_volume(density_volume(scene, cfg.resolution), scene.radius, threshold)
     with _stage(timings, "cleanup"):
         mesh = clean_mesh(mesh, min_component_fraction=cfg.min_component_fraction,
                           target_faces=cfg.target_faces or None, max_hole_edges=cfg.close_holes,
@@ -166,7 +181,7 @@ def export_scene(scene: torch.nn.Module, cfg: ExportConfig, path: Path, fmt: str
             resolution = 64
             device = next(scene.parameters()).device
             cameras = cameras.to(device)
-            coarse = gridded_density(scene.density, scene.radius, resolution, device)
+            coarse = volume_interpolator(density_volume(scene, resolution), scene.radius)
             maxima = max_density_along_rays(coarse, cameras, resolution, scene.radius)
             threshold = silhouette_threshold(maxima.cpu(), render_opacity(cameras, resolution).cpu())
     mesh = paint_mesh(surface_mesh(scene, cfg, threshold, timings), scene, cfg, fmt, timings)

@@ -133,20 +133,40 @@ def _barycentrics_2d(tri: np.ndarray, points: np.ndarray) -> np.ndarray:
     return bary / bary.sum(-1, keepdims=True)
 
 
+def spatial_order(points: np.ndarray, bits: int = 10) -> np.ndarray:
+    """A permutation [N] that sorts points [N, 3] along a Morton (Z-order) curve over their bounding box, so
+    that consecutive points are close in space."""
+    low = points.min(axis=0)
+    extent = max(float((points.max(axis=0) - low).max()), 1e-12)
+    cells = ((points - low) / extent * (2**bits - 1)).astype(np.uint64)
+    code = np.zeros(len(points), dtype=np.uint64)
+    for bit in range(bits):
+        for axis in range(3):
+            code |= ((cells[:, axis] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(3 * bit + axis)
+    return np.argsort(code, kind="stable")
+
+
 @torch.no_grad()
 def evaluate_field(field_fn: FieldFn, points: np.ndarray, channels: int, chunk: int = 65536,
                    device: torch.device | None = None) -> np.ndarray:
-    """``field_fn`` at points [N, 3] in chunks -> float32 [N, channels], NaN -> 0, clipped to [0, 1]."""
+    """``field_fn`` at points [N, 3] in chunks -> float32 [N, channels], NaN -> 0, clipped to [0, 1].
+
+    Points are evaluated in Z-order (:func:`spatial_order`), so each chunk covers a compact region: fields
+    that cull by region (a Gaussian scene's albedo) then touch few primitives per chunk."""
     device = field_device(field_fn) if device is None else device
+    if len(points) == 0:
+        return np.zeros((0, channels), dtype=np.float32)
+    order = spatial_order(points)
+    ordered = np.asarray(points)[order]
     out = np.empty((len(points), channels), dtype=np.float32)
     for start in range(0, len(points), chunk):
-        part = torch.as_tensor(points[start:start + chunk], dtype=torch.float32, device=device)
+        part = torch.as_tensor(ordered[start:start + chunk], dtype=torch.float32, device=device)
         values = field_fn(part)
         values = values.reshape(values.shape[0], -1)
         if values.shape != (part.shape[0], channels):
             raise ExportError(f"a field returned shape {tuple(values.shape)} for {part.shape[0]} points; it must map "
                               f"[N, 3] points to [N, {channels}] values")
-        out[start:start + chunk] = values.float().cpu().numpy()
+        out[order[start:start + chunk]] = values.float().cpu().numpy()
     return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0)
 
 
