@@ -10,7 +10,7 @@ from dreamengine.config import ExportConfig
 from dreamengine.export import load_mesh
 from dreamengine.export.marching import sample_density_grid
 from dreamengine.export.scene_export import density_volume, export_scene
-from dreamengine.export.splat_grid import gaussian_density_grid
+from dreamengine.export.splat_grid import gaussian_albedo_field, gaussian_density_grid
 from dreamengine.export.texture import evaluate_field, spatial_order
 from dreamengine.scenes.gaussians import GaussianScene, GaussiansConfig, rgb_to_sh_dc
 from dreamengine.toyworld import parse_prompt
@@ -40,6 +40,18 @@ def test_scattered_grid_equals_point_queries():
         assert expected.max() > 1.0
         np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
     assert np.array_equal(density_volume(scene, 17), gaussian_density_grid(scene, 1.0, 17))
+
+
+def test_gridded_albedo_approximates_point_queries():
+    scene = filled_gaussians("a snowman", 3000)
+    field = gaussian_albedo_field(scene, 1.0, 64)
+    points = torch.cat([scene.means[:2000].detach() + 0.01 * torch.randn(2000, 3, generator=torch.Generator().manual_seed(0)),
+                        torch.tensor([[0.95, 0.95, 0.95]])])  # near the Gaussians, and one far from all of them
+    exact = scene.albedo(points)
+    ours = field(points)
+    error = (ours - exact).abs().amax(dim=-1)
+    assert float(error.median()) < 0.02 and float((error < 0.1).float().mean()) > 0.95
+    assert torch.allclose(ours[-1], exact[-1])  # no Gaussian reaches: the nearest mean's color, exactly
 
 
 def test_evaluate_field_in_spatial_order_returns_values_in_input_order():

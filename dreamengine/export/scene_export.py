@@ -37,7 +37,7 @@ from dreamengine.export.cleanup import clean_mesh
 from dreamengine.export.color import color_vertices
 from dreamengine.export.marching import mesh_from_volume, sample_density_grid
 from dreamengine.export.mesh_io import save_mesh
-from dreamengine.export.splat_grid import gaussian_density_grid
+from dreamengine.export.splat_grid import gaussian_albedo_field, gaussian_density_grid
 from dreamengine.export.texture import texture_mesh, unwrap_uv
 from dreamengine.renderers.volume import intersect_sphere
 from dreamengine.scenes.gaussians import GaussianScene
@@ -146,12 +146,16 @@ def surface_mesh(scene: torch.nn.Module, cfg: ExportConfig, threshold: float,
 def paint_mesh(mesh: trimesh.Trimesh, scene: torch.nn.Module, cfg: ExportConfig, fmt: str,
                timings: dict[str, float] | None = None) -> trimesh.Trimesh:
     """``mesh`` with the scene's appearance: a baked PBR texture (``cfg.appearance == 'texture'`` and a GLB or
-    OBJ file) or vertex colors."""
+    OBJ file) or vertex colors. Gaussian scenes bake from :func:`~dreamengine.export.splat_grid.gaussian_albedo_field`
+    (their albedo interpolated from the export grid) instead of point queries."""
     if cfg.appearance == "texture" and fmt in ("glb", "obj"):
         with _stage(timings, "uv"):
             atlas = unwrap_uv(mesh, cfg.texture_size, cfg.texture_padding)
         with _stage(timings, "bake"):
-            return texture_mesh(mesh, scene.albedo, cfg.texture_size, roughness_fn=getattr(scene, "roughness", None),
+            albedo = scene.albedo
+            if isinstance(scene, GaussianScene):  # scene.albedo at a million texels takes minutes
+                albedo = gaussian_albedo_field(scene, scene.radius, cfg.resolution)
+            return texture_mesh(mesh, albedo, cfg.texture_size, roughness_fn=getattr(scene, "roughness", None),
                                 metallic_fn=getattr(scene, "metallic", None), metallic=cfg.metallic,
                                 roughness=cfg.roughness, atlas=atlas)
     with _stage(timings, "bake"):
