@@ -9,10 +9,12 @@ Scenes (no trained run is needed; both are made from a toy-world object in well 
   density without the initial blob) fitted by direct 3D regression to the toy object: ``log(1 + density)``
   to ``log(1 + 100 sigmoid(-sdf / 0.01))`` (density 50 on the true surface) on points
   uniform in the box and near the surface, albedo = the object's color near the surface. Adam, ``--fit-steps``
-  (200) steps of 8192 + 8192 points. Exported at the level 50 (``export.threshold: 50``).
+  (200) steps of 8192 + 8192 points.
 * **Gaussians**: a ``GaussianScene`` of ``--gaussians`` Gaussians filling the object (means uniform inside it,
   scales 0.025 with log-normal jitter, random rotations, opacity 0.6, the object's colors), not optimized.
-  Exported at the level 0.5.
+
+Both are exported as ``dreamengine generate`` does, with the density level fitted to the renders' silhouettes
+(``export.threshold: null``; 16 views at 64x64 from the volume / splat renderer, counted in "extraction").
 
 1. Export time by stage (``export_scene``'s timings: extraction = density grid + marching cubes, cleanup =
    pymeshlab incl. hole closing and decimation to 20k faces, uv = xatlas, bake = texture baking incl. seam
@@ -21,7 +23,8 @@ Scenes (no trained run is needed; both are made from a toy-world object in well 
 2. Export fidelity: the exported GLB read back and rendered with the rasterizer vs the scene's own render
    (volume renderer / splat renderer, albedo, white background) from 10 held-out views at 64x64.
 3. Rasterizer: ``render_mesh`` forward and forward+backward (gradients to vertices and texture), one view,
-   median of ``--repeats``, for an icosphere with vertex colors (5k faces), the textured NeRF export (20k)
+   median CPU time of ``--repeats`` with one torch thread (the machine is shared: wall clock would measure the
+   neighbours), for an icosphere with vertex colors (5k faces), the textured NeRF export (20k)
    and a finer icosphere (82k), at 64, 128 and 256 px.
 """
 
@@ -36,15 +39,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pygltflib
 import torch
 import trimesh
 
-from dreamengine.cameras import cameras_from_spherical
+from dreamengine.cameras import Cameras, cameras_from_spherical
 from dreamengine.config import ExportConfig
 from dreamengine.evaluate import true_mesh
 from dreamengine.export import load_mesh
 from dreamengine.export.fidelity import export_fidelity, fidelity_cameras
-from dreamengine.export.scene_export import export_scene
+from dreamengine.export.scene_export import export_cameras, export_scene
 from dreamengine.renderers.raster import MeshTensors, render_mesh
 from dreamengine.renderers.splat import render_splats
 from dreamengine.renderers.volume import OccupancyGrid, render_volume
@@ -94,34 +98,44 @@ def filled_gaussians(obj: ToyObject, count: int, seed: int = 0) -> GaussianScene
     return scene.eval()
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
+def median_cpu_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median CPU time (this process, ``time.process_time``) of ``fn`` in ms, after a warm-up call. On a shared
+    machine the wall clock measures the neighbours; with one torch thread, CPU time measures the work."""
+    fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return 1000.0 * statistics.median(times)
 
 
 def export_rows(scenes: dict, renders: dict, folder: Path,
                 resolutions: list[int]) -> tuple[list[str], list[str], Path]:
-    stage_lines = ["| scene | MC res | " + " | ".join(STAGES) + " | total (s) | faces |",
-                   "|---|---:|" + "---:|" * (len(STAGES) + 2)]
+    stage_lines = ["| scene | MC res | " + " | ".join(STAGES) + " | total (s) | faces | level |",
+                   "|---|---:|" + "---:|" * (len(STAGES) + 3)]
     fidelity_lines = ["| scene | MC res | PSNR (dB) | mask IoU |", "|---|---:|---:|---:|"]
     cameras = fidelity_cameras(num_views=8)
     nerf_glb = folder / f"nerf-{resolutions[0]}.glb"
-    for name, (scene, threshold) in scenes.items():
+    level_cameras = export_cameras(2.5, 40.0)
+    for name, scene in scenes.items():
         with torch.no_grad():
-            scene_render = renders[name](cameras)
+            scene_render = renders[name](cameras, 64)
+
+        def render_opacity(cams: Cameras, size: int, name: str = name) -> torch.Tensor:
+            with torch.no_grad():
+                return renders[name](cams, size).opacity[..., 0]
+
         for resolution in resolutions:
-            cfg = ExportConfig(resolution=resolution, threshold=threshold)
+            cfg = ExportConfig(resolution=resolution, threshold=None)  # the level fitted to the renders
             timings: dict[str, float] = {}
             path = export_scene(scene, cfg, folder / f"{name.lower()}-{resolution}.glb", "glb",
-                                {"scene": name}, timings=timings)
+                                {"scene": name}, render_opacity, level_cameras, timings=timings)
             faces = len(load_mesh(path).faces)
+            level = pygltflib.GLTF2().load(str(path)).asset.extras["density_threshold"]
             cells = " | ".join(f"{timings.get(stage, 0.0):.2f}" for stage in STAGES)
-            stage_lines.append(f"| {name} | {resolution} | {cells} | {sum(timings.values()):.1f} | {faces} |")
+            stage_lines.append(f"| {name} | {resolution} | {cells} | {sum(timings.values()):.1f} | {faces} | "
+                               f"{level:g} |")
             result = export_fidelity(path, lambda cams, h, w, r=scene_render: r, cameras, 64, 64, background=WHITE)
             fidelity_lines.append(f"| {name} | {resolution} | {result['psnr']:.2f} | {result['mask_iou']:.3f} |")
             print(stage_lines[-1], flush=True)
@@ -136,6 +150,8 @@ def raster_rows(textured: Path, repeats: int) -> list[str]:
                                      torch.tensor(40.0))
     lines = ["| mesh | faces | px | forward (ms) | forward+backward (ms) | fwd+bwd, no antialias (ms) |",
              "|---|---:|---:|---:|---:|---:|"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     for name, mesh in meshes:
         vertices = mesh.vertices.clone().requires_grad_(True)
         appearance = {}
@@ -153,11 +169,12 @@ def raster_rows(textured: Path, repeats: int) -> list[str]:
                 out = render_mesh(trainable, cameras, size, size, background=WHITE, antialias=antialias)
                 out.rgb.sum().backward()
 
-            cells = [median_ms(forward, repeats), median_ms(both, repeats),
-                     median_ms(lambda s=size: both(s, False), repeats)]
+            cells = [median_cpu_ms(forward, repeats), median_cpu_ms(both, repeats),
+                     median_cpu_ms(lambda s=size: both(s, False), repeats)]
             lines.append(f"| {name} | {len(mesh.faces)} | {size} | " + " | ".join(f"{c:.1f}" for c in cells)
                          + " |")
             print(lines[-1], flush=True)
+    torch.set_num_threads(threads)
     return lines
 
 
@@ -183,14 +200,14 @@ def main() -> None:
     occupancy = OccupancyGrid(num_samples=128, backend="torch")
     occupancy.update(nerf, step=0)
     renders = {
-        "NeRF": lambda cams: render_volume(nerf, cams, 64, 64, background=WHITE, num_samples=128, perturb=False,
-                                           occupancy=occupancy),
-        "Gaussians": lambda cams: render_splats(gaussians, cams, 64, 64, background=WHITE, backend="torch"),
+        "NeRF": lambda cams, size: render_volume(nerf, cams, size, size, background=WHITE, num_samples=128,
+                                                 perturb=False, occupancy=occupancy),
+        "Gaussians": lambda cams, size: render_splats(gaussians, cams, size, size, background=WHITE, backend="torch"),
     }
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        stage_lines, fidelity_lines, textured = export_rows({"NeRF": (nerf, 50.0), "Gaussians": (gaussians, 0.5)},
-                                                            renders, Path(tmp), args.resolutions)
+        stage_lines, fidelity_lines, textured = export_rows({"NeRF": nerf, "Gaussians": gaussians}, renders,
+                                                            Path(tmp), args.resolutions)
         raster = raster_rows(textured, args.repeats)
     lines = [
         f"# Mesh export and rasterizer (CPU, {time.strftime('%Y-%m-%d')})",
@@ -200,7 +217,8 @@ def main() -> None:
         f"by 3D regression in {args.fit_steps} steps ({fit_seconds:.0f} s); {len(gaussians.means)} Gaussians "
         "placed inside the object (see bench/export.py).",
         "",
-        "## Export time by stage (seconds, one run each; default export config: 20k faces, 1024^2 texture)",
+        "## Export time by stage (wall-clock seconds, one run each; default export config: 20k faces, 1024^2 "
+        "texture; level = the fitted density level)",
         "",
         *stage_lines,
         "",
@@ -211,7 +229,8 @@ def main() -> None:
         "",
         *fidelity_lines,
         "",
-        f"## Rasterizer, one view, median of {args.repeats} (torch path, antialiasing on unless noted)",
+        f"## Rasterizer, one view, median CPU time of {args.repeats}, 1 thread (torch path, antialiasing on unless "
+        "noted)",
         "",
         *raster,
         "",

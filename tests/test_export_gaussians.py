@@ -45,7 +45,8 @@ def test_scattered_grid_equals_point_queries():
 def test_gridded_albedo_approximates_point_queries():
     scene = filled_gaussians("a snowman", 3000)
     field = gaussian_albedo_field(scene, 1.0, 64)
-    points = torch.cat([scene.means[:2000].detach() + 0.01 * torch.randn(2000, 3, generator=torch.Generator().manual_seed(0)),
+    jitter = 0.01 * torch.randn(2000, 3, generator=torch.Generator().manual_seed(0))
+    points = torch.cat([scene.means[:2000].detach() + jitter,
                         torch.tensor([[0.95, 0.95, 0.95]])])  # near the Gaussians, and one far from all of them
     exact = scene.albedo(points)
     ours = field(points)
