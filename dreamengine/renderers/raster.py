@@ -38,11 +38,14 @@ The torch path, per view:
    ``t < 0.5`` the occluder's pixel moves ``0.5 - t`` of the way to the far pixel's value. ``t`` is a
    differentiable function of the edge's projected end points, which is where vertices get gradients from
    coverage changes (the sign of the silhouette gradient is right: moving an edge outward over background
-   raises the opacity of the pixel beyond it). It is applied to rgb, opacity, depth and normal, so
-   opacity becomes fractional at silhouettes. Only the edges of the face covering the pixel center are
-   tested: an edge hidden behind a sub-pixel neighbor face contributes no gradient (nvdiffrast has the
-   same limitation). Edge adjacency is computed on positions welded by exact equality, so UV seams are not
-   silhouettes.
+   raises the opacity of the pixel beyond it). As in nvdiffrast, horizontal pairs handle the edges steeper
+   than 45 degrees and vertical pairs the others, so each edge is counted once and the total coverage
+   gradient matches the box filter's (tests compare it with finite differences). Unlike nvdiffrast, when
+   the segment leaves the occluder through an interior edge, it follows the mesh across that edge (up to
+   ``max_walk`` faces) until it reaches a silhouette edge: near a contour the faces are foreshortened to
+   slivers and the face under a pixel center rarely owns the silhouette edge itself. The blend is applied
+   to rgb, opacity, depth and normal, so opacity becomes fractional at silhouettes. Edge adjacency is
+   computed on positions welded by exact equality, so UV seams are not silhouettes.
 
 Outputs follow :class:`~dreamengine.renderers.volume.RenderOut`: ``rgb`` composited over the background,
 ``opacity`` (1 on covered pixels, fractional at antialiased silhouettes), ``depth`` the distance from the
