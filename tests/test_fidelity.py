@@ -15,6 +15,7 @@ from dreamengine.export.scene_export import export_scene
 from dreamengine.renderers.volume import render_volume
 from dreamengine.scenes.nerf import Background
 from dreamengine.toyworld import parse_prompt
+from tests.gltf_validator import assert_valid_glb
 
 WHITE = Background(color=(1.0, 1.0, 1.0))
 RES = 32
@@ -46,6 +47,7 @@ def cone_export(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fidelity")
     cfg = ExportConfig(resolution=48, threshold=100.0, target_faces=3000, texture_size=128)
     path = export_scene(scene, cfg, folder / "model.glb", "glb", {"prompt": "a blue cone"})
+    assert_valid_glb(path)
     cameras = fidelity_cameras(num_views=4)
     renders = render_volume(scene, cameras, RES, RES, background=WHITE, num_samples=128, perturb=False)
 
@@ -73,6 +75,7 @@ def test_broken_exports_score_low(cone_export, tmp_path):
     lying = mesh.copy()
     lying.apply_transform(np.linalg.inv(Z_UP_TO_Y_UP))
     rotated = export_fidelity(save_mesh(lying, tmp_path / "lying.glb"), render, cameras, RES, RES, background=WHITE)
+    assert_valid_glb(tmp_path / "lying.glb")  # a valid file, just the wrong way up
     assert rotated["mask_iou"] < 0.6 < good["mask_iou"]
 
     # Right shape, wrong colors (red and blue channels swapped): the masks agree, the images do not.
@@ -81,5 +84,6 @@ def test_broken_exports_score_low(cone_export, tmp_path):
     swapped.visual.material.baseColorTexture = Image.fromarray(np.ascontiguousarray(image))
     recolored = export_fidelity(save_mesh(swapped, tmp_path / "swapped.glb"), render, cameras, RES, RES,
                                 background=WHITE)
+    assert_valid_glb(tmp_path / "swapped.glb")
     assert recolored["mask_iou"] == pytest.approx(good["mask_iou"], abs=1e-6)
     assert recolored["psnr"] < good["psnr"] - 8.0

@@ -27,7 +27,7 @@ from dreamengine.scenes.mesh import (
 )
 from dreamengine.scenes.nerf import Background
 from dreamengine.toyworld import psnr
-from tests.gltf_validator import validate_glb
+from tests.gltf_validator import assert_valid_glb
 
 WHITE = Background(color=(1.0, 1.0, 1.0))
 SMALL = MeshSceneConfig(texture_resolution=64, uv_padding=2)
@@ -94,6 +94,7 @@ def test_config_is_validated():
 
 def test_from_file_reads_glb_in_the_world_frame(colored_sphere, tmp_path):
     path = save_mesh(colored_sphere, tmp_path / "input.glb", scale=0.1)  # Y-up, scaled: load_mesh undoes both
+    assert_valid_glb(path)
     scene = MeshScene.from_file(path, replace(SMALL, normalize=False))
     np.testing.assert_allclose(scene.vertices.detach().numpy(), colored_sphere.vertices, atol=1e-4)
 
@@ -216,8 +217,7 @@ def test_a_mesh_scene_exports_itself_faithfully(colored_sphere, tmp_path, textur
     timings: dict[str, float] = {}
     path = export_scene(scene, cfg, tmp_path / "model.glb", "glb", {"prompt": "a ball"}, timings=timings)
     assert set(timings) == {"bake", "write"}
-    report = validate_glb(path)
-    assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"]
+    assert_valid_glb(path)
     loaded = load_mesh(path)
     assert loaded.visual.kind == "texture"
     assert np.abs(loaded.vertices).max() == pytest.approx(0.75, abs=1e-4)  # scene units again
@@ -229,8 +229,9 @@ def test_a_mesh_scene_exports_itself_faithfully(colored_sphere, tmp_path, textur
     result = export_fidelity(path, render, cameras(), 32, 32, background=WHITE)
     assert result["mask_iou"] > 0.99 and result["psnr"] > 30.0
 
-    colored = load_mesh(export_scene(scene, replace(cfg, appearance="vertex_colors"), tmp_path / "c.glb", "glb", {}))
-    assert colored.visual.kind == "vertex"
+    colored_path = export_scene(scene, replace(cfg, appearance="vertex_colors"), tmp_path / "c.glb", "glb", {})
+    assert_valid_glb(colored_path)
+    assert load_mesh(colored_path).visual.kind == "vertex"
 
 
 def test_uv_albedo_reads_the_texture_at_the_closest_surface_point(colored_sphere):

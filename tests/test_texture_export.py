@@ -25,7 +25,7 @@ from dreamengine.export.texture import (
 )
 from dreamengine.renderers.raster import sample_texture
 from dreamengine.toyworld import parse_prompt
-from tests.gltf_validator import validate_glb
+from tests.gltf_validator import assert_valid_glb
 
 METADATA = {"prompt": "a snowman", "seed": 3, "method": "sds", "teacher": "toyworld"}
 
@@ -111,8 +111,7 @@ def test_textured_glb_round_trip_validator_and_material(sphere, tmp_path):
 
     textured = texture_mesh(sphere, smooth_color, size=64, padding=2, roughness_fn=roughness)
     path = save_mesh(textured, tmp_path / "model.glb", metadata=METADATA, scale=2.0)
-    report = validate_glb(path)
-    assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"]
+    assert_valid_glb(path)
 
     gltf = pygltflib.GLTF2().load(str(path))
     assert gltf.asset.extras == {**METADATA, "meters_per_scene_unit": 2.0}
@@ -144,8 +143,7 @@ def test_constant_material_factors_without_maps(sphere, tmp_path):
     pbr = gltf.materials[0].pbrMetallicRoughness
     assert pbr.metallicRoughnessTexture is None
     assert pbr.metallicFactor == pytest.approx(0.25) and pbr.roughnessFactor == pytest.approx(0.6)
-    report = validate_glb(path)
-    assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"]
+    assert_valid_glb(path)
 
 
 def test_textured_obj_writes_mtl_and_pngs_and_round_trips(sphere, tmp_path):
@@ -211,8 +209,7 @@ def test_toy_object_export_recovers_its_colors(prompt, tmp_path):
     timings: dict[str, float] = {}
     path = export_scene(scene, cfg, tmp_path / "model.glb", "glb", {**METADATA, "prompt": prompt}, timings=timings)
     assert set(timings) == {"extraction", "cleanup", "uv", "bake", "write"}
-    report = validate_glb(path)
-    assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"]
+    assert_valid_glb(path)
     extras = pygltflib.GLTF2().load(str(path)).asset.extras
     assert extras["prompt"] == prompt and extras["seed"] == 3 and extras["density_threshold"] == 50.0
 
@@ -234,6 +231,8 @@ def test_export_scene_vertex_colors_obj_and_ply(tmp_path):
     for fmt, cfg, kind in (("glb", ExportConfig(**{**base.__dict__, "appearance": "vertex_colors"}), "vertex"),
                            ("obj", base, "texture"), ("ply", base, "vertex")):
         path = export_scene(scene, cfg, tmp_path / fmt / f"model.{fmt}", fmt, METADATA)
+        if fmt == "glb":
+            assert_valid_glb(path)
         mesh = load_mesh(path)
         assert mesh.visual.kind == kind, fmt
         _, colors = surface_colors(mesh, 500)
@@ -291,11 +290,11 @@ def test_normals_are_unit_length_even_for_folded_faces(tmp_path):
     # Two faces back to back on the same vertices: their normals cancel; glTF still needs unit normals.
     vertices = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
     mesh = trimesh.Trimesh(vertices, np.array([[0, 1, 2], [0, 2, 1], [0, 1, 3]]), process=False)
-    report = validate_glb(save_mesh(mesh, tmp_path / "folded.glb"))
-    assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"]
+    assert_valid_glb(save_mesh(mesh, tmp_path / "folded.glb"))
     # A textured sphere split along its UV seams gets the same normals on both sides of every seam.
     sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
     path = save_mesh(texture_mesh(sphere, smooth_color, size=32, padding=1), tmp_path / "s.glb")
+    assert_valid_glb(path)
     raw = next(iter(trimesh.load(path, process=False).geometry.values()))  # the file's NORMAL attribute
     assert len(raw.vertices) > len(sphere.vertices)  # split along seams
     radial = raw.vertices / np.linalg.norm(raw.vertices, axis=1, keepdims=True)
