@@ -102,6 +102,29 @@ class ExportConfig:
     threshold: float | None = None  # density level of the surface; null: fit it to the renders' silhouettes
     target_faces: int = 20000  # quadric decimation budget (0: keep all faces)
     min_component_fraction: float = 0.05  # drop pieces smaller than this fraction of the largest
+    close_holes: int = 30  # close holes with at most this many boundary edges (0: keep holes)
+    remesh_iterations: int = 0  # isotropic remeshing iterations before decimation (0: no remeshing)
+    remesh_edge_length: float = 1.0  # remeshing target edge length, percent of the bounding-box diagonal
+    appearance: str = "texture"  # glb/obj: texture (xatlas UVs, baked PNG, PBR material) | vertex_colors; ply: colors
+    texture_size: int = 1024  # texels per side of the baked textures
+    texture_padding: int = 4  # empty texels between UV charts (empty texels are then filled from the nearest chart)
+    roughness: float = 1.0  # PBR roughness factor where the scene has no roughness field
+    metallic: float = 0.0  # PBR metallic factor where the scene has no metallic field
+    size: float = 1.0  # scale files so the longest bounding-box side is this many meters (0: keep scene units)
+
+    def __post_init__(self) -> None:
+        if self.appearance not in ("texture", "vertex_colors"):
+            raise ConfigError(f"export.appearance must be 'texture' or 'vertex_colors', got {self.appearance!r}")
+        if self.texture_size < 16 or self.texture_padding < 0:
+            raise ConfigError("export.texture_size must be >= 16 and export.texture_padding >= 0, got "
+                              f"{self.texture_size}, {self.texture_padding}")
+        if not (0.0 <= self.roughness <= 1.0 and 0.0 <= self.metallic <= 1.0):
+            raise ConfigError(f"export.roughness and export.metallic must be in [0, 1], got {self.roughness}, "
+                              f"{self.metallic}")
+        if self.size < 0 or self.close_holes < 0 or self.remesh_iterations < 0 or not self.remesh_edge_length > 0:
+            raise ConfigError("export.size, export.close_holes and export.remesh_iterations must be >= 0 and "
+                              f"export.remesh_edge_length > 0, got {self.size}, {self.close_holes}, "
+                              f"{self.remesh_iterations}, {self.remesh_edge_length}")
 
 
 @dataclass

@@ -28,3 +28,7 @@ class ExportError(DreamEngineError):
 
 class TrainingError(DreamEngineError):
     """Optimization failed in a way the user must act on (for example: repeated NaN losses)."""
+
+
+class MeshFileError(DreamEngineError):
+    """A mesh file that cannot be used as a scene (missing, not a mesh, empty, corrupt coordinates)."""

@@ -91,3 +91,10 @@ def validate_glb(path: str | os.PathLike) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"the glTF validator could not check {path}: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout)
+
+
+def assert_valid_glb(path: str | os.PathLike) -> dict:
+    """Validate a GLB file and fail unless the validator reports 0 errors and 0 warnings; return the report."""
+    report = validate_glb(path)
+    assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"]
+    return report

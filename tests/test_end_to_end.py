@@ -39,8 +39,9 @@ def test_generate_export_eval_red_cube(tmp_path: Path):
 
     glb = run_dir / "final" / "model.glb"
     assert len(trimesh.load(glb, force="mesh").faces) > 500  # loads with plain trimesh
-    mesh = load_mesh(glb)  # our loader: back to the Z-up world frame, with vertex colors
-    colors = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(float) / 255.0
+    mesh = load_mesh(glb)  # our loader: back to the Z-up world frame and scene units, with its texture
+    assert mesh.visual.kind == "texture"  # export.appearance defaults to a baked texture
+    colors = np.asarray(mesh.visual.to_color().vertex_colors)[:, :3].astype(float) / 255.0
     red, green, blue = np.median(colors, axis=0)
     assert red > green + 0.2 and red > blue + 0.2, (red, green, blue)
     # the cube (half size 0.4 in the toy world) fills roughly its box: extents near 0.8

@@ -1,4 +1,5 @@
-"""Mesh cleanup with pymeshlab: merge duplicates, drop floaters, repair non-manifold parts, decimate.
+"""Mesh cleanup with pymeshlab: merge duplicates, drop floaters, repair non-manifold parts, close small holes,
+remesh, decimate.
 
 Marching cubes on a NeRF gives a large surface plus "floaters": small blobs of stray density around
 the object. ``clean_mesh`` keeps the geometry only (vertex colors and other attributes are dropped; color
@@ -15,7 +16,8 @@ from dreamengine.errors import ExportError
 
 
 def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05,
-               target_faces: int | None = None) -> trimesh.Trimesh:
+               target_faces: int | None = None, max_hole_edges: int = 0, remesh_iterations: int = 0,
+               remesh_edge_percent: float = 1.0) -> trimesh.Trimesh:
     """Clean a raw marching-cubes mesh. Face orientation (outward) is kept.
 
     Steps, in order (pymeshlab filter names in brackets):
@@ -28,14 +30,23 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05,
          meshing_remove_selected_vertices_and_faces];
       3. delete faces on non-manifold edges, split non-manifold vertices
          [meshing_repair_non_manifold_edges, meshing_repair_non_manifold_vertices];
-      4. if ``target_faces`` is given and smaller than the face count: quadric edge-collapse decimation
+      4. if ``max_hole_edges`` > 0: close every hole whose boundary has at most that many edges, with
+         faces oriented like their neighbors [meshing_close_holes], then repair non-manifold edges again;
+      5. if ``remesh_iterations`` > 0: isotropic explicit remeshing towards edges of
+         ``remesh_edge_percent`` percent of the bounding-box diagonal, staying within 1% of the surface
+         [meshing_isotropic_explicit_remeshing];
+      6. if ``target_faces`` is given and smaller than the face count: quadric edge-collapse decimation
          to about ``target_faces`` faces, with normal-flip prevention
-         [meshing_decimation_quadric_edge_collapse].
+         [meshing_decimation_quadric_edge_collapse], then step 1's duplicate / zero-area face removal and
+         step 3's repairs again (decimation can fold two faces back to back onto the same vertices).
 
     Args:
         mesh: V vertices [V, 3], F faces [F, 3].
         min_component_fraction: in [0, 1).
         target_faces: face budget for decimation, or None for no decimation.
+        max_hole_edges: largest hole to close, in boundary edges (0: keep holes).
+        remesh_iterations: isotropic remeshing iterations (0: no remeshing).
+        remesh_edge_percent: target edge length for remeshing, percent of the bounding-box diagonal.
 
     Returns:
         A new ``trimesh.Trimesh`` (the input is not modified).
@@ -47,6 +58,9 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05,
         raise ExportError(f"min_component_fraction must be in [0, 1), got {min_component_fraction}")
     if target_faces is not None and target_faces < 4:
         raise ExportError(f"target_faces must be at least 4 (or None for no decimation), got {target_faces}")
+    if max_hole_edges < 0 or remesh_iterations < 0 or not remesh_edge_percent > 0:
+        raise ExportError("max_hole_edges and remesh_iterations must be >= 0 and remesh_edge_percent > 0, got "
+                          f"{max_hole_edges}, {remesh_iterations}, {remesh_edge_percent}")
     if len(mesh.faces) == 0:
         raise ExportError("cannot clean an empty mesh (it has no faces)")
 
@@ -66,9 +80,23 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05,
     meshset.meshing_repair_non_manifold_edges(method="Remove Faces")
     meshset.meshing_repair_non_manifold_vertices()
 
+    if max_hole_edges > 0:
+        meshset.meshing_close_holes(maxholesize=int(max_hole_edges), newfaceselected=False)
+        meshset.meshing_repair_non_manifold_edges(method="Remove Faces")
+        meshset.meshing_repair_non_manifold_vertices()
+
+    if remesh_iterations > 0:
+        meshset.meshing_isotropic_explicit_remeshing(iterations=int(remesh_iterations),
+                                                     targetlen=pymeshlab.PercentageValue(remesh_edge_percent))
+
     if target_faces is not None and meshset.current_mesh().face_number() > target_faces:
         meshset.meshing_decimation_quadric_edge_collapse(targetfacenum=int(target_faces), preservenormal=True,
                                                          optimalplacement=True, autoclean=True)
+        # Decimation can fold two faces onto the same three vertices (back to back); drop such leftovers.
+        meshset.meshing_remove_duplicate_faces()
+        meshset.meshing_remove_null_faces()
+        meshset.meshing_repair_non_manifold_edges(method="Remove Faces")
+        meshset.meshing_repair_non_manifold_vertices()
     meshset.meshing_remove_unreferenced_vertices()
 
     result = meshset.current_mesh()

@@ -86,6 +86,11 @@ def extract_mesh(density_fn: DensityFn, radius: float = 1.0, resolution: int = 1
     Raises:
         ExportError: for bad arguments, non-finite densities, or a grid with no crossing of ``threshold``.
     """
+    _check_grid(radius, resolution, threshold)
+    return mesh_from_volume(sample_density_grid(density_fn, radius, resolution, chunk, device), radius, threshold)
+
+
+def _check_grid(radius: float, resolution: int, threshold: float | None) -> None:
     if resolution < 2:
         raise ExportError(f"export resolution must be at least 2, got {resolution}")
     if not radius > 0:
@@ -93,7 +98,12 @@ def extract_mesh(density_fn: DensityFn, radius: float = 1.0, resolution: int = 1
     if threshold is None or not np.isfinite(threshold):
         raise ExportError(f"export.threshold must be a finite number, got {threshold}")
 
-    volume = sample_density_grid(density_fn, radius, resolution, chunk, device)
+
+def mesh_from_volume(volume: np.ndarray, radius: float, threshold: float) -> trimesh.Trimesh:
+    """Marching cubes of a density grid [R, R, R] laid out as :func:`sample_density_grid` returns it (see
+    :func:`extract_mesh`). ``volume`` may be modified in place."""
+    resolution = volume.shape[0]
+    _check_grid(radius, resolution, threshold)
     if np.isnan(volume).any():
         raise ExportError(
             f"the density field returned NaN at {int(np.isnan(volume).sum())} of {volume.size} grid points; "

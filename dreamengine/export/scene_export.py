@@ -1,44 +1,70 @@
-"""A trained scene -> a cleaned, vertex-colored mesh file (the spine's export path).
+"""A trained scene -> a cleaned, textured (or vertex-colored) mesh file.
 
-The surface is the density level set ``density == threshold``. With ``export.threshold: null`` (the
-default) the level is chosen from the renders themselves: :func:`silhouette_threshold` picks the level
-whose silhouettes best match where the rendered opacity exceeds 0.5, so the mesh covers what the
-renders show rather than only their dense core.
+Field scenes (anything with ``density(points)``, ``albedo(points)`` and ``radius``: NeRF and Gaussian scenes)
+go through marching cubes: the surface is the density level set ``density == threshold``. With
+``export.threshold: null`` (the default) the level is chosen from the renders themselves:
+:func:`silhouette_threshold` picks the level whose silhouettes best match where the rendered opacity exceeds
+0.5, so the mesh covers what the renders show rather than only their dense core. Then pymeshlab cleanup,
+and either xatlas UVs + a baked albedo texture (``export.appearance: texture``, GLB and OBJ) or vertex
+colors (``vertex_colors``, and always for PLY). A scene with ``roughness(points)`` / ``metallic(points)``
+fields gets those baked too; otherwise the material has the constant ``export.roughness`` /
+``export.metallic`` factors.
+
+Mesh scenes (:class:`~dreamengine.scenes.mesh.MeshScene`, recognized by their ``export_mesh`` method) are
+already triangles: they write their own mesh and texture.
+
+Files are scaled so the longest side of the mesh's bounding box is ``export.size`` meters (0 keeps scene
+units); the scale is recorded in the file and :func:`~dreamengine.export.load_mesh` undoes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import trimesh
 from torch import Tensor
 
 from dreamengine.cameras import Cameras, cameras_from_spherical
 from dreamengine.config import ExportConfig
 from dreamengine.errors import ExportError
-from dreamengine.export import clean_mesh, color_vertices, extract_mesh, save_mesh
+from dreamengine.export.cleanup import clean_mesh
+from dreamengine.export.color import color_vertices
+from dreamengine.export.marching import mesh_from_volume, sample_density_grid
+from dreamengine.export.mesh_io import save_mesh
+from dreamengine.export.splat_grid import gaussian_albedo_field, gaussian_density_grid
+from dreamengine.export.texture import texture_mesh, unwrap_uv
 from dreamengine.renderers.volume import intersect_sphere
+from dreamengine.scenes.gaussians import GaussianScene
 
 
-@torch.no_grad()
-def gridded_density(density_fn: Callable[[Tensor], Tensor], radius: float, resolution: int,
-                    device: torch.device, chunk: int = 65536) -> Callable[[Tensor], Tensor]:
-    """Sample ``density_fn`` once on a ``resolution^3`` grid over the bounding cube; return a cheap
-    trilinear interpolator of it (points [N, 3] -> [N]) for queries that need many evaluations."""
-    axis = torch.linspace(-radius, radius, resolution)
-    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    values = torch.cat([density_fn(part.to(device)).cpu() for part in points.split(chunk)])
-    volume = values.view(1, 1, resolution, resolution, resolution)  # [1, 1, X, Y, Z]
+def volume_interpolator(volume: np.ndarray, radius: float) -> Callable[[Tensor], Tensor]:
+    """A trilinear interpolator (points [N, 3] -> [N]) of a density grid [R, R, R] over ``[-radius, radius]^3``
+    laid out as :func:`~dreamengine.export.marching.sample_density_grid` returns it."""
+    resolution = volume.shape[0]
+    grid = torch.as_tensor(volume, dtype=torch.float32).view(1, 1, resolution, resolution, resolution)
 
     def interpolate(query: Tensor) -> Tensor:
         # grid_sample's last coordinate indexes the first volume axis: pass (z, y, x)
-        coords = (query.cpu() / radius).flip(-1).view(1, -1, 1, 1, 3)
-        sampled = torch.nn.functional.grid_sample(volume, coords, mode="bilinear", align_corners=True)
+        coords = (query.cpu().float() / radius).flip(-1).view(1, -1, 1, 1, 3)
+        sampled = torch.nn.functional.grid_sample(grid, coords, mode="bilinear", align_corners=True)
         return sampled.view(-1).to(query.device)
 
     return interpolate
+
+
+def density_volume(scene: torch.nn.Module, resolution: int) -> np.ndarray:
+    """The scene's density on the ``resolution^3`` export grid over its bounding cube, [R, R, R]. Gaussian
+    scenes scatter their Gaussians into the grid (:func:`~dreamengine.export.splat_grid.gaussian_density_grid`,
+    the same values as point queries, much faster); other scenes are queried point by point."""
+    if isinstance(scene, GaussianScene):
+        return gaussian_density_grid(scene, scene.radius, resolution)
+    return sample_density_grid(scene.density, scene.radius, resolution)
 
 
 @torch.no_grad()
@@ -94,22 +120,74 @@ def surface_level(scene: torch.nn.Module, threshold: float | None,
         raise ValueError("an automatic export threshold needs render_opacity and cameras")
     device = next(scene.parameters()).device
     cameras = cameras.to(device)
-    coarse = gridded_density(scene.density, scene.radius, resolution, device)
+    coarse = volume_interpolator(density_volume(scene, resolution), scene.radius)
     maxima = max_density_along_rays(coarse, cameras, resolution, scene.radius)
     return silhouette_threshold(maxima.cpu(), render_opacity(cameras, resolution).cpu())
 
 
+def file_scale(mesh: trimesh.Trimesh, size: float) -> float:
+    """Meters per scene unit that make the longest bounding-box side of ``mesh`` ``size`` meters (1 for size 0)."""
+    longest = float(np.max(mesh.extents)) if len(mesh.vertices) else 0.0
+    return size / longest if size > 0 and longest > 0 else 1.0
+
+
+@contextmanager
+def _stage(timings: dict[str, float] | None, name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    if timings is not None:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def surface_mesh(scene: torch.nn.Module, cfg: ExportConfig, threshold: float,
+                 timings: dict[str, float] | None = None) -> trimesh.Trimesh:
+    """Marching cubes of ``scene.density`` at ``threshold`` and pymeshlab cleanup (world frame, uncolored)."""
+    with _stage(timings, "extraction"):
+        mesh = mesh_from_volume(density_volume(scene, cfg.resolution), scene.radius, threshold)
+    with _stage(timings, "cleanup"):
+        mesh = clean_mesh(mesh, min_component_fraction=cfg.min_component_fraction,
+                          target_faces=cfg.target_faces or None, max_hole_edges=cfg.close_holes,
+                          remesh_iterations=cfg.remesh_iterations, remesh_edge_percent=cfg.remesh_edge_length)
+    return mesh
+
+
+def paint_mesh(mesh: trimesh.Trimesh, scene: torch.nn.Module, cfg: ExportConfig, fmt: str,
+               timings: dict[str, float] | None = None) -> trimesh.Trimesh:
+    """``mesh`` with the scene's appearance: a baked PBR texture (``cfg.appearance == 'texture'`` and a GLB or
+    OBJ file) or vertex colors. Gaussian scenes bake from :func:`~dreamengine.export.splat_grid.gaussian_albedo_field`
+    (their albedo interpolated from the export grid) instead of point queries."""
+    if cfg.appearance == "texture" and fmt in ("glb", "obj"):
+        with _stage(timings, "uv"):
+            atlas = unwrap_uv(mesh, cfg.texture_size, cfg.texture_padding)
+        with _stage(timings, "bake"):
+            albedo = scene.albedo
+            if isinstance(scene, GaussianScene):  # scene.albedo at a million texels takes minutes
+                albedo = gaussian_albedo_field(scene, scene.radius, cfg.resolution)
+            return texture_mesh(mesh, albedo, cfg.texture_size, roughness_fn=getattr(scene, "roughness", None),
+                                metallic_fn=getattr(scene, "metallic", None), metallic=cfg.metallic,
+                                roughness=cfg.roughness, atlas=atlas)
+    with _stage(timings, "bake"):
+        return color_vertices(mesh, scene.albedo)
+
+
 def export_scene(scene: torch.nn.Module, cfg: ExportConfig, path: Path, fmt: str, metadata: dict[str, Any],
                  render_opacity: Callable[[Cameras, int], Tensor] | None = None,
-                 cameras: Cameras | None = None) -> Path:
-    """Marching cubes on the scene's density, pymeshlab cleanup, albedo vertex colors, write ``path``.
+                 cameras: Cameras | None = None, timings: dict[str, float] | None = None) -> Path:
+    """Write the scene as a mesh file (see the module docstring) and return ``path``.
 
     ``render_opacity(cameras, resolution) -> [B, H, W]`` and ``cameras`` are needed when
-    ``cfg.threshold`` is None (automatic level).
+    ``cfg.threshold`` is None (automatic level) for a field scene. ``timings``, when given, receives the
+    seconds spent per stage: extraction, cleanup, uv, bake, write.
     """
-    threshold = surface_level(scene, cfg.threshold, render_opacity, cameras)
-    mesh = extract_mesh(scene.density, radius=scene.radius, resolution=cfg.resolution, threshold=threshold)
-    mesh = clean_mesh(mesh, min_component_fraction=cfg.min_component_fraction,
-                      target_faces=cfg.target_faces or None)
-    mesh = color_vertices(mesh, scene.albedo)
-    return save_mesh(mesh, path, fmt, {**metadata, "density_threshold": round(float(threshold), 4)})
+    if hasattr(scene, "export_mesh"):
+        with _stage(timings, "bake"):
+            mesh = scene.export_mesh(cfg, fmt)
+        with _stage(timings, "write"):
+            return save_mesh(mesh, path, fmt, metadata, scale=file_scale(mesh, cfg.size))
+
+    with _stage(timings, "extraction"):
+        threshold = surface_level(scene, cfg.threshold, render_opacity, cameras)
+    mesh = paint_mesh(surface_mesh(scene, cfg, threshold, timings), scene, cfg, fmt, timings)
+    with _stage(timings, "write"):
+        return save_mesh(mesh, path, fmt, {**metadata, "density_threshold": round(float(threshold), 4)},
+                         scale=file_scale(mesh, cfg.size))
