@@ -6,13 +6,14 @@ The library API (imported on first use, so ``import dreamengine`` stays light)::
     asset = dreamengine.generate("a red cube")                      # one config (default: quickstart)
     asset = dreamengine.generate("a snowman", system="dreamgaussian-toy")
     asset = dreamengine.resume("runs/a-red-cube-20260101-120000")
+    asset = dreamengine.refine("chair.glb", "a red chair", config="refine-sd")  # texture an existing mesh
 """
 
 from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("Asset", "generate", "prepare", "resume", "open_run")
+_API = ("Asset", "generate", "prepare", "refine", "resume", "open_run")
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,7 @@
     asset = dreamengine.generate("a red cube", config="quickstart", overrides=["trainer.max_steps=300"],
                                  callbacks=[lambda event: print(event.step, event.terms["loss"])])
     print(asset.glb, asset.metrics["mask_iou"])
+    refined = dreamengine.refine("my_mesh.glb", "a red cube")     # texture an existing mesh
 
 ``generate`` runs either one config (``config=``, default ``quickstart``) or a named system of stages
 (``system=``, see ``dreamengine systems``). Callbacks receive a :class:`~dreamengine.trainer.StepEvent` after
@@ -117,6 +118,42 @@ def generate(prompt: str, *, config: str | Path | None = None, system: str | Non
     return prepare(prompt, config=config, system=system, overrides=overrides, output_dir=output_dir).execute(callbacks)
 
 
+def prepare_refine(mesh: str | Path, prompt: str, *, config: str | Path = "refine-toy", overrides: Sequence[str] = (),
+                   output_dir: str | Path | None = None, argv: Sequence[str] | None = None,
+                   run_dir: str | Path | None = None) -> Run:
+    """Like :func:`prepare` for ``dreamengine refine``: a mesh scene started from the user's mesh file.
+
+    The file is checked first (missing, not a mesh, empty, NaN vertices: :class:`~dreamengine.errors.MeshFileError`)
+    and never modified; a copy goes into ``RUN_DIR/input/`` and the run's config points at the copy, so resuming
+    never depends on the original."""
+    import shutil
+
+    from dreamengine.config import config_to_yaml
+    from dreamengine.runs import manifest, write_json
+    from dreamengine.scenes.mesh import read_mesh_file
+
+    source = Path(mesh).expanduser()
+    read_mesh_file(source)
+    run = prepare(prompt, config=config, overrides=[*overrides, "scene.name=mesh", f"scene.init_path='{source}'"],
+                  output_dir=output_dir, argv=argv, run_dir=run_dir)
+    copy = run.run_dir / "input" / source.name
+    copy.parent.mkdir()
+    shutil.copy2(source, copy)
+    cfg = run.trainer.cfg
+    cfg.scene.init_path = str(copy)
+    (run.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    write_json(run.run_dir / "manifest.json", {**manifest(cfg, list(argv if argv is not None else sys.argv),
+                                                          _teacher_info(run.trainer)), "input": str(source)})
+    return run
+
+
+def refine(mesh: str | Path, prompt: str, *, config: str | Path = "refine-toy", overrides: Sequence[str] = (),
+           callbacks: Sequence[Callback] = (), output_dir: str | Path | None = None) -> Asset:
+    """An existing mesh file -> its texture (and, with ``scene.optimize_vertices=true``, its shape) optimized for
+    ``prompt`` -> exported asset. ``config`` names the settings (``refine-toy`` offline, ``refine-sd`` on a GPU)."""
+    return prepare_refine(mesh, prompt, config=config, overrides=overrides, output_dir=output_dir).execute(callbacks)
+
+
 def open_run(run_dir: str | Path) -> Run:
     """A stopped or killed run directory, ready to :meth:`Run.execute` from its last checkpoint."""
     from dreamengine.runs import open_run_dir
@@ -166,4 +203,4 @@ def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-__all__ = ["Asset", "Callback", "Run", "generate", "open_run", "prepare", "resume"]
+__all__ = ["Asset", "Callback", "Run", "generate", "open_run", "prepare", "prepare_refine", "refine", "resume"]

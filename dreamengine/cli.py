@@ -43,6 +43,16 @@ continue with: dreamengine resume RUN_DIR
 """
 
 
+REFINE_HELP = """\
+Load INPUT (a .glb, .obj or .ply mesh), fit it into the unit sphere and optimize its texture for PROMPT under
+any guidance method and teacher, then export it as generate does (RUN_DIR/final/model.glb). INPUT is never
+modified: a copy is kept in RUN_DIR/input/. The texture is a UV map (the mesh's own UVs, or xatlas UVs when it
+has none; scene.texture=field for a hash-grid texture field); scene.optimize_vertices=true also moves the
+vertices, kept smooth by the Laplacian and normal-consistency regularizers (scene.lambda_*). Examples:
+  dreamengine refine gray_cube.glb "a red cube"
+  dreamengine refine chair.obj "a wooden chair" --config refine-sd scene.optimize_vertices=true
+"""
+
 BATCH_HELP = """\
 Run every prompt of PROMPTS, one run folder per line under --output-dir, then write summary.md, a contact
 sheet and an index page there. PROMPTS is a .txt file (one prompt per line; # comments) or a .jsonl file
@@ -74,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a packaged system name (see: dreamengine systems) or a path to a system YAML file")
     generate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. seed=3")
     generate.add_argument("--no-export", action="store_true", help="skip the mesh export at the end")
+
+    refine = commands.add_parser("refine", help="optimize an existing mesh's texture (and shape) for a prompt",
+                                 description=REFINE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    refine.add_argument("mesh", metavar="INPUT", help="the mesh to refine: a .glb, .obj or .ply file (never modified)")
+    refine.add_argument("prompt", metavar="PROMPT", help='what it should look like, e.g. "a red cube"')
+    refine.add_argument("--config", "-c", default="refine-toy",
+                        help="refine-toy (toy world, CPU; default), refine-sd (Stable Diffusion, GPU) or a YAML path")
+    refine.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. trainer.max_steps=200")
 
     resume = commands.add_parser("resume", help="continue a stopped run from its last checkpoint",
                                  description="Continue RUN_DIR from ckpt/last.pt with its own config.yaml, then "
@@ -108,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--format", "-f", choices=["glb", "ply", "obj", "splat"], default="glb")
 
-    evaluate = commands.add_parser("eval", help="measure a toy-world run against ground truth",
+    evaluate = commands.add_parser("eval", help="measure a run (toy-world runs: against ground truth)",
                                    description="Render RUN_DIR's scene from held-out cameras and compare with the "
-                                               "toy world's ground truth: mask IoU and PSNR, written to "
+                                               "toy world's ground truth (mask IoU and PSNR), and the exported GLB "
+                                               "with the scene's renders (export fidelity); written to "
                                                "RUN_DIR/metrics.json.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
 
@@ -133,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse stops filling KEY=VALUE after an option (generate "a cat" --config x k=v): collect the rest
-    if extra and args.command in ("generate", "batch") and all("=" in e and not e.startswith("-") for e in extra):
+    takes_overrides = args.command in ("generate", "refine", "batch")
+    if extra and takes_overrides and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -166,6 +187,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                   export=not args.no_export)
     run.on_stage = announce_stage
     print(f"run directory: {run.run_dir}", flush=True)
+    return execute_and_report(run)
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from dreamengine.api import prepare_refine
+
+    run = prepare_refine(args.mesh, args.prompt, config=args.config, overrides=args.overrides)
+    print(f"run directory: {run.run_dir} (input copied to {run.run_dir / 'input'})", flush=True)
     return execute_and_report(run)
 
 
@@ -255,6 +284,10 @@ def print_metrics(results: dict[str, Any]) -> None:
     if "janus_score" in results:
         line += f"; Janus score {results['janus_score']:.2f} (0: consistent back, 1: front shows on the back)"
     console.print(line)
+    if "export_fidelity" in results:
+        fidelity = results["export_fidelity"]
+        console.print(f"exported GLB vs the scene's renders: PSNR {fidelity['psnr']:.2f} dB, mask IoU "
+                      f"{fidelity['mask_iou']:.3f} ({fidelity['views']} held-out views)")
     if "mesh" in results:
         mesh = results["mesh"]
         console.print(f"exported mesh vs true shape: volumetric IoU {mesh['volumetric_iou']:.3f}, "
@@ -294,8 +327,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run_dir, cfg, scenes, background, renderers = load_run(args.run_dir)
     results = evaluate_run(scenes[0], background, renderers[0], cfg, run_dir)
-    print_metrics(results)
-    print(json.dumps({k: results[k] for k in ("mask_iou", "psnr")}))
+    if "mask_iou" in results:
+        print_metrics(results)
+    headline = {k: results[k] for k in ("mask_iou", "psnr") if k in results}
+    if "export_fidelity" in results:
+        headline["export_fidelity"] = {k: results["export_fidelity"][k] for k in ("psnr", "mask_iou")}
+    print(json.dumps(headline))
     return 0
 
 
@@ -370,7 +407,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval,
-            "batch": cmd_batch, "report": cmd_report, "systems": cmd_systems}
+            "refine": cmd_refine, "batch": cmd_batch, "report": cmd_report, "systems": cmd_systems}
 
 if __name__ == "__main__":
     sys.exit(main())

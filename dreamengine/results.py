@@ -72,22 +72,44 @@ def export_run(scenes: list[torch.nn.Module], background: torch.nn.Module, rende
 
 def evaluate_run(scene: torch.nn.Module, background: torch.nn.Module, renderer: Any, cfg: RunConfig,
                  run_dir: Path) -> dict[str, Any]:
-    """Held-out render metrics against the toy world's ground truth (and the exported GLB's shape metrics when
-    ``final/model.glb`` exists), written to ``metrics.json``."""
-    from dreamengine.evaluate import evaluate_renders
+    """What a finished run measures, written to ``metrics.json``:
+
+    * toy-world runs: held-out render metrics against ground truth, and the exported GLB's shape metrics;
+    * every run with a ``final/model.glb``: its export fidelity (the GLB rendered by the mesh rasterizer vs the
+      scene's own renders, from held-out cameras: PSNR and mask IoU), the number that says whether the
+      exported file looks like the renders.
+    """
     from dreamengine.runs import write_json
 
     device = next(scene.parameters()).device
-    results = evaluate_renders(cfg, lambda cams, h, w: render_fixed(scene, background, renderer, cams.to(device), h, w))
-    glb = run_dir / "final" / "model.glb"
-    if glb.is_file():
-        from dreamengine.evaluate import mesh_metrics
-        from dreamengine.export import load_mesh
-        from dreamengine.toyworld import parse_prompt
 
-        results["mesh"] = {"file": str(glb), **mesh_metrics(load_mesh(glb), parse_prompt(cfg.prompt))}
+    def render(cams: Any, h: int, w: int) -> Any:
+        return render_fixed(scene, background, renderer, cams.to(device), h, w)
+
+    results: dict[str, Any] = {"prompt": cfg.prompt}
+    glb = run_dir / "final" / "model.glb"
+    if cfg.teacher.name == "toyworld":
+        from dreamengine.evaluate import evaluate_renders
+
+        results = evaluate_renders(cfg, render)
+        if glb.is_file():
+            from dreamengine.evaluate import mesh_metrics
+            from dreamengine.export import load_mesh
+            from dreamengine.toyworld import parse_prompt
+
+            results["mesh"] = {"file": str(glb), **mesh_metrics(load_mesh(glb), parse_prompt(cfg.prompt))}
+    if glb.is_file():
+        results["export_fidelity"] = export_fidelity_of(glb, render, background, cfg)
     write_json(run_dir / "metrics.json", results)
     return results
+
+
+def export_fidelity_of(glb: Path, render: Any, background: torch.nn.Module, cfg: RunConfig) -> dict[str, Any]:
+    """The exported file vs the scene's renders, from held-out views framed like training (64 px)."""
+    from dreamengine.export.fidelity import export_fidelity, fidelity_cameras
+
+    cameras = fidelity_cameras(float(np.mean(cfg.camera.distance_range)), float(np.mean(cfg.camera.fovy_range)))
+    return export_fidelity(glb, render, cameras, 64, 64, background)
 
 
 __all__ = ["MESH_FORMATS", "SPLAT_FORMAT", "evaluate_run", "export_metadata", "export_run", "export_scene_file",

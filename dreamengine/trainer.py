@@ -32,10 +32,12 @@ from dreamengine.config import RunConfig, config_hash
 from dreamengine.errors import CheckpointError, TrainingError
 from dreamengine.guidance import GUIDANCES
 from dreamengine.prompts import PromptProcessor
-from dreamengine.renderers import RenderOut, build_renderer
+from dreamengine.renderers import build_renderer
+from dreamengine.renderers.volume import RenderOut
 from dreamengine.scenes import build_background, build_scene, scene_param_groups
 from dreamengine.scenes.densify import DensifyStrategy
 from dreamengine.scenes.gaussians import GaussianScene
+from dreamengine.scenes.mesh import MeshScene
 from dreamengine.scenes.nerf import Background
 from dreamengine.schedules import schedule_value
 from dreamengine.teachers import build_teacher
@@ -214,6 +216,9 @@ class Trainer:
         for render in renders:  # each particle's own regularizers
             for name, value in regularizer_losses(render, self.cfg, self.step).items():
                 regularizers[name] = regularizers[name] + value if name in regularizers else value
+        for scene in self.scenes:  # a mesh with trained vertices: Laplacian and normal consistency (scene.lambda_*)
+            if isinstance(scene, MeshScene) and scene.config.optimize_vertices:
+                regularizers["geometry"] = regularizers.get("geometry", 0.0) + scene.regularizer_loss()
         loss = particles * guided.loss.to(rgb.device) + sum(regularizers.values())  # the teacher may sit elsewhere
 
         with self.timer("backward"):

@@ -55,8 +55,8 @@ def test_mesh_init_samples_the_surface_with_its_vertex_colors(tmp_path: Path) ->
     assert float(normalized.means.detach().norm(dim=-1).max()) == pytest.approx(0.6, abs=1e-5)
 
 
-@pytest.mark.parametrize("content,match", [(None, "not found"), (b"not a mesh at all", "cannot read"),
-                                           (b"ply\nformat ascii 1.0\nelement vertex 0\nend_header\n", "no triangles")])
+@pytest.mark.parametrize("content,match", [(None, "does not exist"), (b"not a mesh at all", "cannot use"),
+                                           (b"ply\nformat ascii 1.0\nelement vertex 0\nend_header\n", "cannot use")])
 def test_mesh_init_errors(tmp_path: Path, content: bytes | None, match: str) -> None:
     path = tmp_path / "input.ply"
     if content is not None:

@@ -651,6 +651,38 @@ def _render_nvdiffrast(mesh: MeshTensors, cameras: Cameras, height: int, width: 
                      orientation_loss=None)
 
 
-__all__ = ["Fragments", "MeshTensors", "antialias_silhouettes", "as_mesh_tensors", "face_neighbors", "project",
-           "projection_matrices", "rasterize_mesh", "rasterize_triangles", "render_mesh", "resolve_backend",
+class RasterRenderer:
+    """Renders a mesh scene with a run's render settings (``RenderConfig``): the trainer's renderer object for
+    ``scene.name: mesh`` (see :class:`~dreamengine.renderers.volume.VolumeRenderer` for the protocol). Lights for
+    'diffuse' / 'textureless' shading are drawn from ``generator`` as for NeRFs; it holds no state."""
+
+    def __init__(self, cfg: Any, device: torch.device) -> None:
+        if cfg.shading not in SHADINGS:
+            raise ConfigError(f"render.shading must be one of {', '.join(SHADINGS)}; got {cfg.shading!r}")
+        resolve_backend(cfg.backend, device)  # fail early on backend=cuda without nvdiffrast or a GPU
+        self.cfg = cfg
+
+    def __call__(self, scene: Any, background: Callable[[Tensor], Tensor], cameras: Cameras, height: int,
+                 width: int, *, generator: torch.Generator | None = None, perturb: bool = False) -> RenderOut:
+        """Render ``cameras`` [B] at ``height`` x ``width`` (``perturb`` is unused: rasterization has no samples)."""
+        from dreamengine.scenes.nerf import sample_light_positions
+
+        light = None
+        if self.cfg.shading != "albedo":
+            light = sample_light_positions(cameras, generator).to(cameras.device)
+        return render_mesh(scene, cameras, height, width, background=background, shading=self.cfg.shading,
+                           light_positions=light, backend=self.cfg.backend)
+
+    def after_step(self, scene: Any, step: int) -> None:
+        """Nothing to refresh."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Stateless."""
+
+
+__all__ = ["Fragments", "MeshTensors", "RasterRenderer", "antialias_silhouettes", "as_mesh_tensors", "face_neighbors",
+           "project", "projection_matrices", "rasterize_mesh", "rasterize_triangles", "render_mesh", "resolve_backend",
            "sample_texture", "screen_barycentrics", "surface_albedo", "vertex_normals", "world_to_camera"]

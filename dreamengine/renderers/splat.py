@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -41,7 +41,9 @@ from dreamengine.cameras import Cameras
 from dreamengine.errors import ConfigError
 from dreamengine.renderers.volume import RenderOut
 from dreamengine.scenes.gaussians import GaussianScene, covariance_and_precision
-from dreamengine.scenes.nerf import Background
+
+if TYPE_CHECKING:  # scenes import the exporters, which import the renderers
+    from dreamengine.scenes.nerf import Background
 
 BACKENDS = ("auto", "torch", "cuda")
 EPS2D = 0.3  # low-pass filter added to the 2D covariance diagonal, pixels^2

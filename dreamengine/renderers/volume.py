@@ -34,14 +34,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
 from dreamengine.cameras import Cameras
 from dreamengine.errors import ConfigError
-from dreamengine.scenes.nerf import Background
+
+if TYPE_CHECKING:  # scenes import the exporters, which import the renderers
+    from dreamengine.scenes.nerf import Background
 
 SHADINGS = ("albedo", "diffuse", "textureless")
 BACKENDS = ("auto", "torch", "cuda")

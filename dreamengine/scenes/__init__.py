@@ -7,10 +7,11 @@ from typing import Any
 import torch
 
 from dreamengine.scenes.gaussians import GaussianScene, GaussiansConfig
+from dreamengine.scenes.mesh import MeshScene, MeshSceneConfig
 from dreamengine.scenes.nerf import Background, NeRFConfig, NeRFScene
 
-SCENE_CONFIGS = {"nerf": NeRFConfig, "gaussians": GaussiansConfig}
-SCENES = {"nerf": NeRFScene, "gaussians": GaussianScene}
+SCENE_CONFIGS = {"nerf": NeRFConfig, "gaussians": GaussiansConfig, "mesh": MeshSceneConfig}
+SCENES = {"nerf": NeRFScene, "gaussians": GaussianScene, "mesh": MeshScene}
 
 
 def build_scene(cfg: Any) -> torch.nn.Module:
@@ -25,11 +26,11 @@ def build_background(render_cfg: Any) -> Background:
 
 def scene_param_groups(scene: torch.nn.Module, optim_cfg: Any, background: Background | None) -> list[dict[str, Any]]:
     """Adam groups of a scene (and of ``background`` when given). NeRF learning rates come from the ``optim``
-    section; a Gaussian scene's per-parameter rates from its own config (``scene.lr_*``)."""
-    if isinstance(scene, GaussianScene):
+    section; Gaussian and mesh scenes have per-parameter rates in their own config (``scene.lr_*``)."""
+    if isinstance(scene, GaussianScene | MeshScene):
         return scene.param_groups(optim_cfg.lr_background, background)
     return scene.param_groups(optim_cfg.lr_encoding, optim_cfg.lr_network, optim_cfg.lr_background, background)
 
 
-__all__ = ["SCENES", "SCENE_CONFIGS", "Background", "GaussianScene", "GaussiansConfig", "NeRFConfig", "NeRFScene",
-           "build_background", "build_scene", "scene_param_groups"]
+__all__ = ["SCENES", "SCENE_CONFIGS", "Background", "GaussianScene", "GaussiansConfig", "MeshScene", "MeshSceneConfig",
+           "NeRFConfig", "NeRFScene", "build_background", "build_scene", "scene_param_groups"]

@@ -102,14 +102,11 @@ def mesh_init(config: Any, sh_degree: int) -> dict[str, Tensor]:
     """Points sampled uniformly on the surface of the mesh file ``init_path``, with its colors."""
     import trimesh
 
-    from dreamengine.export import load_mesh
+    from dreamengine.scenes.mesh import read_mesh_file
 
     if not config.init_path:
         raise ConfigError("scene.init=mesh needs scene.init_path: a GLB, OBJ or PLY mesh file")
-    mesh = load_mesh(config.init_path)  # ExportError for a missing, unreadable or empty file
-    if not np.isfinite(mesh.vertices).all():
-        raise ConfigError(f"scene.init_path {config.init_path} has NaN or infinite vertex positions; repair the "
-                          "mesh (e.g. in Blender) or pick another file")
+    mesh = read_mesh_file(config.init_path)  # MeshFileError: missing, not a mesh, empty, NaN vertices
     points, face_ids = trimesh.sample.sample_surface(mesh, config.num_points, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     colors = mesh_surface_colors(mesh, np.asarray(points), np.asarray(face_ids))

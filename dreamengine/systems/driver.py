@@ -53,6 +53,8 @@ def stage_dir(run_dir: Path, index: int, name: str) -> Path:
 
 def init_from_previous(previous: RunConfig, previous_dir: Path, scene_name: str, stage: str) -> list[str]:
     """Overrides that make a stage's scene (``scene_name``) start from the previous stage's run directory."""
+    if scene_name == "mesh":  # the previous stage's exported GLB, already in the scene frame: no normalization
+        return [f"scene.init_path='{previous_dir / 'final' / 'model.glb'}'", "scene.normalize=false"]
     if scene_name == "gaussians":
         if previous.scene.name == "nerf":
             return ["scene.init=nerf", f"scene.init_path='{previous_dir}'"]
@@ -113,9 +115,7 @@ def run_stage(trainer: Trainer, callbacks: Sequence[Callable[[StepEvent], None]]
     cfg, run_dir = trainer.cfg, trainer.run_dir
     trainer.fit(callbacks)
     files = export_run(trainer.scenes, trainer.background, trainer.renderers, cfg, run_dir) if export else []
-    metrics: dict[str, Any] = {"prompt": cfg.prompt}
-    if cfg.teacher.name == "toyworld":
-        metrics = evaluate_run(trainer.scene, trainer.background, trainer.renderer, cfg, run_dir)
+    metrics = evaluate_run(trainer.scene, trainer.background, trainer.renderer, cfg, run_dir)
     seconds = time.perf_counter() - start
     metrics["training"] = {"steps": trainer.step, "seconds_this_session": round(seconds, 2)}
     write_json(run_dir / "metrics.json", metrics)  # every finished run has one: batch skips runs that do
