@@ -241,15 +241,20 @@ def test_pixel_score_model_loss_decreases_on_a_fixed_batch():
     assert losses[-1] < 0.3 * losses[0], losses
 
 
-def test_pixel_score_model_init_leaves_the_global_rng_alone():
+@pytest.mark.parametrize("make_teacher", [StubTeacher, LoRAStubTeacher])
+def test_building_and_stepping_leave_the_global_rng_alone(make_teacher):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    first = VSDGuidance(VSDConfig(), StubTeacher(), 100).score_model
-    assert torch.equal(torch.rand(3), expected)
-    second = VSDGuidance(VSDConfig(), StubTeacher(), 100).score_model
-    for key, value in first.state_dict().items():  # the same fixed-seed weights every time
-        assert torch.equal(value, second.state_dict()[key])
+    teacher = make_teacher()
+    guidance = VSDGuidance(VSDConfig(guidance_scale_lora=2.0), teacher, 100)
+    rgb, prompts, cameras = stub_inputs(teacher)
+    guidance(rgb, prompts, cameras, 0, torch.Generator().manual_seed(0)).loss.backward()
+    assert torch.equal(torch.rand(3), expected)  # every draw came from the generator argument
+    other = VSDGuidance(VSDConfig(), make_teacher(), 100).score_model
+    fresh = VSDGuidance(VSDConfig(), make_teacher(), 100).score_model
+    for key, value in other.state_dict().items():  # the same fixed-seed initial weights every time
+        assert torch.equal(value, fresh.state_dict()[key])
 
 
 # ------------------------------------------------------------------------------------- checkpoints

@@ -78,8 +78,9 @@ class VSDConfig:
     lora_rank: int = 4  # LoRA rank (diffusers' LoRAAttnProcessor default, as threestudio uses it)
     lora_alpha: float | None = None  # LoRA scale alpha / rank; null: alpha = rank (scale 1, as LoRAAttnProcessor)
     lora_lr: float = 1.0e-4  # AdamW learning rate of the LoRA and its camera MLP (threestudio: guidance lr)
-    # AdamW learning rate of the pixel UNet of teachers without a UNet: it starts from scratch and must follow the
-    # renders within a few hundred steps, so 10x the LoRA's fine-tuning rate (at 1e-4 it lags; bench/results)
+    # AdamW learning rate of the pixel UNet of teachers without a UNet. It starts from scratch and must follow the
+    # renders within a few hundred steps: 10x the LoRA's fine-tuning rate (vsd-toy, "a red cube": its denoising
+    # loss is 0.03 after 600 steps at 1e-3, still 0.22 at 1e-4)
     pixel_model_lr: float = 1.0e-3
     pixel_model_width: int = 16  # channels of the pixel UNet's first level (a multiple of 8)
 
