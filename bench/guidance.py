@@ -5,7 +5,10 @@ and reads the run's metrics.json: held-out mask IoU, PSNR, foreground saturation
 Janus score (view-asymmetric objects), exported-mesh volumetric IoU, wall time. Prints a markdown table and
 writes it to bench/results/guidance.md.
 
-    python bench/guidance.py [--methods sds bsd ...] [--prompts "a red cube" ...] [key=value ...]
+    python bench/guidance.py [--methods sds bsd ...] [--prompts "a red cube" ...] [--workdir DIR] [key=value ...]
+
+``--workdir`` keeps the run directories (add ``trainer.preview_every=600`` to keep a final preview each) and
+reuses the runs already finished there, so an interrupted table can be completed or single methods redone.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["sds", "bsd", "csm", "ism", "csd", "nfsd", "asd"]
+METHODS = ["sds", "vsd", "bsd", "csm", "ism", "csd", "nfsd", "asd"]
 PROMPTS = ["a red cube", "a blue torus", "a snowman", "a penguin"]
 
 
 def run(method: str, prompt: str, overrides: list[str], workdir: Path) -> dict:
     config = "quickstart" if method == "sds" else f"{method}-toy"
     out = workdir / f"{method}-{prompt.replace(' ', '-')}"
+    done = out / "bench-row.json"
+    if done.is_file():  # a kept --workdir: reuse finished runs (delete a run's folder to redo it)
+        return json.loads(done.read_text())
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "dreamengine.cli", "generate", prompt, "--config", config,
@@ -36,7 +42,9 @@ def run(method: str, prompt: str, overrides: list[str], workdir: Path) -> dict:
     if result.returncode != 0:
         return {"method": method, "prompt": prompt, "error": result.stderr.strip().splitlines()[-1], "wall": wall}
     metrics = json.loads(next(out.glob("*/metrics.json")).read_text())
-    return {"method": method, "prompt": prompt, "wall": wall, **metrics}
+    row = {"method": method, "prompt": prompt, "wall": wall, **metrics}
+    done.write_text(json.dumps(row))
+    return row
 
 
 def cell(row: dict, key: str, fmt: str) -> str:
@@ -48,16 +56,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--prompts", nargs="+", default=PROMPTS)
+    parser.add_argument("--workdir", help="keep the run directories here (default: a temporary folder)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(args.workdir) if args.workdir else Path(tmp)
         for method in args.methods:
             for prompt in args.prompts:
-                rows.append(run(method, prompt, args.overrides, Path(tmp)))
+                rows.append(run(method, prompt, args.overrides, workdir))
                 print(f"done: {method} / {prompt} in {rows[-1]['wall']:.0f} s", file=sys.stderr)
+    threads = f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if os.environ.get("OMP_NUM_THREADS") else ""
     lines = [f"# Guidance methods on the toy world ({time.strftime('%Y-%m-%d')}, NeRF, seed 0, "
-             f"overrides: {' '.join(args.overrides) or 'none'})", "",
+             f"overrides: {' '.join(args.overrides) or 'none'}{threads})", "",
              "| method | prompt | mask IoU | PSNR dB | saturation (truth) | Janus | mesh vol. IoU | wall s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -3,7 +3,8 @@
 For each training view the processor picks a direction label from the camera (front / side / back /
 overhead, thresholds as in guidance-math.md §6) and returns the teacher's embedding of that direction's
 prompt, together with the embedding of the negative prompt, which is the unconditional branch of
-classifier-free guidance (``""`` when no negative prompt is set).
+classifier-free guidance (``""`` when no negative prompt is set), and the embedding of the prompt itself
+without a view phrase (``plain``: VSD's particle score model is conditioned on it).
 
 Direction prompts: suffix style ``"a cat, side view"`` (threestudio's default) or prefix style
 ``"side view of a cat"`` (``"backside view of ..."`` for the back), or a full text per direction given in
@@ -83,6 +84,7 @@ class PromptBatch:
     texts: list[str]  # the prompt text used for each view (its direction label's text under Perp-Neg)
     neg: Tensor | None = None  # [B, K, ...] Perp-Neg negative embeddings per view
     neg_weights: Tensor | None = None  # [B, K] their weights w_i (<= 0 with the default curves)
+    plain: Tensor | None = None  # [B, ...] embedding of the prompt itself, without view phrases (VSD's score model)
 
 
 def view_prompt(prompt: str, direction: str, style: str = "suffix") -> str:
@@ -220,12 +222,13 @@ class PromptProcessor:
         self.cache = None
         if cfg.cache_embeddings and key:
             self.cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(), key)
-        all_texts = [*texts, cfg.negative_prompt]
+        all_texts = [*texts, cfg.negative_prompt, prompt]
         with torch.no_grad():
             embeddings = self.cache.embed(teacher, all_texts) if self.cache else teacher.embed(all_texts)
         self.texts = texts
-        self.cond_embeddings = embeddings[:-1]  # [D, ...] one per direction (or one)
-        self.uncond_embedding = embeddings[-1:]  # [1, ...]
+        self.cond_embeddings = embeddings[:-2]  # [D, ...] one per direction (or one)
+        self.uncond_embedding = embeddings[-2:-1]  # [1, ...]
+        self.plain_embedding = embeddings[-1:]  # [1, ...] the prompt without view phrases
 
     def direction_index(self, cameras: Cameras) -> Tensor:
         """Index into :data:`DIRECTIONS` per camera [B] (all 0 without view-dependent prompts)."""
@@ -239,16 +242,17 @@ class PromptProcessor:
         index = self.direction_index(cameras)
         texts = [self.texts[i] for i in index.tolist()]
         uncond = self.uncond_embedding.expand(len(cameras), *self.uncond_embedding.shape[1:])
+        plain = self.plain_embedding.expand(len(cameras), *self.plain_embedding.shape[1:])
         table = self.cond_embeddings
         if not self.cfg.perp_neg:
-            return PromptBatch(cond=table[index.to(table.device)], uncond=uncond, texts=texts)
+            return PromptBatch(cond=table[index.to(table.device)], uncond=uncond, texts=texts, plain=plain)
         overhead = cameras.elevation.detach().cpu() > self.cfg.overhead_threshold
         pos_mix, neg_index, neg_weights = perp_neg_weights(cameras.azimuth, overhead, self.cfg)
         flat = table.reshape(len(DIRECTIONS), -1)
         cond = (pos_mix.to(flat) @ flat).reshape(len(cameras), *table.shape[1:])
         neg = table[neg_index.to(table.device)]  # [B, 2, ...]
         return PromptBatch(cond=cond, uncond=uncond, texts=texts, neg=neg,
-                           neg_weights=neg_weights.to(table.device, table.dtype))
+                           neg_weights=neg_weights.to(table.device, table.dtype), plain=plain)
 
 
 __all__ = ["DIRECTIONS", "EmbeddingCache", "PromptBatch", "PromptConfig", "PromptProcessor", "direction_prompts",

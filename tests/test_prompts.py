@@ -193,13 +193,15 @@ def test_cache_returns_identical_tensors_and_skips_the_teacher(tmp_path):
     teacher = CountingTeacher()
     cfg = PromptConfig(cache_dir=str(tmp_path))
     first = PromptProcessor(teacher, "a cat", cfg)
-    assert len(teacher.calls) == 1 and len(teacher.calls[0]) == 5  # 4 directions + negative, one call
+    assert len(teacher.calls) == 1 and len(teacher.calls[0]) == 6  # 4 directions + negative + plain, one call
     second = PromptProcessor(teacher, "a cat", cfg)
-    assert len(teacher.calls) == 1  # all five from disk
+    assert len(teacher.calls) == 1  # all six from disk
     assert torch.equal(first.cond_embeddings, second.cond_embeddings)
     assert torch.equal(second.cond_embeddings, teacher.embed(first.texts))
     assert torch.equal(first.uncond_embedding, second.uncond_embedding)
-    assert len(list(tmp_path.glob("text-*.safetensors"))) == 5
+    assert torch.equal(first.plain_embedding, second.plain_embedding)
+    assert torch.equal(second.plain_embedding, teacher.embed(["a cat"]))
+    assert len(list(tmp_path.glob("text-*.safetensors"))) == 6
     assert not list(tmp_path.glob(".text-*"))  # no temporary files left behind
 
 

@@ -168,7 +168,7 @@ def test_generate_with_the_tiny_stack_through_the_cli(sd_folder, tmp_path):
     assert manifest["teacher"]["name"] == "stable-diffusion" and manifest["teacher"]["model"] == str(sd_folder)
     assert manifest["teacher"]["revision"] is None and manifest["teacher"]["prediction_type"] == "epsilon"
     assert (run_dir / "ckpt" / "last.pt").is_file() and (run_dir / "final" / "model.glb").is_file()
-    assert len(list(env_cache.glob("text-*.safetensors"))) == 5
+    assert len(list(env_cache.glob("text-*.safetensors"))) == 6  # 4 directions, negative, plain prompt
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
 

@@ -8,6 +8,8 @@ accept its license on the hub first) or a local diffusers folder. There is no VA
     embed:   T5 encoder states of the prompt padded to 77 tokens (as IFPipeline does), truncated with a warning
     predict_noise: the UNet predicts eps and a variance (6 channels, "learned_range"); the first 3 are eps
 
+Like the SD teacher it can carry VSD's LoRA (``add_lora_adapter`` / ``predict_with_adapter``).
+
 The prompt is not "cleaned" (IFPipeline's optional caption cleaning needs bs4 and ftfy).
 """
 
@@ -24,6 +26,8 @@ from dreamengine.cameras import Cameras
 from dreamengine.errors import ConfigError, DreamEngineError
 from dreamengine.teachers.stable_diffusion import (
     PREDICTION_TYPES,
+    adapter_enabled,
+    add_lora_adapter,
     alphas_cumprod_from_scheduler,
     load_pipeline,
     resolve_dtype,
@@ -65,6 +69,8 @@ class DeepFloydIFTeacher:
         for part in (pipe.unet, pipe.text_encoder):
             part.requires_grad_(False)
             part.eval()
+        self.cpu_offload = bool(cpu_offload)
+        self.lora_parameters: dict[str, torch.nn.Parameter] = {}  # VSD's LoRA, once added
         if cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
@@ -117,6 +123,30 @@ class DeepFloydIFTeacher:
         output = self.unet(z_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.device, self.dtype)).sample
         output = output[:, : self.channels].float()  # drop the learned-variance channels
         return to_epsilon(output, z_t.float(), self._alphas64[t], self.prediction_type)
+
+    @property
+    def time_embedding_dim(self) -> int:
+        """Width of the UNet's time embedding, which a class embedding must match."""
+        return int(self.unet.time_embedding.linear_2.out_features)
+
+    def add_lora_adapter(self, rank: int, alpha: float, adapter_name: str = "vsd") -> dict[str, torch.nn.Parameter]:
+        """Install a disabled LoRA on the UNet (see ``stable_diffusion.add_lora_adapter``)."""
+        if self.cpu_offload:
+            raise ConfigError("guidance.name=vsd trains a LoRA on the teacher's UNet, which does not work with "
+                              "teacher.cpu_offload=true; set teacher.cpu_offload=false")
+        self.lora_parameters = add_lora_adapter(self.unet, rank, alpha, adapter_name)
+        return self.lora_parameters
+
+    def predict_with_adapter(self, z_t: Tensor, t: Tensor, embeddings: Tensor, class_embedding: torch.nn.Module,
+                             class_labels: Tensor) -> Tensor:
+        """Raw eps output [B, 3, 64, 64] float32 with the LoRA enabled and ``class_embedding(class_labels)``
+        added to the time embedding (learned-variance channels dropped); with gradients unless under no_grad."""
+        t = t.to(self.device).long().reshape(-1).expand(z_t.shape[0])
+        with adapter_enabled(self.unet, self.lora_parameters, class_embedding) as unet:
+            output = unet(z_t.to(self.device, self.dtype), t,
+                          encoder_hidden_states=embeddings.to(self.device, self.dtype),
+                          class_labels=class_labels.to(self.device)).sample
+        return output[:, : self.channels].float()
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "revision": self.revision, "prediction_type": self.prediction_type,

@@ -9,6 +9,10 @@ VAE, UNet, tokenizer, text encoder and the scheduler's noise schedule are used:
     embed:   prompts -> tokenizer (padded to model_max_length, truncated with a warning) -> text encoder
     predict_noise: UNet output under no_grad, converted to eps for "v_prediction" and "sample" models
 
+For VSD (guidance/vsd.py) the teacher can carry a trainable LoRA (peft) on its UNet's attention projections:
+``add_lora_adapter`` installs it *disabled*, so ``predict_noise`` stays the frozen teacher, and
+``predict_with_adapter`` runs the UNet with it enabled and a camera embedding added to the time embedding.
+
 ``s`` is the VAE's ``scaling_factor`` (0.18215 for SD). The encoder uses the posterior mean rather than a
 sample (threestudio samples; the posterior's std is tiny and the mean keeps encode deterministic).
 Gradients flow from z back to the render through the frozen encoder.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -210,6 +215,59 @@ def to_epsilon(output: Tensor, z_t: Tensor, abar: Tensor, prediction_type: str) 
     return eps.to(output.dtype)
 
 
+LORA_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]  # every attention projection (diffusers' names)
+
+
+def add_lora_adapter(unet: torch.nn.Module, rank: int, alpha: float,
+                     adapter_name: str) -> dict[str, torch.nn.Parameter]:
+    """Install a peft LoRA (B initialised to zero) on ``unet``'s attention projections, then disable it.
+
+    The LoRA weights are kept in float32 whatever the UNet's dtype (they are trained with AdamW; peft casts
+    the activations). Returns the trainable parameters by name. Raises DreamEngineError when peft is missing
+    or the UNet already has an adapter of that name (one VSD guidance per teacher).
+    """
+    try:
+        from peft import LoraConfig
+    except ImportError as error:
+        raise DreamEngineError(f"VSD's LoRA needs peft ({error}); install it with: pip install 'dreamengine[sd]'") \
+            from None
+    if adapter_name in (getattr(unet, "peft_config", None) or {}):
+        raise DreamEngineError(f"this teacher's UNet already has a LoRA named {adapter_name!r}: one VSD guidance "
+                               "per teacher (build a new teacher for a second one)")
+    unet.add_adapter(LoraConfig(r=int(rank), lora_alpha=float(alpha), init_lora_weights=True,
+                                target_modules=list(LORA_TARGET_MODULES)), adapter_name=adapter_name)
+    params = {name: param for name, param in unet.named_parameters() if f".{adapter_name}." in name}
+    for param in params.values():
+        param.data = param.data.float()
+    disable_adapter(unet, params)
+    return params
+
+
+def disable_adapter(unet: torch.nn.Module, params: dict[str, torch.nn.Parameter]) -> None:
+    """Switch the LoRA off. peft's ``disable_adapters`` also sets ``requires_grad=False`` on the adapter
+    weights, which would drop the gradients of a backward pass that runs after the adapter was used; they are
+    marked trainable again (a disabled adapter is not part of the teacher's own graph, so it gets no gradient)."""
+    unet.disable_adapters()
+    for param in params.values():
+        param.requires_grad_(True)
+
+
+@contextmanager
+def adapter_enabled(unet: torch.nn.Module, params: dict[str, torch.nn.Parameter],
+                    class_embedding: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``unet`` with its LoRA (weights ``params``) enabled and ``class_embedding`` installed as the UNet's class
+    embedding (added to the time embedding: diffusers' ``class_labels`` path). Both are undone on exit, so
+    the frozen teacher's own calls never see them."""
+    previous = unet.class_embedding
+    unet.enable_adapters()
+    unet.class_embedding = class_embedding
+    try:
+        yield unet
+    finally:
+        unet.class_embedding = previous
+        disable_adapter(unet, params)
+
+
 class StableDiffusionTeacher:
     """A frozen SD 1.x / 2.x model (implements :class:`dreamengine.teachers.base.Teacher`).
 
@@ -240,6 +298,8 @@ class StableDiffusionTeacher:
             raise ConfigError("teacher.cpu_offload=true needs a CUDA teacher device (teacher.device=cuda); "
                               "set teacher.cpu_offload=false on a CPU")
         pipe = pipeline if pipeline is not None else load_pipeline(self.model, revision, self.dtype)
+        self.cpu_offload = bool(cpu_offload)
+        self.lora_parameters: dict[str, torch.nn.Parameter] = {}  # VSD's LoRA, once added
         self.prediction_type = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
         if self.prediction_type not in PREDICTION_TYPES:
             raise DreamEngineError(f"teacher model {model} predicts {self.prediction_type!r}; supported: "
@@ -323,6 +383,37 @@ class StableDiffusionTeacher:
             sample = sample.contiguous(memory_format=torch.channels_last)
         output = self.unet(sample, t, encoder_hidden_states=embeddings.to(self.device, self.dtype)).sample.float()
         return to_epsilon(output, z_t.float(), self._alphas64[t], self.prediction_type)
+
+    # -- VSD: a LoRA on this UNet ------------------------------------------------------------------
+
+    @property
+    def time_embedding_dim(self) -> int:
+        """Width of the UNet's time embedding (1280 for SD), which a class embedding must match."""
+        return int(self.unet.time_embedding.linear_2.out_features)
+
+    def add_lora_adapter(self, rank: int, alpha: float, adapter_name: str = "vsd") -> dict[str, torch.nn.Parameter]:
+        """Install a disabled LoRA on the UNet (see :func:`add_lora_adapter`); ``predict_noise`` is unaffected."""
+        if self.cpu_offload:
+            raise ConfigError("guidance.name=vsd trains a LoRA on the teacher's UNet, which does not work with "
+                              "teacher.cpu_offload=true; set teacher.cpu_offload=false")
+        self.lora_parameters = add_lora_adapter(self.unet, rank, alpha, adapter_name)
+        return self.lora_parameters
+
+    def predict_with_adapter(self, z_t: Tensor, t: Tensor, embeddings: Tensor, class_embedding: torch.nn.Module,
+                             class_labels: Tensor) -> Tensor:
+        """Raw UNet output [B, 4, h, w] float32 (the model's ``prediction_type``) with the LoRA enabled and
+        ``class_embedding(class_labels)`` [B, 16] -> [B, time_embedding_dim] added to the time embedding.
+
+        Runs with gradients (towards the LoRA and ``class_embedding``) unless called under ``no_grad``.
+        """
+        t = t.to(self.device).long().reshape(-1).expand(z_t.shape[0])
+        sample = z_t.to(self.device, self.dtype)
+        if self.channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        with adapter_enabled(self.unet, self.lora_parameters, class_embedding) as unet:
+            output = unet(sample, t, encoder_hidden_states=embeddings.to(self.device, self.dtype),
+                          class_labels=class_labels.to(self.device)).sample
+        return output.float()
 
     # -- extras ------------------------------------------------------------------------------------
 
