@@ -35,16 +35,45 @@ from dreamengine.teachers import TEACHER_CONFIGS
 
 
 @dataclass
+class CameraPhase:
+    """From step ``start`` on, render other sizes (threestudio's resolution milestones)."""
+
+    start: int = 0
+    height: int = 64
+    width: int = 64
+    batch_size: int = 1
+
+
+@dataclass
 class CameraConfig:
     """Random training views (see dreamengine/cameras.py for the convention)."""
 
     height: int = 64  # render height in pixels
     width: int = 64
     batch_size: int = 1  # views per optimization step
+    # later sizes, e.g. ProlificDreamer's [{start: 5000, height: 512, width: 512, batch_size: 1}]
+    phases: list[CameraPhase] = field(default_factory=list)
     elevation_range: list[float] = field(default_factory=lambda: [-10.0, 60.0])  # degrees
     azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])  # degrees
     distance_range: list[float] = field(default_factory=lambda: [2.5, 2.5])  # scene units
     fovy_range: list[float] = field(default_factory=lambda: [40.0, 40.0])  # vertical fov, degrees
+
+    def __post_init__(self) -> None:
+        starts = [phase.start for phase in self.phases]
+        if any(start < 1 for start in starts) or starts != sorted(set(starts)):
+            raise ConfigError(f"camera.phases must start at increasing steps >= 1, got starts {starts}")
+        for phase in [self, *self.phases]:
+            if min(phase.height, phase.width, phase.batch_size) < 1:
+                raise ConfigError(f"camera sizes must be >= 1, got {phase.height}x{phase.width}, batch "
+                                  f"{phase.batch_size}")
+
+    def size_at(self, step: int) -> tuple[int, int, int]:
+        """(height, width, batch_size) used at ``step``: the last phase started by then, else the base sizes."""
+        current: CameraConfig | CameraPhase = self
+        for phase in self.phases:
+            if step >= phase.start:
+                current = phase
+        return current.height, current.width, current.batch_size
 
 
 @dataclass

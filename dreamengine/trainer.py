@@ -201,11 +201,11 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, float]:
         """One optimization step. Returns the logged terms. Skips the update if the loss is not finite."""
-        cam = self.cfg.camera
-        batch, particles = cam.batch_size, len(self.scenes)
+        height, width, batch = self.cfg.camera.size_at(self.step)  # sizes may change at camera.phases
+        particles = len(self.scenes)
         cameras = self.sampler.sample(batch * particles, self.generator).to(self.device)
         with self.timer("render"):
-            renders = [renderer(scene, self.background, cameras[i * batch:(i + 1) * batch], cam.height, cam.width,
+            renders = [renderer(scene, self.background, cameras[i * batch:(i + 1) * batch], height, width,
                                 generator=self.generator, perturb=True)
                        for i, (scene, renderer) in enumerate(zip(self.scenes, self.renderers, strict=True))]
         rgb = renders[0].rgb if particles == 1 else torch.cat([render.rgb for render in renders])
@@ -314,7 +314,8 @@ class Trainer:
         cameras = self.sampler.orbit(num_views, elevation_deg=15.0)
         rows = []
         for particle in range(len(self.scenes)):
-            out = self.render_views(cameras, self.cfg.camera.height, self.cfg.camera.width, particle)
+            height, width, _ = self.cfg.camera.size_at(self.step)
+            out = self.render_views(cameras, height, width, particle)
             rows += [image_grid(list(out.rgb)), image_grid([o.expand(-1, -1, 3) for o in out.opacity])]
         path = self.run_dir / "previews" / f"step-{self.step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -167,6 +167,11 @@ def test_param_groups_and_gradients(colored_sphere):
     assert not frozen.offsets.requires_grad and float(frozen.regularizer_loss()) == 0.0
     field = MeshScene.from_trimesh(colored_sphere, replace(SMALL_FIELD, init_fit_steps=0))
     assert [g["name"] for g in field.param_groups()] == ["encoding", "network"]
+    for config in (SMALL, replace(SMALL_FIELD, init_fit_steps=0)):  # geometry only: the appearance is frozen
+        geometry = MeshScene.from_trimesh(colored_sphere, replace(config, optimize_texture=False,
+                                                                  optimize_vertices=True))
+        assert [g["name"] for g in geometry.param_groups()] == ["offsets"]
+        assert [name for name, p in geometry.named_parameters() if p.requires_grad] == ["offsets"]
 
 
 def test_state_dict_round_trip(colored_sphere):

@@ -161,3 +161,18 @@ def test_two_particles_train_two_scenes(tmp_path: Path):
 
 def scene_parameters_of(scene: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in scene.state_dict().items()}
+
+
+def test_camera_phases_change_the_render_size_at_their_step(tmp_path: Path):
+    trainer = tiny_trainer(tmp_path, "trainer.max_steps=4",
+                           "camera.phases=[{start: 2, height: 16, width: 20, batch_size: 2}]")
+    shapes = []
+    real_guidance = trainer.guidance
+
+    def recording(rgb, prompts, cameras, step, generator=None):
+        shapes.append((step, tuple(rgb.shape)))
+        return real_guidance(rgb, prompts, cameras, step, generator)
+
+    trainer.guidance = recording
+    trainer.fit()
+    assert shapes == [(0, (1, 24, 24, 3)), (1, (1, 24, 24, 3)), (2, (2, 16, 20, 3)), (3, (2, 16, 20, 3))]

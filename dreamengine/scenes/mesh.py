@@ -89,7 +89,8 @@ class MeshSceneConfig:
     init_fit_points: int = 4096  # field: surface samples per fitting step
     init_fit_lr: float = 0.03  # field: Adam learning rate of the fitting (encoding and network alike)
     seed: int = 0  # for the field's initialization and fitting samples
-    # geometry
+    # what is trained
+    optimize_texture: bool = True  # false: a geometry-only stage keeps the appearance as it is
     optimize_vertices: bool = False  # train per-vertex offsets
     # learning rates (Adam)
     lr_texture: float = 0.01
@@ -239,6 +240,10 @@ class MeshScene(nn.Module):
                 self.network = _mlp(self.encoding.output_dim, config.hidden_dim, 1, 3)
             if _has_colors(input_tensors) and config.init_fit_steps > 0:
                 self._fit_field(input_tensors, generator)
+        if not config.optimize_texture:  # a geometry-only stage: the appearance is frozen
+            for name, param in self.named_parameters():
+                if name != "offsets":
+                    param.requires_grad_(False)
 
     # ---- constructors ------------------------------------------------------------------------------
     @classmethod
@@ -333,15 +338,17 @@ class MeshScene(nn.Module):
 
     # ---- optimization ------------------------------------------------------------------------------
     def param_groups(self, lr_background: float = 0.0, background: nn.Module | None = None) -> list[dict[str, Any]]:
-        """Adam groups from the config's rates: 'texture' ('uv') or 'encoding' and 'network' ('field'), then
-        'offsets' when vertices are optimized, and 'background' when a ``background`` with trainable
-        parameters is given. Every trainable parameter appears exactly once."""
+        """Adam groups from the config's rates: 'texture' ('uv') or 'encoding' and 'network' ('field') unless the
+        texture is frozen (``optimize_texture: false``), then 'offsets' when vertices are optimized, and
+        'background' when a ``background`` with trainable parameters is given. Every trainable parameter appears
+        exactly once."""
         cfg = self.config
-        if cfg.texture == "uv":
-            groups: list[dict[str, Any]] = [{"name": "texture", "params": [self.texture_logits], "lr": cfg.lr_texture}]
-        else:
-            groups = [{"name": "encoding", "params": list(self.encoding.parameters()), "lr": cfg.lr_encoding},
-                      {"name": "network", "params": list(self.network.parameters()), "lr": cfg.lr_network}]
+        groups: list[dict[str, Any]] = []
+        if cfg.optimize_texture and cfg.texture == "uv":
+            groups.append({"name": "texture", "params": [self.texture_logits], "lr": cfg.lr_texture})
+        elif cfg.optimize_texture:
+            groups += [{"name": "encoding", "params": list(self.encoding.parameters()), "lr": cfg.lr_encoding},
+                       {"name": "network", "params": list(self.network.parameters()), "lr": cfg.lr_network}]
         if cfg.optimize_vertices:
             groups.append({"name": "offsets", "params": [self.offsets], "lr": cfg.lr_offsets})
         if background is not None:
