@@ -198,7 +198,8 @@ def test_tiny_tokenizer_uses_the_real_clip_ids_when_open_clip_is_installed():
     from tests.tiny_sd import clip_bpe_merges, tiny_tokenizer
 
     if clip_bpe_merges() is None:
-        pytest.skip("open_clip_torch (which ships CLIP's BPE vocabulary) is not installed")
+        pytest.skip("CLIP's BPE vocabulary is unavailable: open_clip_torch is not installed and its wheel could "
+                    "not be downloaded")
     assert tiny_tokenizer()("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
 
 

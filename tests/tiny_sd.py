@@ -3,15 +3,21 @@
 ``save_tiny_sd(folder)`` builds the components from small configs (diffusers' dummy-component pattern),
 wraps them in ``StableDiffusionPipeline`` and calls ``save_pretrained``, so the teacher loads them through
 the same ``from_pretrained`` path as a downloaded model. The tokenizer is a real ``CLIPTokenizer``: with
-CLIP's BPE vocabulary when the ``open_clip_torch`` wheel is installed (its ``bpe_simple_vocab_16e6.txt.gz``
-is read from the package folder without importing open_clip, which imports torchvision), otherwise with a
-character-level vocabulary of the same layout (bytes, bytes + ``</w>``, no merges, start/end tokens).
+CLIP's BPE vocabulary from the ``open_clip_torch`` wheel (its ``bpe_simple_vocab_16e6.txt.gz``, read from an
+installed package or from the wheel downloaded once without installing it: open_clip imports torchvision),
+otherwise (offline) with a character-level vocabulary of the same layout (bytes, bytes + ``</w>``, no merges,
+start/end tokens).
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -33,13 +39,43 @@ def byte_characters() -> list[str]:
     return [chr(code) for code in codes]
 
 
-def clip_bpe_merges() -> list[str] | None:
-    """CLIP's merges from the installed open_clip_torch package data, or None when it is not installed."""
+BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
+OPEN_CLIP_WHEEL = "open_clip_torch==3.3.0"  # only its BPE file is read; the package is never installed
+
+
+def clip_bpe_file() -> Path | None:
+    """CLIP's BPE vocabulary file: from an installed open_clip_torch, else from its wheel, downloaded once from
+    the package registry (``pip download --no-deps``: open_clip itself needs torchvision, which must not be
+    installed here) into a cache folder. None when neither is possible (offline)."""
     spec = importlib.util.find_spec("open_clip")  # locates the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.is_file():
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / BPE_NAME
+        if path.is_file():
+            return path
+    cache = Path(os.environ.get("DREAMENGINE_TEST_CACHE", Path(tempfile.gettempdir()) / "dreamengine-test-cache"))
+    cached = cache / BPE_NAME
+    if cached.is_file():
+        return cached
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "download", OPEN_CLIP_WHEEL, "--no-deps", "-q", "-d", folder],
+                           check=True, capture_output=True, timeout=180)
+            wheel = next(Path(folder).glob("*.whl"))
+            with zipfile.ZipFile(wheel) as archive:
+                data = archive.read(f"open_clip/{BPE_NAME}")
+        except (subprocess.SubprocessError, OSError, StopIteration, KeyError):
+            return None
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_bytes(data)
+    partial.replace(cached)  # atomic: concurrent test processes never read half a file
+    return cached
+
+
+def clip_bpe_merges() -> list[str] | None:
+    """CLIP's merges (see :func:`clip_bpe_file`), or None when the vocabulary file cannot be had."""
+    path = clip_bpe_file()
+    if path is None:
         return None
     lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
     return lines[1:49152 - 256 - 2 + 1]  # CLIP's vocabulary size 49408 = 2 * 256 + merges + 2 specials
