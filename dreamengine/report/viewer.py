@@ -73,10 +73,12 @@ def install_viewer_script(report_dir: Path) -> str:
 def viewer_html(glb: Path, alt: str) -> str:
     """A ``<model-viewer>`` element showing ``glb``, with the GLB embedded. Needs :data:`LOADER_JS` after the
     viewer script. The camera starts where the turntable does: at the object's front (world +X, which is
-    glTF +X: orbit angle 90 degrees) and 15 degrees above it (polar angle 75 degrees)."""
+    glTF +X: orbit angle 90 degrees) and 15 degrees above it (polar angle 75 degrees), orbiting the scene's
+    origin (as the turntable and the training cameras do) rather than the model's bounding-box center."""
     data = base64.b64encode(glb.read_bytes()).decode("ascii")
     return ('<div class="viewer-wrap">'
             f'<model-viewer id="viewer" alt="{html.escape(alt)}" camera-controls camera-orbit="90deg 75deg auto" '
+            'camera-target="0m 0m 0m" '
             'interaction-prompt="none" shadow-intensity="0.7" tone-mapping="neutral"></model-viewer>'
             '<div id="viewer-status" class="viewer-status">Loading the model&hellip;</div></div>'
             f'<script type="application/octet-stream" id="glb-data">{data}</script>')
