@@ -105,3 +105,27 @@ def test_help_texts(tmp_path: Path):
     assert top.returncode == 0 and "generate" in top.stdout and "resume" in top.stdout
     generate = run_cli(["generate", "--help"], tmp_path)
     assert generate.returncode == 0 and "KEY=VALUE" in generate.stdout and "quickstart" in generate.stdout
+
+
+# gaussian-toy at 300 steps instead of 600. Measured held-out mask IoU for "a red cube", seed 0, on the 2-core
+# machine: 0.851 (PSNR 16.3 dB; the exported mesh's volumetric IoU against the true cube 0.664).
+GAUSSIAN_E2E = ["--config", "gaussian-toy", "trainer.max_steps=300", "trainer.preview_every=0",
+                "report.turntable=false", "trainer.progress=false"]
+
+
+@pytest.mark.slow
+def test_gaussians_generate_a_red_cube_with_a_valid_glb_and_splat_file(tmp_path: Path):
+    from dreamengine.export.splat_ply import read_splat_ply
+
+    result = run_cli(["generate", "a red cube", *GAUSSIAN_E2E], tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run_dir(tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["mask_iou"] > 0.78, metrics
+    assert metrics["mesh"]["volumetric_iou"] > 0.5, metrics["mesh"]
+    report = validate_glb(run_dir / "final" / "model.glb")
+    assert report["numErrors"] == 0 and report["numWarnings"] == 0, report["messages"]
+    splats = read_splat_ply(run_dir / "final" / "scene.ply")
+    assert 3000 <= splats["means"].shape[0] <= 8000  # grew from 3000, capped by densify.max_gaussians
+    state = torch.load(run_dir / "ckpt" / "last.pt", weights_only=True)
+    assert torch.equal(splats["means"], state["scenes"][0]["means"])  # the PLY holds the trained Gaussians
