@@ -26,8 +26,7 @@ from dreamengine.cameras import Cameras
 from dreamengine.errors import ConfigError, DreamEngineError
 from dreamengine.teachers.stable_diffusion import (
     PREDICTION_TYPES,
-    adapter_enabled,
-    add_lora_adapter,
+    UNetLoraAdapter,
     alphas_cumprod_from_scheduler,
     load_pipeline,
     resolve_dtype,
@@ -38,7 +37,7 @@ from dreamengine.teachers.stable_diffusion import (
 IF_MAX_TOKENS = 77  # IFPipeline.encode_prompt pads and truncates to 77 tokens
 
 
-class DeepFloydIFTeacher:
+class DeepFloydIFTeacher(UNetLoraAdapter):
     """A frozen IF stage-I model (implements :class:`dreamengine.teachers.base.Teacher`).
 
     Args:
@@ -124,28 +123,12 @@ class DeepFloydIFTeacher:
         output = output[:, : self.channels].float()  # drop the learned-variance channels
         return to_epsilon(output, z_t.float(), self._alphas64[t], self.prediction_type)
 
-    @property
-    def time_embedding_dim(self) -> int:
-        """Width of the UNet's time embedding, which a class embedding must match."""
-        return int(self.unet.time_embedding.linear_2.out_features)
-
-    def add_lora_adapter(self, rank: int, alpha: float, adapter_name: str = "vsd") -> dict[str, torch.nn.Parameter]:
-        """Install a disabled LoRA on the UNet (see ``stable_diffusion.add_lora_adapter``)."""
-        if self.cpu_offload:
-            raise ConfigError("guidance.name=vsd trains a LoRA on the teacher's UNet, which does not work with "
-                              "teacher.cpu_offload=true; set teacher.cpu_offload=false")
-        self.lora_parameters = add_lora_adapter(self.unet, rank, alpha, adapter_name)
-        return self.lora_parameters
-
     def predict_with_adapter(self, z_t: Tensor, t: Tensor, embeddings: Tensor, class_embedding: torch.nn.Module,
                              class_labels: Tensor) -> Tensor:
         """Raw eps output [B, 3, 64, 64] float32 with the LoRA enabled and ``class_embedding(class_labels)``
         added to the time embedding (learned-variance channels dropped); with gradients unless under no_grad."""
         t = t.to(self.device).long().reshape(-1).expand(z_t.shape[0])
-        with adapter_enabled(self.unet, self.lora_parameters, class_embedding) as unet:
-            output = unet(z_t.to(self.device, self.dtype), t,
-                          encoder_hidden_states=embeddings.to(self.device, self.dtype),
-                          class_labels=class_labels.to(self.device)).sample
+        output = self._adapter_output(z_t.to(self.device, self.dtype), t, embeddings, class_embedding, class_labels)
         return output[:, : self.channels].float()
 
     def describe(self) -> dict[str, Any]:

@@ -268,7 +268,38 @@ def adapter_enabled(unet: torch.nn.Module, params: dict[str, torch.nn.Parameter]
         disable_adapter(unet, params)
 
 
-class StableDiffusionTeacher:
+class UNetLoraAdapter:
+    """VSD's LoRA on a diffusers UNet teacher (``self.unet``, ``self.device``, ``self.dtype``,
+    ``self.cpu_offload``): the methods the Stable Diffusion and DeepFloyd IF teachers share."""
+
+    unet: Any
+    device: torch.device
+    dtype: torch.dtype
+    cpu_offload: bool
+    lora_parameters: dict[str, torch.nn.Parameter]
+
+    @property
+    def time_embedding_dim(self) -> int:
+        """Width of the UNet's time embedding (1280 for SD), which a class embedding must match."""
+        return int(self.unet.time_embedding.linear_2.out_features)
+
+    def add_lora_adapter(self, rank: int, alpha: float, adapter_name: str = "vsd") -> dict[str, torch.nn.Parameter]:
+        """Install a disabled LoRA on the UNet (see :func:`add_lora_adapter`); ``predict_noise`` is unaffected."""
+        if self.cpu_offload:
+            raise ConfigError("guidance.name=vsd trains a LoRA on the teacher's UNet, which does not work with "
+                              "teacher.cpu_offload=true; set teacher.cpu_offload=false")
+        self.lora_parameters = add_lora_adapter(self.unet, rank, alpha, adapter_name)
+        return self.lora_parameters
+
+    def _adapter_output(self, sample: Tensor, t: Tensor, embeddings: Tensor, class_embedding: torch.nn.Module,
+                        class_labels: Tensor) -> Tensor:
+        """The UNet's raw output with the LoRA and ``class_embedding(class_labels)`` enabled."""
+        with adapter_enabled(self.unet, self.lora_parameters, class_embedding) as unet:
+            return unet(sample, t, encoder_hidden_states=embeddings.to(self.device, self.dtype),
+                        class_labels=class_labels.to(self.device)).sample
+
+
+class StableDiffusionTeacher(UNetLoraAdapter):
     """A frozen SD 1.x / 2.x model (implements :class:`dreamengine.teachers.base.Teacher`).
 
     Args:
@@ -386,19 +417,6 @@ class StableDiffusionTeacher:
 
     # -- VSD: a LoRA on this UNet ------------------------------------------------------------------
 
-    @property
-    def time_embedding_dim(self) -> int:
-        """Width of the UNet's time embedding (1280 for SD), which a class embedding must match."""
-        return int(self.unet.time_embedding.linear_2.out_features)
-
-    def add_lora_adapter(self, rank: int, alpha: float, adapter_name: str = "vsd") -> dict[str, torch.nn.Parameter]:
-        """Install a disabled LoRA on the UNet (see :func:`add_lora_adapter`); ``predict_noise`` is unaffected."""
-        if self.cpu_offload:
-            raise ConfigError("guidance.name=vsd trains a LoRA on the teacher's UNet, which does not work with "
-                              "teacher.cpu_offload=true; set teacher.cpu_offload=false")
-        self.lora_parameters = add_lora_adapter(self.unet, rank, alpha, adapter_name)
-        return self.lora_parameters
-
     def predict_with_adapter(self, z_t: Tensor, t: Tensor, embeddings: Tensor, class_embedding: torch.nn.Module,
                              class_labels: Tensor) -> Tensor:
         """Raw UNet output [B, 4, h, w] float32 (the model's ``prediction_type``) with the LoRA enabled and
@@ -410,10 +428,7 @@ class StableDiffusionTeacher:
         sample = z_t.to(self.device, self.dtype)
         if self.channels_last:
             sample = sample.contiguous(memory_format=torch.channels_last)
-        with adapter_enabled(self.unet, self.lora_parameters, class_embedding) as unet:
-            output = unet(sample, t, encoder_hidden_states=embeddings.to(self.device, self.dtype),
-                          class_labels=class_labels.to(self.device)).sample
-        return output.float()
+        return self._adapter_output(sample, t, embeddings, class_embedding, class_labels).float()
 
     # -- extras ------------------------------------------------------------------------------------
 
