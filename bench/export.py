@@ -183,6 +183,43 @@ def _colored(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return mesh
 
 
+REFINE_HEADING = "## Refine steps/s (dreamengine refine, torch rasterizer)"
+
+
+def refine_lines(prompt: str, sizes: list[int], steps: int) -> list[str]:
+    """Median seconds per refine step (render, toy teacher, SDS, backward, Adam) of the toy object's true
+    mesh at each render size, with the refine-toy config (texture only, and texture + vertices)."""
+    from dreamengine.config import load_config
+    from dreamengine.export import save_mesh
+    from dreamengine.trainer import Trainer
+
+    obj = parse_prompt(prompt)
+    rows = ["| render px | trained | faces | s/step (median) | steps/s |", "|---:|---|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        mesh = true_mesh(obj)
+        mesh.visual.vertex_colors = [128, 128, 128, 255]
+        path = save_mesh(mesh, Path(tmp) / "input.glb", "glb", {})
+        for size in sizes:
+            for label, extra in (("texture", []), ("texture + vertices", ["scene.optimize_vertices=true"])):
+                cfg = load_config("refine-toy", [f"camera.height={size}", f"camera.width={size}",
+                                                 f"scene.init_path='{path}'", "trainer.preview_every=0", *extra],
+                                  prompt=prompt)
+                run_dir = Path(tmp) / f"refine-{size}-{len(extra)}"
+                run_dir.mkdir()
+                trainer = Trainer(cfg, run_dir)
+                trainer.train_step()  # warm-up
+                times = []
+                for _ in range(steps):
+                    start = time.perf_counter()
+                    trainer.train_step()
+                    times.append(time.perf_counter() - start)
+                median = statistics.median(times)
+                rows.append(f"| {size} | {label} | {len(trainer.scene.faces)} | {median:.3f} | {1 / median:.1f} |")
+                print(rows[-1], flush=True)
+    return [REFINE_HEADING, "", f"'{prompt}' (its true mesh, {steps} timed steps, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}).", "", *rows, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default="a snowman")
@@ -190,7 +227,15 @@ def main() -> None:
     parser.add_argument("--gaussians", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--refine-steps", type=int, default=20)
+    parser.add_argument("--refine-only", action="store_true",
+                        help="only measure refine steps/s, replacing that section of bench/results/export.md")
     args = parser.parse_args()
+    if args.refine_only:
+        kept = RESULTS.read_text().split(REFINE_HEADING)[0].rstrip("\n") + "\n\n" if RESULTS.is_file() else ""
+        RESULTS.write_text(kept + "\n".join(refine_lines(args.prompt, [128], args.refine_steps)))
+        print(RESULTS.read_text())
+        return
     obj = parse_prompt(args.prompt)
 
     start = time.perf_counter()
@@ -234,6 +279,7 @@ def main() -> None:
         "",
         *raster,
         "",
+        *refine_lines(args.prompt, [128], args.refine_steps),
     ]
     table = "\n".join(lines)
     print(table)
