@@ -298,22 +298,37 @@ def test_state_dict_round_trip_gives_identical_next_steps_lora_model():
     assert_round_trip_continues_exactly(LoRAStubTeacher, VSDConfig(guidance_scale_lora=1.5))
 
 
-def test_trainer_resume_with_vsd_equals_uninterrupted(tmp_path: Path):
+@pytest.mark.parametrize("particles", [1, 2])
+def test_trainer_resume_with_vsd_equals_uninterrupted(tmp_path: Path, particles: int):
     def trainer(folder, steps):
         cfg = load_config("vsd-toy", [*TINY, "deterministic=true", f"trainer.max_steps={steps}",
-                                      "render.occupancy_update_every=4"], prompt="a red cube")
+                                      "render.occupancy_update_every=4", f"trainer.n_particles={particles}"],
+                          prompt="a red cube")
         (tmp_path / folder).mkdir(exist_ok=True)
         return Trainer(cfg, tmp_path / folder)
 
     straight = trainer("a", 8)
+    phi_batches = []
+    real_train = straight.guidance.train_score_model
+
+    def recording(z, *args, **kwargs):
+        phi_batches.append(z.shape[0])
+        return real_train(z, *args, **kwargs)
+
+    straight.guidance.train_score_model = recording
     straight.fit()
+    assert phi_batches == [particles] * 8  # one phi shared by the particles: it trains on all their renders
     first = trainer("b", 4)
     first.fit()
     second = trainer("b", 8)
     second.load()
     second.fit()
-    for key, value in straight.scene.state_dict().items():
-        assert torch.equal(value, second.scene.state_dict()[key]), key
+    for index in range(particles):
+        for key, value in straight.scenes[index].state_dict().items():
+            assert torch.equal(value, second.scenes[index].state_dict()[key]), (index, key)
+    if particles == 2:  # the two particles are different scenes, not one scene twice
+        first_scene, second_scene = (scene.state_dict() for scene in straight.scenes)
+        assert any(not torch.equal(first_scene[k], second_scene[k]) for k in first_scene)
     for key, value in straight.guidance.state_dict()["score_model"].items():
         assert torch.equal(value, second.guidance.state_dict()["score_model"][key]), key
 
