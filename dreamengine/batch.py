@@ -231,9 +231,24 @@ def default_workers() -> int:
     return max(torch.cuda.device_count(), 1)
 
 
-def _pin_gpu(slot: int, gpus: int) -> None:
+def _init_worker(slot: int, gpus: int, threads: int) -> None:
+    """A worker's share of the machine: GPU ``slot % gpus`` and ``threads`` CPU threads for torch.
+
+    Without the thread cap every worker's torch would use all cores: N workers on N cores then run
+    slower than one worker (bench/results/batch.md measured 0.66x for 2 workers on 2 cores).
+    """
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def threads_per_worker(workers: int) -> int:
+    """The machine's usable cores divided among ``workers`` (at least 1 each)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
 
 
 def run_local(jobs: list[Job], out_dir: Path, workers: int, retries: int) -> list[JobResult]:
@@ -243,10 +258,14 @@ def run_local(jobs: list[Job], out_dir: Path, workers: int, retries: int) -> lis
     gpus = torch.cuda.device_count()
     context = multiprocessing.get_context("spawn")
 
-    def new_executor(slot: int) -> futures.ProcessPoolExecutor:
-        return futures.ProcessPoolExecutor(1, mp_context=context, initializer=_pin_gpu, initargs=(slot, gpus))
+    count = max(1, min(workers, len(jobs)))
+    threads = threads_per_worker(count)
 
-    slots = [new_executor(slot) for slot in range(max(1, min(workers, len(jobs))))]
+    def new_executor(slot: int) -> futures.ProcessPoolExecutor:
+        return futures.ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
+                                           initargs=(slot, gpus, threads))
+
+    slots = [new_executor(slot) for slot in range(count)]
     pending = deque(jobs)
     running: dict[futures.Future, tuple[Job, int]] = {}
     tries: dict[str, int] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 
-from dreamengine.batch import read_jobs, run_batch
+from dreamengine.batch import _init_worker, read_jobs, run_batch, threads_per_worker
 from dreamengine.errors import DreamEngineError
 from tests.cli_helpers import TINY, popen_cli, run_cli
 
@@ -57,6 +57,24 @@ def attempt_pids(out_dir: Path) -> dict[str, list[int]]:
 
 
 @pytest.mark.slow
+def _worker_threads() -> tuple[int, str]:
+    import torch
+
+    return torch.get_num_threads(), os.environ["OMP_NUM_THREADS"]
+
+
+def test_local_workers_share_the_cores_instead_of_each_taking_all() -> None:
+    import multiprocessing
+    from concurrent import futures
+
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_worker(1) == cores and threads_per_worker(2) == max(1, cores // 2)
+    assert threads_per_worker(4 * cores) == 1
+    with futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                     initargs=(0, 0, 1)) as pool:
+        assert pool.submit(_worker_threads).result() == (1, "1")
+
+
 def test_a_killed_worker_is_retried_and_the_batch_completes(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\na blue torus\n")
