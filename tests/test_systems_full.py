@@ -1,0 +1,50 @@
+"""Every toy system at full length reaches the held-out IoU it reached when it was calibrated.
+
+Calibration (2026-11-28, "a red cube", seed 0, this 2-core CPU): ``python bench/systems.py``
+(bench/results/systems.md) and this test, run once each. The NeRF systems reproduced their IoU exactly; the
+Gaussian ones moved by up to 0.024 between the two runs (luciddreamer 0.702 vs 0.678). Cause not pinned down:
+120-step Gaussian runs are bit-identical across processes, so the difference appears later in a run and grows
+(``deterministic: true``, which the resume tests use, makes runs bit-reproducible). Each threshold is the
+lower of the two measurements minus 0.03. These are
+the slowest tests of the suite (about 12 minutes together on 2 cores); ``pytest -m "not slow"`` skips them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import dreamengine
+from dreamengine.systems import packaged_systems
+
+MARGIN = 0.03
+# system -> (held-out mask IoU of the final stage in bench/systems.py, in this test's calibration run)
+MEASURED_IOU = {
+    "dreamfusion-toy": (0.834, 0.834),
+    "dreamgaussian-toy": (0.845, 0.850),
+    "gaussiandreamer-toy": (0.866, 0.872),
+    "luciddreamer-toy": (0.702, 0.678),
+    "magic3d-toy": (0.851, 0.851),
+    "placiddreamer-toy": (0.866, 0.857),
+    "prolificdreamer-toy": (0.854, 0.854),
+    "tv3dg-toy": (0.700, 0.705),
+}
+# what the test leaves out of a full-length run: previews and the turntable video (neither changes the scene)
+QUIET = ["trainer.preview_every=0", "report.turntable=false", "trainer.progress=false"]
+
+
+def test_every_toy_system_has_a_calibrated_threshold() -> None:
+    assert sorted(MEASURED_IOU) == sorted(name for name in packaged_systems() if name.endswith("-toy"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("system", sorted(MEASURED_IOU))
+def test_full_length_toy_system_reaches_its_calibrated_iou(system: str, tmp_path: Path) -> None:
+    asset = dreamengine.generate("a red cube", system=system, overrides=QUIET, output_dir=tmp_path)
+    assert asset.glb is not None and asset.glb.is_file()
+    measured = asset.metrics["mask_iou"]
+    print(f"{system}: held-out mask IoU {measured:.4f}")
+    threshold = min(MEASURED_IOU[system]) - MARGIN
+    assert measured >= threshold, (f"{system}: held-out mask IoU {measured:.3f} < {threshold:.3f}, calibrated "
+                                   f"{MEASURED_IOU[system]} (bench/systems.py)")
