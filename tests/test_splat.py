@@ -207,7 +207,7 @@ def test_single_gaussian_renders_centered_blob() -> None:
         expected_rgb = expected_peak * color + (1 - expected_peak) * torch.tensor([0.0, 0.0, 1.0])
         assert torch.allclose(out.rgb[view, 16, 16], expected_rgb, atol=2e-3)
         # depth: opacity times the distance along the central rays (~ camera distance)
-        assert float(out.depth[view, 16, 16, 0] / alpha[16, 16]) == pytest.approx(
+        assert float((out.depth[view, 16, 16, 0] / alpha[16, 16]).detach()) == pytest.approx(
             float(cams.distance[view]), rel=1e-3)
         assert float(alpha[0, 0]) == 0.0
     assert out.normal is None and out.orientation_loss is None
