@@ -48,6 +48,17 @@ def cfg_convention_b(eps_cond: Tensor, eps_uncond: Tensor, scale: float) -> Tens
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
+def predict_noise_under(teacher: Any, x_t: Tensor, t: Tensor, embeddings: list[Tensor],
+                        cameras: Any) -> tuple[Tensor, ...]:
+    """One teacher pass scoring x_t [B, ...] at t [B] under each of ``embeddings`` (each [B, ...]).
+
+    The copies are batched into one ``predict_noise`` call; returns one eps [B, ...] per embedding, in order.
+    """
+    copies = len(embeddings)
+    eps = teacher.predict_noise(torch.cat([x_t] * copies), torch.cat([t] * copies), torch.cat(embeddings), cameras)
+    return eps.chunk(copies)
+
+
 def broadcast_to(values: Tensor, like: Tensor) -> Tensor:
     """Per-sample values [B] viewed as [B, 1, 1, ...] to broadcast against ``like`` [B, ...]."""
     return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))

@@ -35,6 +35,7 @@ from dreamengine.guidance.base import (
     gradient_to_loss,
     lucid_timestep_range,
     offset_noise,
+    predict_noise_under,
     reject_perp_neg,
     sample_shared_timestep,
     validate_lucid_config,
@@ -112,9 +113,7 @@ class BSDGuidance:
         alphas_cumprod = teacher.alphas_cumprod
         with torch.no_grad():
             z_t = add_noise(z.detach(), noise, t, alphas_cumprod)
-            eps = teacher.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]),
-                                        torch.cat([prompts.cond, prompts.uncond]), cameras)
-            eps_cond, eps_uncond = eps.chunk(2)
+            eps_cond, eps_uncond = predict_noise_under(teacher, z_t, t, [prompts.cond, prompts.uncond], cameras)
             c, d = bsd_directions(cfg.variant, eps_cond, eps_uncond, noise, cfg.classifier_ratio,
                                   cfg.auto_smoothing_scale)
             alpha = broadcast_to(pareto_weight(c, d), z)

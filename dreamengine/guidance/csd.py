@@ -37,6 +37,7 @@ from dreamengine.guidance.base import (
     broadcast_to,
     gradient_to_loss,
     percent_timestep_range,
+    predict_noise_under,
     reject_perp_neg,
     sample_timesteps,
 )
@@ -98,9 +99,8 @@ class CSDGuidance:
         alphas_cumprod = teacher.alphas_cumprod
         with torch.no_grad():
             z_t = add_noise(z.detach(), noise, t, alphas_cumprod)
-            eps = teacher.predict_noise(torch.cat([z_t, z_t, z_t]), torch.cat([t, t, t]),
-                                        torch.cat([prompts.cond, prompts.uncond, e_0]), cameras)
-            eps_cond, eps_neg, eps_null = eps.chunk(3)
+            eps_cond, eps_neg, eps_null = predict_noise_under(teacher, z_t, t, [prompts.cond, prompts.uncond, e_0],
+                                                                cameras)
             w = broadcast_to(timestep_weight(cfg.weighting, alphas_cumprod[t]), z)
             grad = w * (k_c * eps_cond + k_u * eps_neg + k_n * eps_null + k_e * noise)
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)

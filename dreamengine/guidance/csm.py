@@ -38,6 +38,7 @@ from dreamengine.guidance.base import (
     gradient_to_loss,
     lucid_timestep_range,
     offset_noise,
+    predict_noise_under,
     reject_perp_neg,
     sample_shared_timestep,
     validate_lucid_config,
@@ -116,9 +117,7 @@ class CSMGuidance:
         with torch.no_grad():
             x_s = ddim_invert(teacher, z.detach(), noise, s_int, e_inv, cfg.xs_delta_t, cfg.xs_inv_steps, cameras)
             x_t = ddim_step(x_s, teacher.predict_noise(x_s, s, e_inv, cameras), s, t, alphas_cumprod)
-            eps = teacher.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                        torch.cat([prompts.cond, prompts.uncond]), cameras)
-            eps_cond, eps_uncond = eps.chunk(2)
+            eps_cond, eps_uncond = predict_noise_under(teacher, x_t, t, [prompts.cond, prompts.uncond], cameras)
             w = csm_weight(cfg.weighting, broadcast_to(alphas_cumprod[t], z))
             grad = cfg.grad_scale * w * cfg.guidance_scale * (eps_cond - eps_uncond)
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)

@@ -37,6 +37,7 @@ from dreamengine.guidance.base import (
     gradient_to_loss,
     lucid_timestep_range,
     offset_noise,
+    predict_noise_under,
     reject_perp_neg,
     sample_shared_timestep,
     validate_lucid_config,
@@ -109,9 +110,7 @@ class ISMGuidance:
             x_s = ddim_invert(teacher, z.detach(), noise, s_int, e_inv, cfg.xs_delta_t, cfg.xs_inv_steps, cameras)
             e_s = teacher.predict_noise(x_s, s, e_inv, cameras)
             x_t = ddim_step(x_s, e_s, s, t, alphas_cumprod)
-            eps = teacher.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                        torch.cat([prompts.cond, prompts.uncond]), cameras)
-            eps_cond, eps_uncond = eps.chunk(2)
+            eps_cond, eps_uncond = predict_noise_under(teacher, x_t, t, [prompts.cond, prompts.uncond], cameras)
             eps_hat = cfg_convention_b(eps_cond, eps_uncond, cfg.guidance_scale)
             abar = broadcast_to(alphas_cumprod[t], z)
             w = ((1.0 - abar) / abar).sqrt()

@@ -34,6 +34,7 @@ from dreamengine.guidance.base import (
     broadcast_to,
     gradient_to_loss,
     percent_timestep_range,
+    predict_noise_under,
     reject_perp_neg,
     sample_timesteps,
 )
@@ -91,9 +92,8 @@ class NFSDGuidance:
         alphas_cumprod = teacher.alphas_cumprod
         with torch.no_grad():
             z_t = add_noise(z.detach(), noise, t, alphas_cumprod)
-            eps = teacher.predict_noise(torch.cat([z_t, z_t, z_t]), torch.cat([t, t, t]),
-                                        torch.cat([prompts.cond, prompts.uncond, e_0]), cameras)
-            eps_cond, eps_neg, eps_null = eps.chunk(3)
+            eps_cond, eps_neg, eps_null = predict_noise_under(teacher, z_t, t, [prompts.cond, prompts.uncond, e_0],
+                                                                cameras)
             d_c = eps_cond - eps_null
             small_t = (t < cfg.small_t_threshold).view(-1, *([1] * (z.dim() - 1)))
             d_d = torch.where(small_t, eps_null, eps_null - eps_neg)

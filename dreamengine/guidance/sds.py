@@ -21,7 +21,7 @@ from torch import Tensor
 
 from dreamengine.cameras import Cameras
 from dreamengine.errors import ConfigError
-from dreamengine.guidance.base import GuidanceOut, add_noise, gradient_to_loss, sample_timesteps
+from dreamengine.guidance.base import GuidanceOut, add_noise, gradient_to_loss, predict_noise_under, sample_timesteps
 from dreamengine.guidance.perp_neg import perp_neg_guidance
 from dreamengine.prompts import PromptBatch
 from dreamengine.schedules import schedule_value, validate_schedule
@@ -104,9 +104,8 @@ class SDSGuidance:
         with torch.no_grad():
             z_t = add_noise(z.detach(), noise, t, alphas_cumprod)
             if prompts.neg is None:
-                eps = self.teacher.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]),
-                                                 torch.cat([prompts.cond, prompts.uncond]), cameras)
-                eps_cond, eps_uncond = eps.chunk(2)
+                eps_cond, eps_uncond = predict_noise_under(self.teacher, z_t, t, [prompts.cond, prompts.uncond],
+                                                           cameras)
                 eps_hat = cfg_convention_a(eps_cond, eps_uncond, self.cfg.guidance_scale)
             else:
                 eps_hat = self.perp_neg_eps(z_t, t, prompts, cameras)

@@ -51,6 +51,7 @@ from dreamengine.guidance.base import (
     cfg_convention_b,
     gradient_to_loss,
     percent_timestep_range,
+    predict_noise_under,
     reject_perp_neg,
     sample_timesteps,
 )
@@ -181,9 +182,7 @@ class VSDGuidance:
         alphas_cumprod = teacher.alphas_cumprod
         with torch.no_grad():
             z_t = add_noise(z.detach(), noise, t, alphas_cumprod)
-            eps = teacher.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]),
-                                        torch.cat([prompts.cond, prompts.uncond]), cameras)
-            eps_cond, eps_uncond = eps.chunk(2)
+            eps_cond, eps_uncond = predict_noise_under(teacher, z_t, t, [prompts.cond, prompts.uncond], cameras)
             eps_pretrained = cfg_convention_b(eps_cond, eps_uncond, cfg.guidance_scale)
             eps_particle = self.particle_eps(z_t, t, text, camera)
             w = broadcast_to(1.0 - alphas_cumprod[t], z)
