@@ -43,17 +43,20 @@ import pygltflib
 import torch
 import trimesh
 
-from dreamengine.cameras import Cameras, cameras_from_spherical
 from dreamengine.config import ExportConfig
+from dreamengine.config.scenes import GaussiansConfig, NeRFConfig
+from dreamengine.core.background import Background
+from dreamengine.core.cameras import Cameras, cameras_from_spherical
+from dreamengine.core.render import MeshTensors
 from dreamengine.evaluate import true_mesh
 from dreamengine.export import load_mesh
 from dreamengine.export.fidelity import export_fidelity, fidelity_cameras
 from dreamengine.export.scene_export import export_cameras, export_scene
-from dreamengine.renderers.raster import MeshTensors, render_mesh
+from dreamengine.renderers.raster import mesh_tensors_from_trimesh, render_mesh
 from dreamengine.renderers.splat import render_splats
 from dreamengine.renderers.volume import OccupancyGrid, render_volume
-from dreamengine.scenes.gaussians import GaussianScene, GaussiansConfig, rgb_to_sh_dc
-from dreamengine.scenes.nerf import Background, NeRFConfig, NeRFScene
+from dreamengine.scenes.gaussians import GaussianScene, rgb_to_sh_dc
+from dreamengine.scenes.nerf import NeRFScene
 from dreamengine.toyworld import ToyObject, parse_prompt
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export.md"
@@ -143,9 +146,9 @@ def export_rows(scenes: dict, renders: dict, folder: Path,
 
 
 def raster_rows(textured: Path, repeats: int) -> list[str]:
-    meshes = [("icosphere, vertex colors", MeshTensors.from_trimesh(_colored(trimesh.creation.icosphere(4, 0.6)))),
-              ("NeRF export, 1024^2 texture", MeshTensors.from_trimesh(load_mesh(textured))),
-              ("icosphere, vertex colors", MeshTensors.from_trimesh(_colored(trimesh.creation.icosphere(6, 0.6))))]
+    meshes = [("icosphere, vertex colors", mesh_tensors_from_trimesh(_colored(trimesh.creation.icosphere(4, 0.6)))),
+              ("NeRF export, 1024^2 texture", mesh_tensors_from_trimesh(load_mesh(textured))),
+              ("icosphere, vertex colors", mesh_tensors_from_trimesh(_colored(trimesh.creation.icosphere(6, 0.6))))]
     cameras = cameras_from_spherical(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor(2.5),
                                      torch.tensor(40.0))
     lines = ["| mesh | faces | px | forward (ms) | forward+backward (ms) | fwd+bwd, no antialias (ms) |",
@@ -247,7 +250,8 @@ def main() -> None:
     renders = {
         "NeRF": lambda cams, size: render_volume(nerf, cams, size, size, background=WHITE, num_samples=128,
                                                  perturb=False, occupancy=occupancy),
-        "Gaussians": lambda cams, size: render_splats(gaussians, cams, size, size, background=WHITE, backend="torch"),
+        "Gaussians": lambda cams, size: render_splats(gaussians.render_inputs(), cams, size, size, background=WHITE,
+                                                      backend="torch"),
     }
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:

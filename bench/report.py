@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dreamengine.cli import export_run
 from dreamengine.config import load_config
+from dreamengine.core.cameras import CameraSampler
 from dreamengine.report import turntable_settings, write_report
-from dreamengine.report.build import sampler_for
 from dreamengine.report.turntable import orbit, render_frames, turntable_fps, write_gif, write_mp4
+from dreamengine.results import export_run
 from dreamengine.runs import init_run_dir
 from dreamengine.trainer import Trainer
 
@@ -54,10 +54,10 @@ def main() -> None:
         start = time.perf_counter()
         trainer.fit()
         train_s = time.perf_counter() - start
-        export_run(trainer.scene, trainer.background, trainer.occupancy, cfg, run_dir, "glb")
+        export_run(trainer.scenes, trainer.background, trainer.renderers, cfg, run_dir, ["glb"])
 
         frames_n, size = turntable_settings(cfg, trainer.device)
-        cameras = orbit(sampler_for(cfg), frames_n)
+        cameras = orbit(CameraSampler.from_config(cfg.camera), frames_n)
         frames = render_frames(trainer.render_views, cameras, size, size)
         fps = turntable_fps(frames_n)
         rows = [

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from dreamengine.cameras import cameras_from_spherical
 from dreamengine.config import load_config
+from dreamengine.config.scenes import GaussiansConfig
+from dreamengine.core.background import Background
+from dreamengine.core.cameras import cameras_from_spherical
 from dreamengine.evaluate import evaluate_renders
 from dreamengine.renderers.splat import render_splats
-from dreamengine.scenes.gaussians import GaussianScene, GaussiansConfig
-from dreamengine.scenes.nerf import Background
-from dreamengine.trainer import Trainer, render_fixed
+from dreamengine.scenes.gaussians import GaussianScene
+from dreamengine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def rasterizer_ms(num: int, resolution: int, repeats: int) -> tuple[float, int]:
     times = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
-        out = render_splats(scene, cams, resolution, resolution, background=background, backend="torch")
+        out = render_splats(scene.render_inputs(), cams, resolution, resolution, background=background, backend="torch")
         out.rgb.sum().backward()
         times.append(time.perf_counter() - start)
         scene.zero_grad()
@@ -63,8 +64,7 @@ def time_to_iou(config: str, prompt: str, target: float, max_steps: int, eval_ev
         for _ in range(eval_every):
             trainer.train_step()
         trained += time.perf_counter() - start
-        metrics = evaluate_renders(cfg, lambda cams, h, w: render_fixed(trainer.scene, trainer.background,
-                                                                        trainer.renderer, cams, h, w))
+        metrics = evaluate_renders(cfg, lambda cams, h, w: trainer.render_views(cams, h, w))
         best = max(best, metrics["mask_iou"])
         if metrics["mask_iou"] >= target:
             return trained, trainer.step, best

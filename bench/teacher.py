@@ -29,11 +29,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dreamengine.cameras import CameraSampler  # noqa: E402
-from dreamengine.guidance.base import add_noise, gradient_to_loss  # noqa: E402
-from dreamengine.guidance.sds import cfg_convention_a  # noqa: E402
+from dreamengine.config.scenes import NeRFConfig  # noqa: E402
+from dreamengine.core.background import Background  # noqa: E402
+from dreamengine.core.cameras import CameraSampler  # noqa: E402
+from dreamengine.guidance.base import (  # noqa: E402
+    add_noise,
+    cfg_convention_a,  # noqa: E402
+    gradient_to_loss,
+)
 from dreamengine.renderers.volume import OccupancyGrid, render_volume  # noqa: E402
-from dreamengine.scenes.nerf import Background, NeRFConfig, NeRFScene  # noqa: E402
+from dreamengine.scenes.nerf import NeRFScene  # noqa: E402
 from dreamengine.teachers.stable_diffusion import StableDiffusionTeacher  # noqa: E402
 from tests.tiny_sd import tiny_components  # noqa: E402
 

@@ -22,9 +22,11 @@ import nerfacc
 import torch
 from torch import Tensor
 
-from dreamengine.cameras import CameraSampler
+from dreamengine.config.scenes import NeRFConfig
+from dreamengine.core.background import Background, sample_light_positions
+from dreamengine.core.cameras import CameraSampler
 from dreamengine.renderers.volume import OccupancyGrid, accumulate, composite_weights, render_volume
-from dreamengine.scenes.nerf import Background, NeRFConfig, NeRFScene, sample_light_positions
+from dreamengine.scenes.nerf import NeRFScene
 
 RESULTS = Path(__file__).resolve().parent / "results" / "volume.md"
 

@@ -11,7 +11,7 @@ The library API (imported on first use, so ``import dreamengine`` stays light)::
 
 from typing import Any
 
-__version__ = "0.1.0"
+from dreamengine.version import __version__
 
 _API = ("Asset", "generate", "prepare", "refine", "resume", "open_run")
 

@@ -16,14 +16,22 @@ everything and creates the run directory; :meth:`Run.execute` trains.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dreamengine.config import RunConfig, load_config
 from dreamengine.errors import DreamEngineError
+from dreamengine.pipeline import run_stage
+from dreamengine.runs import init_run_dir, is_system_run, plan_run_dir
+from dreamengine.scenes.mesh import read_mesh_file
+from dreamengine.systems import load_system
+from dreamengine.systems.driver import plan_stages, run_system, stage_dir, write_system_run
 from dreamengine.trainer import StepEvent, Trainer
 
 Callback = Callable[[StepEvent], None]
@@ -62,13 +70,11 @@ class Run:
 
     def execute(self, callbacks: Sequence[Callback] = ()) -> Asset:
         """Train (resuming where a checkpoint exists), export and evaluate; returns the :class:`Asset`."""
-        from dreamengine.systems.driver import run_stage, run_system
-
         if self.system:
             run_system(self.run_dir, callbacks, first_trainer=self.trainer, on_stage=self.on_stage)
             files = sorted(p for p in (self.run_dir / "final").rglob("*") if p.is_file())
             return Asset(self.run_dir, files, _read_metrics(self.run_dir))
-        trainer = self.trainer if self.trainer is not None else _load_single(self.run_dir)
+        trainer = self.trainer if self.trainer is not None else Trainer.from_run_dir(self.run_dir)
         result = run_stage(trainer, callbacks, export=self.export)
         return Asset(self.run_dir, result.files, result.metrics)
 
@@ -80,27 +86,14 @@ def prepare(prompt: str, *, config: str | Path | None = None, system: str | None
     directory with its resolved config(s) and manifest. Nothing is written when anything is wrong.
 
     The run directory is ``output_dir/<prompt slug>-<time>`` unless ``run_dir`` names it (it must not exist)."""
-    from dreamengine.config import load_config
-    from dreamengine.runs import init_run_dir, plan_run_dir
-
-    if not prompt.strip():
-        raise DreamEngineError('the prompt is empty: give a text prompt, e.g. dreamengine generate "a red cube"')
-    overrides = list(overrides)
-    if output_dir is not None:
-        overrides.append(f"output_dir='{output_dir}'")
+    overrides = _checked_overrides(prompt, overrides, output_dir)
     command = list(argv if argv is not None else sys.argv)
     if system is None:
         cfg = load_config(config if config is not None else "quickstart", overrides, prompt=prompt)
-        run_dir = Path(run_dir) if run_dir is not None else plan_run_dir(cfg)
-        trainer = Trainer(cfg, run_dir)  # validates the prompt and builds everything before touching the disk
-        init_run_dir(run_dir, cfg, command, _teacher_info(trainer))
-        return Run(run_dir, trainer, system=False, export=export)
+        return _start_single(cfg, run_dir, command, export)
     if config is not None:
         raise DreamEngineError("pass either a config or a system, not both: a system names its stages' configs "
                                "(override their keys with key=value, or STAGE:key=value for one stage)")
-    from dreamengine.systems import load_system
-    from dreamengine.systems.driver import plan_stages, stage_dir, write_system_run
-
     spec = load_system(system)
     first = load_config(spec.stages[0].config, [*spec.stages[0].overrides], prompt=prompt)  # only for output_dir
     run_dir = Path(run_dir) if run_dir is not None else plan_run_dir(_with_output_dir(first, overrides))
@@ -126,25 +119,11 @@ def prepare_refine(mesh: str | Path, prompt: str, *, config: str | Path = "refin
     The file is checked first (missing, not a mesh, empty, NaN vertices: :class:`~dreamengine.errors.MeshFileError`)
     and never modified; a copy goes into ``RUN_DIR/input/`` and the run's config points at the copy, so resuming
     never depends on the original."""
-    import shutil
-
-    from dreamengine.config import config_to_yaml
-    from dreamengine.runs import manifest, write_json
-    from dreamengine.scenes.mesh import read_mesh_file
-
     source = Path(mesh).expanduser()
     read_mesh_file(source)
-    run = prepare(prompt, config=config, overrides=[*overrides, "scene.name=mesh", f"scene.init_path='{source}'"],
-                  output_dir=output_dir, argv=argv, run_dir=run_dir)
-    copy = run.run_dir / "input" / source.name
-    copy.parent.mkdir()
-    shutil.copy2(source, copy)
-    cfg = run.trainer.cfg
-    cfg.scene.init_path = str(copy)
-    (run.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    write_json(run.run_dir / "manifest.json", {**manifest(cfg, list(argv if argv is not None else sys.argv),
-                                                          _teacher_info(run.trainer)), "input": str(source)})
-    return run
+    overrides = [*_checked_overrides(prompt, overrides, output_dir), "scene.name=mesh", f"scene.init_path='{source}'"]
+    cfg = load_config(config, overrides, prompt=prompt)
+    return _start_single(cfg, run_dir, list(argv if argv is not None else sys.argv), input_file=source)
 
 
 def refine(mesh: str | Path, prompt: str, *, config: str | Path = "refine-toy", overrides: Sequence[str] = (),
@@ -156,16 +135,10 @@ def refine(mesh: str | Path, prompt: str, *, config: str | Path = "refine-toy", 
 
 def open_run(run_dir: str | Path) -> Run:
     """A stopped or killed run directory, ready to :meth:`Run.execute` from its last checkpoint."""
-    from dreamengine.runs import open_run_dir
-    from dreamengine.systems.driver import is_system_run
-
     path = Path(run_dir)
     if is_system_run(path):
         return Run(path, None, system=True)
-    run_path, cfg = open_run_dir(path)
-    trainer = Trainer(cfg, run_path)
-    trainer.load()
-    return Run(run_path, trainer, system=False)
+    return Run(path, Trainer.from_run_dir(path), system=False)
 
 
 def resume(run_dir: str | Path, callbacks: Sequence[Callback] = ()) -> Asset:
@@ -173,23 +146,37 @@ def resume(run_dir: str | Path, callbacks: Sequence[Callback] = ()) -> Asset:
     return open_run(run_dir).execute(callbacks)
 
 
-def _load_single(run_dir: Path) -> Trainer:
-    from dreamengine.runs import open_run_dir
+def _checked_overrides(prompt: str, overrides: Sequence[str], output_dir: str | Path | None) -> list[str]:
+    if not prompt.strip():
+        raise DreamEngineError('the prompt is empty: give a text prompt, e.g. dreamengine generate "a red cube"')
+    return [*overrides, *([f"output_dir='{output_dir}'"] if output_dir is not None else [])]
 
-    run_path, cfg = open_run_dir(run_dir)
-    trainer = Trainer(cfg, run_path)
-    trainer.load()
-    return trainer
+
+def _start_single(cfg: RunConfig, run_dir: str | Path | None, command: list[str], export: bool = True,
+                  input_file: Path | None = None) -> Run:
+    """Build the trainer (everything is validated before the disk is touched), then create the run directory with
+    its config and manifest. With ``input_file`` (refine), the file is copied to ``RUN_DIR/input/`` and the
+    recorded config's ``scene.init_path`` points at the copy."""
+    run_dir = Path(run_dir) if run_dir is not None else plan_run_dir(cfg)
+    trainer = Trainer(cfg, run_dir)
+    extra = None
+    if input_file is not None:
+        copy = run_dir / "input" / input_file.name
+        trainer.cfg = dataclasses.replace(cfg, scene=dataclasses.replace(cfg.scene, init_path=str(copy)))
+        extra = {"input": str(input_file)}
+    init_run_dir(run_dir, trainer.cfg, command, _teacher_info(trainer), extra=extra)
+    if input_file is not None:
+        (run_dir / "input").mkdir()
+        shutil.copy2(input_file, run_dir / "input" / input_file.name)
+    return Run(run_dir, trainer, system=False, export=export)
 
 
 def _with_output_dir(cfg: Any, overrides: list[str]) -> Any:
     """``cfg`` with the output_dir the overrides ask for (systems pick their run directory before stages load)."""
-    from dataclasses import replace
-
     for item in overrides:
         key, _, value = item.partition("=")
         if key.strip() == "output_dir":
-            return replace(cfg, output_dir=value.strip().strip("'\""))
+            return dataclasses.replace(cfg, output_dir=value.strip().strip("'\""))
     return cfg
 
 

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dreamengine.core.files import atomic_write, write_json
 from dreamengine.errors import DreamEngineError
 
 JOB_KEYS = {"prompt", "seed", "system", "config", "overrides"}
@@ -200,7 +201,7 @@ def execute_job(job: dict[str, Any], out_dir: str) -> dict[str, Any]:
     except Exception as error:  # recorded (and retried); the message says what failed
         result.status = "failed"
         result.error = str(error) if isinstance(error, DreamEngineError) else f"{type(error).__name__}: {error}"
-        (batch_state(Path(out_dir)) / f"{spec.key}.error.txt").write_text(traceback.format_exc())
+        atomic_write(batch_state(Path(out_dir)) / f"{spec.key}.error.txt", traceback.format_exc())
     result.seconds = time.perf_counter() - start
     return asdict(result)
 
@@ -369,7 +370,6 @@ def run_batch(jobs: list[Job], out_dir: str | Path, workers: int | None = None, 
 
 def write_summary(out_dir: Path, results: list[JobResult]) -> None:
     """summary.json, summary.md, contact_sheet.png and index.html of a batch folder."""
-    from dreamengine.runs import write_json
 
     write_json(out_dir / "summary.json", [asdict(r) for r in results])
     lines = ["| line | prompt | status | attempts | mask IoU | PSNR dB | seconds | folder |",
@@ -379,7 +379,7 @@ def write_summary(out_dir: Path, results: list[JobResult]) -> None:
         status = r.status if r.status != "failed" else f"failed: {r.error}"
         lines.append(f"| {r.line} | {r.prompt} | {status} | {r.attempts} | {'-' if iou is None else f'{iou:.3f}'} | "
                      f"{'-' if psnr is None else f'{psnr:.2f}'} | {r.seconds:.0f} | {r.key} |")
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out_dir / "summary.md", "\n".join(lines) + "\n")
     done = [r for r in results if r.status != "failed"]
     if done:
         from dreamengine.report import write_index

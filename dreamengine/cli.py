@@ -69,7 +69,7 @@ retried (--retries) and then recorded as failed. Examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamengine", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    from dreamengine import __version__
+    from dreamengine.version import __version__
 
     parser.add_argument("--version", action="version", version=f"dreamengine {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -225,8 +225,6 @@ class StageProgress:
         self.bar: Any = None
 
     def __call__(self, event: Any) -> None:
-        from dreamengine.trainer import progress_bar
-
         if event.stage != self.stage or self.bar is None:
             self.stop()
             self.stage = event.stage
@@ -238,6 +236,27 @@ class StageProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+def progress_bar(max_steps: int, start_step: int, label: str = "") -> Any:
+    """A step-event callback drawing a rich progress bar on a terminal (call ``.stop()`` when done), or None
+    when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(f"{label + ' ' if label else ''}step {{task.completed}}/{{task.total}}"), BarColumn(),
+                   TextColumn("loss {task.fields[loss]:.4g}"), TimeRemainingColumn(), transient=False)
+    task = bar.add_task("train", total=max_steps, completed=start_step, loss=float("nan"))
+    bar.start()
+
+    def update(event: Any) -> None:
+        bar.update(task, completed=event.step, loss=event.terms.get("loss", float("nan")))
+        if event.step >= max_steps:
+            bar.stop()
+
+    update.stop = bar.stop  # type: ignore[attr-defined]
+    return update
 
 
 def execute_and_report(run: Any) -> int:
@@ -294,26 +313,8 @@ def print_metrics(results: dict[str, Any]) -> None:
                       f"Chamfer distance {mesh['chamfer']:.4f} (scene units)")
 
 
-def load_run(run_dir_arg: str) -> tuple[Path, Any, list[Any], Any, list[Any]]:
-    """(run_dir, cfg, scenes, background, renderers) from a run directory's config and last checkpoint; for a
-    system run, its last stage that has a checkpoint."""
-    from dreamengine.runs import open_run_dir
-    from dreamengine.systems.driver import is_system_run, read_system_run
-    from dreamengine.trainer import load_trained
-
-    run_dir = Path(run_dir_arg)
-    if is_system_run(run_dir):
-        stages = [run_dir / stage["dir"] for stage in read_system_run(run_dir)["stages"]]
-        started = [folder for folder in stages if (folder / "ckpt" / "last.pt").is_file()]
-        if not started:
-            raise DreamEngineError(f"no stage of the system run {run_dir} has a checkpoint yet; resume it first")
-        run_dir = started[-1]
-    run_dir, cfg = open_run_dir(run_dir)
-    scenes, background, renderers = load_trained(cfg, run_dir / "ckpt" / "last.pt")
-    return run_dir, cfg, scenes, background, renderers
-
-
 def cmd_export(args: argparse.Namespace) -> int:
+    from dreamengine.build import load_run
     from dreamengine.results import export_run
 
     run_dir, cfg, scenes, background, renderers = load_run(args.run_dir)
@@ -323,6 +324,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from dreamengine.build import load_run
     from dreamengine.results import evaluate_run
 
     run_dir, cfg, scenes, background, renderers = load_run(args.run_dir)
@@ -384,10 +386,11 @@ def cmd_systems(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from dreamengine.build import load_run
+    from dreamengine.core.render import render_fixed
     from dreamengine.report import report_run, write_report
     from dreamengine.report.turntable import check_turntable_settings
-    from dreamengine.systems.driver import is_system_run
-    from dreamengine.trainer import render_fixed
+    from dreamengine.runs import is_system_run
 
     check_turntable_settings(args.frames, args.size)  # before the slow part
     top = Path(args.run_dir)
@@ -400,7 +403,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     _, cfg, scenes, background, renderers = load_run(args.run_dir)  # a system run: its last started stage
 
     def render(cams: Any, h: int, w: int) -> Any:
-        return render_fixed(scenes[0], background, renderers[0], cams, h, w)
+        return render_fixed(renderers[0], scenes[0].render_inputs(), background, cams, h, w)
 
     print(f"wrote {report_run(top, cfg, render, 'cpu', args.frames, args.size)}")
     return 0

@@ -19,19 +19,17 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from dreamengine.cameras import CameraSampler, cameras_from_spherical
 from dreamengine.config import RunConfig
+from dreamengine.core.cameras import CameraSampler, cameras_from_spherical
+from dreamengine.core.render import RenderOut
 from dreamengine.errors import DreamEngineError
 from dreamengine.export import extract_mesh
-from dreamengine.renderers.volume import RenderOut
 from dreamengine.toyworld import ToyObject, mask_iou, parse_prompt, psnr, render_toy, volumetric_iou
 
 
 def held_out_cameras(cfg: RunConfig) -> Any:
     """An orbit whose azimuths fall halfway between the teacher bank's views (never trained on exactly)."""
-    cam = cfg.camera
-    sampler = CameraSampler(tuple(cam.elevation_range), tuple(cam.azimuth_range), tuple(cam.distance_range),
-                            tuple(cam.fovy_range))
+    sampler = CameraSampler.from_config(cfg.camera)
     step = getattr(cfg.teacher, "azimuth_step", 15.0)
     return sampler.orbit(cfg.eval.num_views, elevation_deg=cfg.eval.elevation, start_azimuth_deg=0.5 * step)
 

@@ -22,69 +22,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from dreamengine.cameras import Cameras, direction_labels, wrap_azimuth
-from dreamengine.errors import ConfigError, PromptError
-from dreamengine.teachers.base import Teacher
+from dreamengine.config.prompts import PromptConfig
+from dreamengine.core.cameras import Cameras, direction_labels, wrap_azimuth
+from dreamengine.core.conditioning import PromptBatch
+from dreamengine.core.files import atomic_path
+from dreamengine.core.protocols import Teacher
+from dreamengine.errors import PromptError
 
 DIRECTIONS = ("front", "side", "back", "overhead")
-STYLES = ("suffix", "prefix")
 PREFIX_WORDS = {"front": "front view of", "side": "side view of", "back": "backside view of",
                 "overhead": "overhead view of"}
-
-
-@dataclass
-class PromptConfig:
-    """How the user's prompt becomes per-view conditioning."""
-
-    view_dependent: bool = True  # a direction phrase per camera: ", front view" / ", side view" / ...
-    view_prompt_style: str = "suffix"  # suffix: "{prompt}, side view" | prefix: "side view of {prompt}"
-    prompt_front: str | None = None  # full text for front views (replaces the automatic one)
-    prompt_side: str | None = None
-    prompt_back: str | None = None
-    prompt_overhead: str | None = None
-    negative_prompt: str = ""  # the unconditional branch; "" is the true unconditional model
-    front_threshold: float = 45.0  # |azimuth| below this is a front view (degrees)
-    back_threshold: float = 45.0  # |azimuth| above 180 minus this is a back view
-    overhead_threshold: float = 60.0  # elevation above this is an overhead view
-    perp_neg: bool = False  # Perp-Neg: interpolated positive + perpendicular negative views (guidance-math §6)
-    perp_neg_f_fs: list[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])  # (a, b, c): a e^(-b r) + c
-    perp_neg_f_sf: list[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])
-    perp_neg_f_sb: list[float] = field(default_factory=lambda: [1.0, 0.5, -0.606])
-    perp_neg_f_fsb: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.967])
-    cache_embeddings: bool = True  # cache real text encoders' embeddings on disk
-    cache_dir: str | None = None  # null: $DREAMENGINE_CACHE/embeddings or ~/.cache/dreamengine/embeddings
-
-    def __post_init__(self) -> None:
-        if self.view_prompt_style not in STYLES:
-            raise ConfigError(f"prompt_processor.view_prompt_style must be suffix or prefix; "
-                              f"got {self.view_prompt_style!r}")
-        for name in ("perp_neg_f_fs", "perp_neg_f_sf", "perp_neg_f_sb", "perp_neg_f_fsb"):
-            if len(getattr(self, name)) != 3:
-                raise ConfigError(f"prompt_processor.{name} must be three numbers [a, b, c] of a exp(-b r) + c; "
-                                  f"got {list(getattr(self, name))}")
-        if self.perp_neg and not self.view_dependent:
-            raise ConfigError("prompt_processor.perp_neg=true needs view-dependent prompts: set "
-                              "prompt_processor.view_dependent=true or perp_neg=false")
-
-
-@dataclass
-class PromptBatch:
-    """Conditioning for a batch of B views. ``neg``/``neg_weights`` are set only with Perp-Neg."""
-
-    cond: Tensor  # [B, ...] embedding of the (view-dependent) prompt per view
-    uncond: Tensor  # [B, ...] embedding of the negative prompt
-    texts: list[str]  # the prompt text used for each view (its direction label's text under Perp-Neg)
-    neg: Tensor | None = None  # [B, K, ...] Perp-Neg negative embeddings per view
-    neg_weights: Tensor | None = None  # [B, K] their weights w_i (<= 0 with the default curves)
-    plain: Tensor | None = None  # [B, ...] embedding of the prompt itself, without view phrases (VSD's score model)
 
 
 def view_prompt(prompt: str, direction: str, style: str = "suffix") -> str:
@@ -181,16 +134,9 @@ class EmbeddingCache:
         from safetensors.torch import save_file
 
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=self.folder, prefix=".text-", suffix=".tmp")
-            os.close(handle)
-            try:
-                save_file({"embedding": tensor.detach().cpu().contiguous()}, tmp,
+            with atomic_path(self.path(text)) as tmp:
+                save_file({"embedding": tensor.detach().cpu().contiguous()}, str(tmp),
                           metadata={"model": self.model_key, "prompt": text})
-                os.replace(tmp, self.path(text))
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
         except OSError as error:
             warnings.warn(f"could not write the embedding cache in {self.folder} ({error}); set "
                           "prompt_processor.cache_dir to a writable folder or cache_embeddings=false", stacklevel=2)
@@ -255,5 +201,5 @@ class PromptProcessor:
                            neg_weights=neg_weights.to(table.device, table.dtype), plain=plain)
 
 
-__all__ = ["DIRECTIONS", "EmbeddingCache", "PromptBatch", "PromptConfig", "PromptProcessor", "direction_prompts",
+__all__ = ["DIRECTIONS", "EmbeddingCache", "PromptProcessor", "direction_prompts",
            "perp_neg_weights", "shifted_exp_decay", "view_prompt"]

@@ -1,8 +1,8 @@
 """What a trained run writes: meshes and splat files under ``final/``, and its evaluation in ``metrics.json``.
 
-Used by the CLI (``generate``, ``resume``, ``export``, ``eval``) and the library API. Every function takes the
-trained objects explicitly (scene, background, renderer), so it works the same right after training and on a
-checkpoint loaded later (:func:`dreamengine.trainer.load_trained`).
+Used at the end of every run (:func:`dreamengine.pipeline.run_stage`) and by the CLI's ``export`` and ``eval``.
+Every function takes the trained objects explicitly (scenes, background, renderers), so it works the same right
+after training and on a checkpoint loaded later (:func:`dreamengine.build.load_scenes`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from dreamengine.config import RunConfig
+from dreamengine.core.files import write_json
+from dreamengine.core.render import render_fixed
 from dreamengine.errors import ExportError
-from dreamengine.scenes.gaussians import GaussianScene
-from dreamengine.trainer import render_fixed
 
 MESH_FORMATS = ("glb", "obj", "ply")
 SPLAT_FORMAT = "splat"  # the 3DGS PLY of a Gaussian scene, written as final/scene.ply
@@ -29,7 +29,7 @@ def particle_folder(run_dir: Path, particle: int) -> Path:
 
 def export_metadata(cfg: RunConfig) -> dict[str, Any]:
     """What every exported file records about the run that made it (GLB ``asset.extras``)."""
-    from dreamengine import __version__
+    from dreamengine.version import __version__
 
     return {"generator": f"DreamEngine {__version__}", "prompt": cfg.prompt, "seed": cfg.seed,
             "guidance": cfg.guidance.name, "teacher": cfg.teacher.name,
@@ -40,18 +40,18 @@ def export_scene_file(scene: torch.nn.Module, background: torch.nn.Module, rende
                       folder: Path, fmt: str) -> Path:
     """Write ``folder/model.<fmt>`` (a mesh) or, for ``fmt == 'splat'``, ``folder/scene.ply`` (3DGS)."""
     if fmt == SPLAT_FORMAT:
-        if not isinstance(scene, GaussianScene):
+        if cfg.scene.name != "gaussians":
             raise ExportError(f"format 'splat' writes the Gaussians of a Gaussian scene; this run's scene is "
                               f"'{cfg.scene.name}': export it as one of {', '.join(MESH_FORMATS)}")
         from dreamengine.export.splat_ply import write_splat_ply
 
-        return write_splat_ply(scene, folder / "scene.ply")
+        return write_splat_ply(scene.splat_tensors(), folder / "scene.ply")
     from dreamengine.export.scene_export import export_cameras, export_scene
 
     cameras = export_cameras(float(np.mean(cfg.camera.distance_range)), float(np.mean(cfg.camera.fovy_range)))
 
     def render_opacity(cams: Any, resolution: int) -> torch.Tensor:
-        return render_fixed(scene, background, renderer, cams, resolution, resolution).opacity[..., 0]
+        return render_fixed(renderer, scene.render_inputs(), background, cams, resolution, resolution).opacity[..., 0]
 
     return export_scene(scene, cfg.export, folder / f"model.{fmt}", fmt, export_metadata(cfg), render_opacity, cameras)
 
@@ -63,7 +63,7 @@ def export_run(scenes: list[torch.nn.Module], background: torch.nn.Module, rende
     written = []
     for particle, (scene, renderer) in enumerate(zip(scenes, renderers, strict=True)):
         wanted = list(formats if formats is not None else cfg.export.formats)
-        if formats is None and isinstance(scene, GaussianScene):
+        if formats is None and cfg.scene.name == "gaussians":
             wanted.append(SPLAT_FORMAT)
         for fmt in wanted:
             written.append(export_scene_file(scene, background, renderer, cfg, particle_folder(run_dir, particle), fmt))
@@ -79,12 +79,10 @@ def evaluate_run(scene: torch.nn.Module, background: torch.nn.Module, renderer: 
       scene's own renders, from held-out cameras: PSNR and mask IoU), the number that says whether the
       exported file looks like the renders.
     """
-    from dreamengine.runs import write_json
-
     device = next(scene.parameters()).device
 
     def render(cams: Any, h: int, w: int) -> Any:
-        return render_fixed(scene, background, renderer, cams.to(device), h, w)
+        return render_fixed(renderer, scene.render_inputs(), background, cams.to(device), h, w)
 
     results: dict[str, Any] = {"prompt": cfg.prompt}
     glb = run_dir / "final" / "model.glb"

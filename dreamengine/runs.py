@@ -13,16 +13,18 @@ Layout::
 
 from __future__ import annotations
 
-import json
 import platform
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-from dreamengine import __version__
+from omegaconf import OmegaConf
+
 from dreamengine.config import RunConfig, config_hash, config_to_yaml, load_config
+from dreamengine.core.files import atomic_write, write_json
 from dreamengine.errors import CheckpointError, DreamEngineError
+from dreamengine.version import __version__
 
 
 def slugify(text: str, max_length: int = 40) -> str:
@@ -42,17 +44,17 @@ def plan_run_dir(cfg: RunConfig) -> Path:
 
 
 def init_run_dir(run_dir: Path, cfg: RunConfig, argv: list[str], teacher_info: dict[str, Any] | None = None,
-                 write_config: bool = True) -> None:
-    """Create ``run_dir`` and write manifest.json and (unless ``write_config`` is False: a system run keeps one
-    config per stage) config.yaml into it."""
+                 write_config: bool = True, extra: dict[str, Any] | None = None) -> None:
+    """Create ``run_dir`` and write manifest.json (plus ``extra`` entries) and (unless ``write_config`` is False: a
+    system run keeps one config per stage) config.yaml into it."""
     try:
         run_dir.mkdir(parents=True)
     except OSError as error:
         raise DreamEngineError(f"cannot create the run directory {run_dir}: {error.strerror}; set "
                                "output_dir=PATH to a writable folder") from None
     if write_config:
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    write_json(run_dir / "manifest.json", manifest(cfg, argv, teacher_info))
+        atomic_write(run_dir / "config.yaml", config_to_yaml(cfg))
+    write_json(run_dir / "manifest.json", {**manifest(cfg, argv, teacher_info), **(extra or {})})
 
 
 def manifest(cfg: RunConfig, argv: list[str], teacher_info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -78,12 +80,6 @@ def manifest(cfg: RunConfig, argv: list[str], teacher_info: dict[str, Any] | Non
     }
 
 
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def open_run_dir(path: str | Path) -> tuple[Path, RunConfig]:
     """Validate an existing run directory and load its config."""
     run_dir = Path(path)
@@ -94,3 +90,34 @@ def open_run_dir(path: str | Path) -> tuple[Path, RunConfig]:
     if not config_path.is_file():
         raise CheckpointError(f"{run_dir} is not a DreamEngine run directory: it has no config.yaml")
     return run_dir, load_config(config_path)
+
+
+# ------------------------------------------------------------------------------------------ system runs' layout
+SYSTEM_FILE = "system.yaml"  # a system run's name, description, paper, prompt and stage list
+
+
+def is_system_run(run_dir: Path) -> bool:
+    return (Path(run_dir) / SYSTEM_FILE).is_file()
+
+
+def read_system_run(run_dir: Path) -> dict[str, Any]:
+    """system.yaml of a system run directory, as a plain dict."""
+    path = Path(run_dir) / SYSTEM_FILE
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+    except Exception as error:
+        raise CheckpointError(f"{path} is unreadable ({type(error).__name__}); it is not a DreamEngine system "
+                              "run directory, or the file was damaged") from None
+
+
+def trained_run_dir(path: str | Path) -> Path:
+    """The run directory whose checkpoint holds a run's trained scene: ``path`` itself for a single run, the
+    last stage that has a checkpoint for a system run."""
+    run_dir = Path(path)
+    if not is_system_run(run_dir):
+        return run_dir
+    stages = [run_dir / stage["dir"] for stage in read_system_run(run_dir)["stages"]]
+    started = [folder for folder in stages if (folder / "ckpt" / "last.pt").is_file()]
+    if not started:
+        raise DreamEngineError(f"no stage of the system run {run_dir} has a checkpoint yet; resume it first")
+    return started[-1]

@@ -8,11 +8,9 @@ with exactly the numbers an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import signal
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -26,24 +24,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dreamengine.cameras import Cameras, CameraSampler
-from dreamengine.checkpoint import load_checkpoint, save_checkpoint
+from dreamengine.build import (
+    build_densifiers,
+    build_guidance,
+    build_optimizer,
+    build_prompts,
+    build_scenes,
+    build_teacher,
+    resolve_device,
+)
+from dreamengine.checkpoint import load_checkpoint, mismatch, restore_scenes, save_checkpoint, scenes_state_dict
 from dreamengine.config import RunConfig, config_hash
-from dreamengine.errors import CheckpointError, TrainingError
-from dreamengine.guidance import GUIDANCES
-from dreamengine.prompts import PromptProcessor
-from dreamengine.renderers import build_renderer
-from dreamengine.renderers.volume import RenderOut
-from dreamengine.scenes import build_background, build_scene, scene_param_groups
-from dreamengine.scenes.densify import DensifyStrategy
-from dreamengine.scenes.gaussians import GaussianScene
-from dreamengine.scenes.mesh import MeshScene
-from dreamengine.scenes.nerf import Background
+from dreamengine.core.cameras import Cameras, CameraSampler
+from dreamengine.core.files import atomic_write, write_json
+from dreamengine.core.render import RenderOut, render_fixed
+from dreamengine.errors import TrainingError
+from dreamengine.runs import open_run_dir
 from dreamengine.schedules import schedule_value
-from dreamengine.teachers import build_teacher
-from dreamengine.teachers.cache import reuse_or_build
-
-GUIDANCES_THAT_ADAPT_THE_TEACHER = ("vsd",)  # they attach trainable adapters to the teacher's network
 
 
 class Interrupted(Exception):
@@ -53,15 +50,6 @@ class Interrupted(Exception):
         super().__init__(f"stopped by {signal_name} at step {step}")
         self.step = step
         self.signal_name = signal_name
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"device '{name}' was asked for but PyTorch sees no CUDA GPU; use device=cpu or "
-                            "install a CUDA build of torch")
-    return torch.device(name)
 
 
 class StageTimer:
@@ -83,7 +71,7 @@ class StageTimer:
 
 
 class TimedTeacher:
-    """Delegates to a teacher and records the time of its ``predict_noise`` and ``encode`` calls."""
+    """Delegates to a teacher and records the time of its ``predict_noise`` calls (as "teacher")."""
 
     def __init__(self, teacher: Any, timer: StageTimer) -> None:
         self._teacher = teacher
@@ -114,14 +102,6 @@ def regularizer_losses(render: RenderOut, cfg: RunConfig, step: int) -> dict[str
                                 "textureless, or set loss.lambda_orient=0")
         losses["orient"] = weight * render.orientation_loss
     return losses
-
-
-def render_fixed(scene: torch.nn.Module, background: torch.nn.Module, renderer: Any, cameras: Cameras, height: int,
-                 width: int) -> RenderOut:
-    """Deterministic render (no jitter, lights from a fixed seed) for previews, eval and export checks."""
-    with torch.no_grad():
-        return renderer(scene, background, cameras, height, width, generator=torch.Generator().manual_seed(0),
-                        perturb=False)
 
 
 def image_grid(images: list[Tensor]) -> np.ndarray:
@@ -165,29 +145,29 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.timer = StageTimer()
 
-        cam = cfg.camera
-        self.sampler = CameraSampler(tuple(cam.elevation_range), tuple(cam.azimuth_range),
-                                     tuple(cam.distance_range), tuple(cam.fovy_range))
-        pp = cfg.prompt_processor
-        teacher_args = {"distance": float(np.mean(cam.distance_range)), "fovy_deg": float(np.mean(cam.fovy_range)),
-                        "background": tuple(cfg.render.background_color),
-                        "view_thresholds": (pp.front_threshold, pp.back_threshold, pp.overhead_threshold),
-                        "device": self.device}
-        teacher = reuse_or_build(repr((cfg.teacher, teacher_args)),  # batch workers keep their teacher loaded
-                                 lambda: build_teacher(cfg.teacher, **teacher_args),
-                                 shareable=cfg.guidance.name not in GUIDANCES_THAT_ADAPT_THE_TEACHER)
+        self.sampler = CameraSampler.from_config(cfg.camera)
+        teacher = build_teacher(cfg, self.device)
         self.teacher = TimedTeacher(teacher, self.timer)
-        self.prompts = PromptProcessor(teacher, cfg.prompt, pp)
+        self.prompts = build_prompts(cfg, teacher)
         self.scenes, self.background, self.renderers = build_scenes(cfg, self.device)
-        self.densifiers = [DensifyStrategy(cfg.densify) if isinstance(scene, GaussianScene) else None
-                           for scene in self.scenes]
-        self.guidance = GUIDANCES[cfg.guidance.name](cfg.guidance, self.teacher, cfg.trainer.max_steps)
-        groups = [group for index, scene in enumerate(self.scenes)
-                  for group in scene_param_groups(scene, cfg.optim, self.background if index == 0 else None)]
-        self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        self.densifiers = build_densifiers(cfg, self.scenes)
+        self.guidance = build_guidance(cfg, self.teacher)
+        self.optimizer = build_optimizer(cfg, self.scenes, self.background)
         self.step = 0
         self.bad_steps = 0
         self._stop_signal: str | None = None
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, stage: str = "") -> Trainer:
+        """A run directory's trainer from its config.yaml, restored from its checkpoint when it has one (a run
+        killed before its first checkpoint starts over, its log truncated)."""
+        run_dir, cfg = open_run_dir(run_dir)
+        trainer = cls(cfg, run_dir, stage)
+        if trainer.checkpoint_path.is_file():
+            trainer.load()
+        else:
+            trainer.truncate_log()
+        return trainer
 
     @property
     def scene(self) -> torch.nn.Module:
@@ -205,8 +185,8 @@ class Trainer:
         particles = len(self.scenes)
         cameras = self.sampler.sample(batch * particles, self.generator).to(self.device)
         with self.timer("render"):
-            renders = [renderer(scene, self.background, cameras[i * batch:(i + 1) * batch], height, width,
-                                generator=self.generator, perturb=True)
+            renders = [renderer(scene.render_inputs(), self.background, cameras[i * batch:(i + 1) * batch], height,
+                                width, generator=self.generator, perturb=True)
                        for i, (scene, renderer) in enumerate(zip(self.scenes, self.renderers, strict=True))]
         rgb = renders[0].rgb if particles == 1 else torch.cat([render.rgb for render in renders])
         prompt_batch = self.prompts(cameras)
@@ -216,9 +196,9 @@ class Trainer:
         for render in renders:  # each particle's own regularizers
             for name, value in regularizer_losses(render, self.cfg, self.step).items():
                 regularizers[name] = regularizers[name] + value if name in regularizers else value
-        for scene in self.scenes:  # a mesh with trained vertices: Laplacian and normal consistency (scene.lambda_*)
-            if isinstance(scene, MeshScene) and scene.config.optimize_vertices:
-                regularizers["geometry"] = regularizers.get("geometry", 0.0) + scene.regularizer_loss()
+        for scene in self.scenes:  # the scene's own (a mesh with trained vertices: smoothness)
+            for name, value in scene.regularizers().items():
+                regularizers[name] = regularizers[name] + value if name in regularizers else value
         loss = particles * guided.loss.to(rgb.device) + sum(regularizers.values())  # the teacher may sit elsewhere
 
         with self.timer("backward"):
@@ -233,15 +213,16 @@ class Trainer:
         with self.timer("after_step"):
             parts = zip(self.scenes, self.renderers, self.densifiers, renders, strict=True)
             for scene, renderer, densify, render in parts:
-                renderer.after_step(scene, self.step)  # NeRF: occupancy grid refresh
-                if densify is not None:  # Gaussians: clone / split / prune, then the position lr schedule
+                renderer.after_step(scene.render_inputs(), self.step)  # NeRF: occupancy grid refresh
+                if densify is not None:  # Gaussians: clone / split / prune
                     densify.step_post_backward(scene, self.optimizer, render.info, self.step)
-                    scene.update_learning_rate(self.optimizer, self.step)
+                scene.update_learning_rate(self.optimizer, self.step)  # Gaussians: the position lr schedule
         self.bad_steps = 0 if finite else self.bad_steps + 1
         terms = {"loss": float(loss.detach()), **guided.terms}
         terms.update({name: float(value.detach()) for name, value in regularizers.items()})
-        if any(isinstance(scene, GaussianScene) for scene in self.scenes):
-            terms["num_gaussians"] = float(sum(scene.num_gaussians for scene in self.scenes))
+        for scene in self.scenes:  # e.g. the number of Gaussians, summed over particles
+            for name, value in scene.log_terms().items():
+                terms[name] = terms.get(name, 0.0) + value
         if not finite:
             terms["skipped"] = 1.0
         return terms
@@ -292,7 +273,7 @@ class Trainer:
         """Median seconds per step of each stage (``guidance`` includes ``teacher``) to timings.json."""
         medians = self.timer.medians()
         medians["steps_timed"] = len(self.timer.seconds.get("render", []))
-        (self.run_dir / "timings.json").write_text(json.dumps(medians, indent=2) + "\n")
+        write_json(self.run_dir / "timings.json", medians)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._stop_signal is not None:  # a second Ctrl-C while saving: stop now
@@ -306,7 +287,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- previews
     def render_views(self, cameras: Cameras, height: int, width: int, particle: int = 0) -> RenderOut:
         """Deterministic render of one particle's scene (see :func:`render_fixed`)."""
-        return render_fixed(self.scenes[particle], self.background, self.renderers[particle],
+        return render_fixed(self.renderers[particle], self.scenes[particle].render_inputs(), self.background,
                             cameras.to(self.device), height, width)
 
     def write_preview(self, num_views: int = 4) -> Path:
@@ -334,7 +315,7 @@ class Trainer:
             **scenes_state_dict(self.scenes, self.background, self.renderers),
             "densify": [d.state_dict() if d is not None else {} for d in self.densifiers],
             "optimizer": self.optimizer.state_dict(),
-            "guidance": self.guidance.state_dict() if hasattr(self.guidance, "state_dict") else {},
+            "guidance": self.guidance.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "config_hash": config_hash(self.cfg),
@@ -354,13 +335,12 @@ class Trainer:
                     densify.load_state_dict(densify_state)
             if "optimizer" in state:
                 self.optimizer.load_state_dict(state["optimizer"])
-            if state.get("guidance") and hasattr(self.guidance, "load_state_dict"):
+            if state.get("guidance"):
                 self.guidance.load_state_dict(state["guidance"])
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
         except (RuntimeError, KeyError, ValueError, TypeError) as error:
-            raise CheckpointError(f"checkpoint {path} does not match this run's config ({str(error).splitlines()[0]}); "
-                                  "was config.yaml edited after the run started?") from None
+            raise mismatch(path, error) from None
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         self.truncate_log()
@@ -371,9 +351,7 @@ class Trainer:
         if not log.is_file():
             return
         kept = [line for line in log.read_text().splitlines() if logged_step(line) <= self.step]
-        tmp = log.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(log)
+        atomic_write(log, "".join(line + "\n" for line in kept))
 
 
 def logged_step(line: str) -> float:
@@ -382,77 +360,3 @@ def logged_step(line: str) -> float:
         return float(json.loads(line)["step"])
     except (json.JSONDecodeError, KeyError, TypeError):
         return math.inf
-
-
-def build_scenes(cfg: RunConfig, device: torch.device) -> tuple[list[torch.nn.Module], Background, list[Any]]:
-    """``trainer.n_particles`` fresh scenes of ``cfg.scene`` (particle i seeded ``scene.seed + i`` where the scene
-    has a seed), one background, and one renderer per scene, all on ``device``."""
-    scenes, renderers = [], []
-    for particle in range(cfg.trainer.n_particles):
-        scene_cfg = cfg.scene
-        if particle and hasattr(scene_cfg, "seed"):
-            scene_cfg = dataclasses.replace(scene_cfg, seed=scene_cfg.seed + particle)
-        scene = build_scene(scene_cfg).to(device)
-        scenes.append(scene)
-        renderers.append(build_renderer(cfg.scene.name, cfg.render, scene.radius, device))
-    return scenes, build_background(cfg.render).to(device), renderers
-
-
-def scenes_state_dict(scenes: list[torch.nn.Module], background: torch.nn.Module,
-                      renderers: list[Any]) -> dict[str, Any]:
-    """What a checkpoint holds of the scenes: their parameters, the background and the renderers' state."""
-    return {"scenes": [scene.state_dict() for scene in scenes], "background": background.state_dict(),
-            "renderers": [renderer.state_dict() for renderer in renderers]}
-
-
-def restore_scenes(state: dict[str, Any], path: Path, scenes: list[torch.nn.Module], background: torch.nn.Module,
-                   renderers: list[Any]) -> None:
-    """Load the scenes, background and renderer state of a checkpoint ``state`` read from ``path``."""
-    try:
-        if len(state["scenes"]) != len(scenes):
-            raise ValueError(f"it holds {len(state['scenes'])} particle(s), the config asks for {len(scenes)}")
-        for scene, scene_state in zip(scenes, state["scenes"], strict=True):
-            scene.load_state_dict(scene_state)
-        background.load_state_dict(state["background"])
-        for renderer, renderer_state in zip(renderers, state["renderers"], strict=True):
-            renderer.load_state_dict(renderer_state)
-    except (RuntimeError, KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(f"checkpoint {path} does not match this run's config ({str(error).splitlines()[0]}); "
-                              "was config.yaml edited after the run started?") from None
-
-
-def load_trained(cfg: RunConfig, path: Path, device: torch.device | str = "cpu"
-                 ) -> tuple[list[torch.nn.Module], Background, list[Any]]:
-    """The scenes, background and renderers of a run's checkpoint at ``path``, ready to render (eval mode)."""
-    state = load_checkpoint(path, map_location=device)
-    scenes, background, renderers = build_scenes(cfg, torch.device(device))
-    restore_scenes(state, path, scenes, background, renderers)
-    return [scene.eval() for scene in scenes], background.eval(), renderers
-
-
-def format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}:{secs:02d}"
-
-
-def progress_bar(max_steps: int, start_step: int, label: str = "") -> Any:
-    """A step-event callback drawing a rich progress bar on a terminal (call ``.stop()`` when done), or None
-    when stderr is not a terminal."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn(f"{label + ' ' if label else ''}step {{task.completed}}/{{task.total}}"), BarColumn(),
-                   TextColumn("loss {task.fields[loss]:.4g}"), TimeRemainingColumn(), transient=False)
-    task = bar.add_task("train", total=max_steps, completed=start_step, loss=float("nan"))
-    bar.start()
-
-    def update(event: StepEvent) -> None:
-        bar.update(task, completed=event.step, loss=event.terms.get("loss", float("nan")))
-        if event.step >= max_steps:
-            bar.stop()
-
-    update.stop = bar.stop  # type: ignore[attr-defined]
-    return update

@@ -36,9 +36,9 @@ def test_held_out_cameras_avoid_the_bank_azimuths():
 def test_janus_score_tells_a_consistent_object_from_a_janus_one():
     import torch
 
-    from dreamengine.cameras import cameras_from_spherical
+    from dreamengine.core.cameras import cameras_from_spherical
+    from dreamengine.core.render import RenderOut
     from dreamengine.evaluate import janus_score
-    from dreamengine.renderers.volume import RenderOut
     from dreamengine.toyworld import render_toy
 
     cfg = load_config("quickstart", ["eval.resolution=32"], prompt="a penguin")

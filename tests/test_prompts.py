@@ -8,18 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from dreamengine.cameras import cameras_from_spherical
+from dreamengine.config.guidance import SDSConfig
+from dreamengine.config.prompts import PromptConfig
+from dreamengine.core.cameras import cameras_from_spherical
 from dreamengine.errors import ConfigError
 from dreamengine.guidance.perp_neg import perp_neg_guidance, perpendicular_component
-from dreamengine.guidance.sds import SDSConfig, SDSGuidance
-from dreamengine.prompts import (
-    DIRECTIONS,
-    EmbeddingCache,
-    PromptConfig,
-    PromptProcessor,
-    direction_prompts,
-    perp_neg_weights,
-)
+from dreamengine.guidance.sds import SDSGuidance
+from dreamengine.prompts import DIRECTIONS, EmbeddingCache, PromptProcessor, direction_prompts, perp_neg_weights
 from dreamengine.teachers.toyworld import ToyWorldTeacher
 from tests.stub_teacher import StubTeacher
 

@@ -7,10 +7,30 @@ import torch
 
 from dreamengine.checkpoint import load_checkpoint, save_checkpoint
 from dreamengine.config import load_config
+from dreamengine.core.protocols import GuidanceOut
 from dreamengine.errors import CheckpointError, TrainingError
-from dreamengine.guidance.base import GuidanceOut
 from dreamengine.trainer import Trainer
 from tests.cli_helpers import TINY
+
+
+class GuidanceSpy:
+    """A run's guidance with hooks: ``before(rgb, prompts, cameras, step)`` sees each call's inputs and
+    ``after(out)`` may replace its output. Checkpoints hold the real guidance's state."""
+
+    def __init__(self, real, before=None, after=None) -> None:
+        self.real, self.before, self.after = real, before, after
+
+    def __call__(self, rgb, prompts, cameras, step, generator=None) -> GuidanceOut:
+        if self.before is not None:
+            self.before(rgb, prompts, cameras, step)
+        out = self.real(rgb, prompts, cameras, step, generator)
+        return self.after(out) if self.after is not None else out
+
+    def state_dict(self):
+        return self.real.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.real.load_state_dict(state)
 
 
 def tiny_trainer(tmp_path: Path, *overrides: str) -> Trainer:
@@ -50,15 +70,13 @@ def test_training_changes_parameters_and_logs(tmp_path: Path):
 
 def test_nan_steps_are_skipped_then_stop_with_clear_error(tmp_path: Path):
     trainer = tiny_trainer(tmp_path, "trainer.max_steps=50", "trainer.max_bad_steps=3")
-    real_guidance = trainer.guidance
     calls = {"n": 0}
 
-    def nan_after_two(rgb, prompts, cameras, step, generator=None):
+    def nan_after_two(out: GuidanceOut) -> GuidanceOut:
         calls["n"] += 1
-        out = real_guidance(rgb, prompts, cameras, step, generator)
         return GuidanceOut(out.loss * float("nan") if calls["n"] > 2 else out.loss, out.terms)
 
-    trainer.guidance = nan_after_two
+    trainer.guidance = GuidanceSpy(trainer.guidance, after=nan_after_two)
     with pytest.raises(TrainingError, match="NaN/Inf for 3 steps"):
         trainer.fit()
     after_two = scene_parameters(trainer)
@@ -136,13 +154,8 @@ def test_two_particles_train_two_scenes(tmp_path: Path):
     assert len(trainer.scenes) == 2 and len(trainer.renderers) == 2
     before = [scene_parameters_of(s) for s in trainer.scenes]
     seen_batches = []
-    real_guidance = trainer.guidance
-
-    def recording(rgb, prompts, cameras, step, generator=None):
-        seen_batches.append((rgb.shape[0], len(cameras), prompts.cond.shape[0]))
-        return real_guidance(rgb, prompts, cameras, step, generator)
-
-    trainer.guidance = recording
+    trainer.guidance = GuidanceSpy(trainer.guidance, before=lambda rgb, prompts, cameras, step: seen_batches.append(
+        (rgb.shape[0], len(cameras), prompts.cond.shape[0])))
     trainer.fit()
     assert seen_batches == [(2, 2, 2)] * 3  # batch_size 1 x 2 particles in one guidance call
     after = [scene_parameters_of(s) for s in trainer.scenes]
@@ -167,12 +180,7 @@ def test_camera_phases_change_the_render_size_at_their_step(tmp_path: Path):
     trainer = tiny_trainer(tmp_path, "trainer.max_steps=4",
                            "camera.phases=[{start: 2, height: 16, width: 20, batch_size: 2}]")
     shapes = []
-    real_guidance = trainer.guidance
-
-    def recording(rgb, prompts, cameras, step, generator=None):
-        shapes.append((step, tuple(rgb.shape)))
-        return real_guidance(rgb, prompts, cameras, step, generator)
-
-    trainer.guidance = recording
+    trainer.guidance = GuidanceSpy(trainer.guidance,
+                                   before=lambda rgb, prompts, cameras, step: shapes.append((step, tuple(rgb.shape))))
     trainer.fit()
     assert shapes == [(0, (1, 24, 24, 3)), (1, (1, 24, 24, 3)), (2, (2, 16, 20, 3)), (3, (2, 16, 20, 3))]

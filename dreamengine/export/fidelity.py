@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from dreamengine.cameras import Cameras, cameras_from_spherical
+from dreamengine.core.cameras import Cameras, cameras_from_spherical
+from dreamengine.core.render import RenderOut
 from dreamengine.export.mesh_io import load_mesh
-from dreamengine.renderers.raster import MeshTensors, render_mesh
-from dreamengine.renderers.volume import RenderOut
+from dreamengine.renderers.raster import mesh_tensors_from_trimesh, render_mesh
 from dreamengine.toyworld.metrics import mask_iou, psnr
 
 
@@ -50,7 +50,7 @@ def export_fidelity(mesh_path: str | os.PathLike, render: Callable[[Cameras, int
         {"psnr": dB, "mask_iou": in [0, 1], "views": B, "resolution": [H, W]}; PSNR and IoU are means over the
         views (:func:`~dreamengine.toyworld.metrics.psnr`, :func:`~dreamengine.toyworld.metrics.mask_iou`).
     """
-    mesh = MeshTensors.from_trimesh(load_mesh(mesh_path), device)
+    mesh = mesh_tensors_from_trimesh(load_mesh(mesh_path), device)
     ours = render_mesh(mesh, cameras.to(device), height, width, background=background)
     theirs = render(cameras, height, width)
     return {"psnr": psnr(ours.rgb.cpu().clamp(0.0, 1.0), theirs.rgb.cpu().clamp(0.0, 1.0)),

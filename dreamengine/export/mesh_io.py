@@ -1,6 +1,6 @@
 """Writing and reading meshes: GLB (with metadata), OBJ and PLY.
 
-Axes. DreamEngine's world is Z-up (``dreamengine/cameras.py``). glTF is Y-up by specification, and
+Axes. DreamEngine's world is Z-up (``dreamengine/core/cameras.py``). glTF is Y-up by specification, and
 OBJ files are read as Y-up by most tools (Blender's default import, three.js, model-viewer), so GLB and
 OBJ files are written in a Y-up frame: world ``(x, y, z)`` is stored as ``(x, z, -y)`` (a rotation by
 -90 degrees about X, so winding and outward normals are preserved and the object's front still faces +X).
@@ -30,7 +30,6 @@ import io
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +37,9 @@ import trimesh
 from PIL import Image
 from trimesh.exchange.gltf import export_glb
 
-import dreamengine
+from dreamengine.core.files import atomic_write
 from dreamengine.errors import ExportError
+from dreamengine.version import __version__
 
 FORMATS = ("glb", "obj", "ply")
 MetadataValue = str | int | float | bool
@@ -103,7 +103,7 @@ def save_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike, format: str | None
     else:
         files = {path: _ply_bytes(mesh, metadata, scale)}
     for destination, data in files.items():  # the main file last
-        _write_atomic(destination, data)
+        atomic_write(destination, data)
     return path
 
 
@@ -208,7 +208,7 @@ def _glb_bytes(mesh: trimesh.Trimesh, metadata: dict[str, MetadataValue], scale:
     """GLB with normals, COLOR_0 (if the mesh has vertex colors) or textures, a material and ``asset.extras``."""
 
     def finish_tree(tree: dict) -> None:
-        tree["asset"]["generator"] = f"DreamEngine {dreamengine.__version__} (trimesh {trimesh.__version__})"
+        tree["asset"]["generator"] = f"DreamEngine {__version__} (trimesh {trimesh.__version__})"
         tree["asset"]["extras"] = dict(metadata)
         for gltf_mesh in tree.get("meshes", []):
             for primitive in gltf_mesh["primitives"]:
@@ -243,7 +243,7 @@ def _comment_lines(metadata: dict[str, MetadataValue], prefix: str) -> str:
 def _obj_files(mesh: trimesh.Trimesh, path: Path, metadata: dict[str, MetadataValue],
                scale: float = 1.0) -> dict[Path, bytes]:
     """{file: content} for an OBJ (last) and, for a textured mesh, its MTL and PNG files."""
-    header = f"DreamEngine {dreamengine.__version__}, Y-up"
+    header = f"DreamEngine {__version__}, Y-up"
     converted = _y_up_copy(mesh, scale)
     material = getattr(converted.visual, "material", None)
     if converted.visual.kind != "texture" or material is None:
@@ -283,21 +283,6 @@ def _ply_bytes(mesh: trimesh.Trimesh, metadata: dict[str, MetadataValue], scale:
     data = trimesh.exchange.ply.export_ply(mesh, encoding="binary")
     # The header is ASCII lines; comments may follow the "format" line (the second line).
     first, second, rest = data.split(b"\n", 2)
-    comments = _comment_lines({"generator": f"DreamEngine {dreamengine.__version__}", "up_axis": "Z",
+    comments = _comment_lines({"generator": f"DreamEngine {__version__}", "up_axis": "Z",
                                **metadata}, "comment ")
     return b"\n".join([first, second, comments.encode("utf-8") + rest])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise

@@ -1,14 +1,14 @@
 """A trained scene -> a cleaned, textured (or vertex-colored) mesh file.
 
-Field scenes (anything with ``density(points)``, ``albedo(points)`` and ``radius``: NeRF and Gaussian scenes)
-go through marching cubes: the surface is the density level set ``density == threshold``. With
-``export.threshold: null`` (the default) the level is chosen from the renders themselves:
-:func:`silhouette_threshold` picks the level whose silhouettes best match where the rendered opacity exceeds
-0.5, so the mesh covers what the renders show rather than only their dense core. Then pymeshlab cleanup,
-and either xatlas UVs + a baked albedo texture (``export.appearance: texture``, GLB and OBJ) or vertex
-colors (``vertex_colors``, and always for PLY). A scene with ``roughness(points)`` / ``metallic(points)``
-fields gets those baked too; otherwise the material has the constant ``export.roughness`` /
-``export.metallic`` factors.
+Field scenes (NeRF and Gaussian scenes: ``radius``, ``density(points)``, ``density_grid(resolution)`` and
+``export_albedo(resolution)``, see :class:`ExportField`) go through marching cubes: the surface is the density
+level set ``density == threshold``. With ``export.threshold: null`` (the default) the level is chosen from the
+renders themselves: :func:`silhouette_threshold` picks the level whose silhouettes best match where the
+rendered opacity exceeds 0.5, so the mesh covers what the renders show rather than only their dense core. Then
+pymeshlab cleanup, and either xatlas UVs + a baked albedo texture (``export.appearance: texture``, GLB and
+OBJ) or vertex colors (``vertex_colors``, and always for PLY). A scene with ``roughness(points)`` /
+``metallic(points)`` fields gets those baked too; otherwise the material has the constant ``export.roughness``
+/ ``export.metallic`` factors.
 
 Mesh scenes (:class:`~dreamengine.scenes.mesh.MeshScene`, recognized by their ``export_mesh`` method) are
 already triangles: they write their own mesh and texture.
@@ -23,24 +23,42 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import trimesh
 from torch import Tensor
 
-from dreamengine.cameras import Cameras, cameras_from_spherical
-from dreamengine.config import ExportConfig
+from dreamengine.config.run import ExportConfig
+from dreamengine.core.cameras import Cameras, cameras_from_spherical
 from dreamengine.errors import ExportError
 from dreamengine.export.cleanup import clean_mesh
 from dreamengine.export.color import color_vertices
-from dreamengine.export.marching import mesh_from_volume, sample_density_grid
+from dreamengine.export.marching import mesh_from_volume
 from dreamengine.export.mesh_io import save_mesh
-from dreamengine.export.splat_grid import gaussian_albedo_field, gaussian_density_grid
 from dreamengine.export.texture import texture_mesh, unwrap_uv
 from dreamengine.renderers.volume import intersect_sphere
-from dreamengine.scenes.gaussians import GaussianScene
+
+
+class ExportField(Protocol):
+    """What marching-cubes export needs from a scene (NeRFScene and GaussianScene are ExportFields)."""
+
+    radius: float
+
+    def density(self, points: Tensor) -> Tensor:
+        """[N, 3] -> [N]."""
+        ...
+
+    def density_grid(self, resolution: int) -> np.ndarray:
+        """The density on the ``resolution^3`` grid over ``[-radius, radius]^3``, [R, R, R]."""
+        ...
+
+    def export_albedo(self, resolution: int) -> Callable[[Tensor], Tensor]:
+        """A function points [N, 3] -> albedo [N, 3] for baking (``resolution``: the export grid's)."""
+        ...
+
+    def parameters(self) -> Any: ...
 
 
 def volume_interpolator(volume: np.ndarray, radius: float) -> Callable[[Tensor], Tensor]:
@@ -58,13 +76,10 @@ def volume_interpolator(volume: np.ndarray, radius: float) -> Callable[[Tensor],
     return interpolate
 
 
-def density_volume(scene: torch.nn.Module, resolution: int) -> np.ndarray:
-    """The scene's density on the ``resolution^3`` export grid over its bounding cube, [R, R, R]. Gaussian
-    scenes scatter their Gaussians into the grid (:func:`~dreamengine.export.splat_grid.gaussian_density_grid`,
-    the same values as point queries, much faster); other scenes are queried point by point."""
-    if isinstance(scene, GaussianScene):
-        return gaussian_density_grid(scene, scene.radius, resolution)
-    return sample_density_grid(scene.density, scene.radius, resolution)
+def density_volume(scene: ExportField, resolution: int) -> np.ndarray:
+    """The scene's density on the ``resolution^3`` export grid over its bounding cube, [R, R, R]
+    (``scene.density_grid``: point queries for a NeRF, Gaussians scattered into the grid for a Gaussian scene)."""
+    return scene.density_grid(resolution)
 
 
 @torch.no_grad()
@@ -109,7 +124,7 @@ def export_cameras(distance: float, fovy_deg: float) -> Cameras:
     return cameras_from_spherical(elevation, azimuth, torch.tensor(distance), torch.tensor(fovy_deg))
 
 
-def surface_level(scene: torch.nn.Module, threshold: float | None,
+def surface_level(scene: ExportField, threshold: float | None,
                   render_opacity: Callable[[Cameras, int], Tensor] | None = None,
                   cameras: Cameras | None = None, resolution: int = 64) -> float:
     """The density level of a scene's surface: ``threshold`` when given, else the level whose silhouettes
@@ -139,7 +154,7 @@ def _stage(timings: dict[str, float] | None, name: str) -> Iterator[None]:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def surface_mesh(scene: torch.nn.Module, cfg: ExportConfig, threshold: float,
+def surface_mesh(scene: ExportField, cfg: ExportConfig, threshold: float,
                  timings: dict[str, float] | None = None) -> trimesh.Trimesh:
     """Marching cubes of ``scene.density`` at ``threshold`` and pymeshlab cleanup (world frame, uncolored)."""
     with _stage(timings, "extraction"):
@@ -151,18 +166,16 @@ def surface_mesh(scene: torch.nn.Module, cfg: ExportConfig, threshold: float,
     return mesh
 
 
-def paint_mesh(mesh: trimesh.Trimesh, scene: torch.nn.Module, cfg: ExportConfig, fmt: str,
+def paint_mesh(mesh: trimesh.Trimesh, scene: ExportField, cfg: ExportConfig, fmt: str,
                timings: dict[str, float] | None = None) -> trimesh.Trimesh:
     """``mesh`` with the scene's appearance: a baked PBR texture (``cfg.appearance == 'texture'`` and a GLB or
-    OBJ file) or vertex colors. Gaussian scenes bake from :func:`~dreamengine.export.splat_grid.gaussian_albedo_field`
-    (their albedo interpolated from the export grid) instead of point queries."""
+    OBJ file) or vertex colors. Textures bake ``scene.export_albedo(cfg.resolution)`` (a Gaussian scene's albedo
+    interpolated from the export grid: point queries at a million texels take minutes)."""
     if cfg.appearance == "texture" and fmt in ("glb", "obj"):
         with _stage(timings, "uv"):
             atlas = unwrap_uv(mesh, cfg.texture_size, cfg.texture_padding)
         with _stage(timings, "bake"):
-            albedo = scene.albedo
-            if isinstance(scene, GaussianScene):  # scene.albedo at a million texels takes minutes
-                albedo = gaussian_albedo_field(scene, scene.radius, cfg.resolution)
+            albedo = scene.export_albedo(cfg.resolution)
             return texture_mesh(mesh, albedo, cfg.texture_size, roughness_fn=getattr(scene, "roughness", None),
                                 metallic_fn=getattr(scene, "metallic", None), metallic=cfg.metallic,
                                 roughness=cfg.roughness, atlas=atlas)
@@ -170,7 +183,7 @@ def paint_mesh(mesh: trimesh.Trimesh, scene: torch.nn.Module, cfg: ExportConfig,
         return color_vertices(mesh, scene.albedo)
 
 
-def export_scene(scene: torch.nn.Module, cfg: ExportConfig, path: Path, fmt: str, metadata: dict[str, Any],
+def export_scene(scene: Any, cfg: ExportConfig, path: Path, fmt: str, metadata: dict[str, Any],
                  render_opacity: Callable[[Cameras, int], Tensor] | None = None,
                  cameras: Cameras | None = None, timings: dict[str, float] | None = None) -> Path:
     """Write the scene as a mesh file (see the module docstring) and return ``path``.

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dreamengine.core.files import atomic_write
 from dreamengine.errors import ExportError
-from dreamengine.export.mesh_io import _write_atomic
 
 PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "<i2", "int16": "<i2",
              "ushort": "<u2", "uint16": "<u2", "int": "<i4", "int32": "<i4", "uint": "<u4", "uint32": "<u4",
@@ -61,18 +61,12 @@ def splat_ply_bytes(tensors: dict[str, Tensor]) -> bytes:
     return ("\n".join(header) + "\n").encode("ascii") + data.tobytes()
 
 
-def write_splat_ply(scene_or_tensors: object, path: str | os.PathLike) -> Path:
-    """Write a :class:`~dreamengine.scenes.gaussians.GaussianScene` (or a dict of its tensors) atomically."""
-    if isinstance(scene_or_tensors, dict):
-        tensors = scene_or_tensors
-    else:
-        tensors = {name: getattr(scene_or_tensors, name) for name in
-                   ("means", "quats", "log_scales", "logit_opacities", "sh_dc", "sh_rest")}
+def write_splat_ply(tensors: dict[str, Tensor], path: str | os.PathLike) -> Path:
+    """Write Gaussians atomically: ``tensors`` holds the stored (unconstrained) parameters 'means', 'quats',
+    'log_scales', 'logit_opacities', 'sh_dc', 'sh_rest' (``GaussianScene.splat_tensors()``)."""
     if tensors["means"].shape[0] == 0:
         raise ExportError(f"refusing to write a splat file with no Gaussians to {path}")
-    path = Path(path)
-    _write_atomic(path, splat_ply_bytes(tensors))
-    return path
+    return atomic_write(path, splat_ply_bytes(tensors))
 
 
 def _parse_header(raw: bytes, path: Path) -> tuple[int, list[tuple[str, str]], int]:

@@ -1,20 +1,21 @@
-"""Guidance methods: name -> (config dataclass, class). Every choice is listed here."""
+"""Guidance methods: ``guidance.name`` -> class. Every choice is listed here.
 
-from dreamengine.guidance.asd import ASDConfig, ASDGuidance
-from dreamengine.guidance.base import GuidanceOut
-from dreamengine.guidance.bsd import BSDConfig, BSDGuidance
-from dreamengine.guidance.csd import CSDConfig, CSDGuidance
-from dreamengine.guidance.csm import CSMConfig, CSMGuidance
-from dreamengine.guidance.ism import ISMConfig, ISMGuidance
-from dreamengine.guidance.nfsd import NFSDConfig, NFSDGuidance
-from dreamengine.guidance.sds import SDSConfig, SDSGuidance
-from dreamengine.guidance.vsd import VSDConfig, VSDGuidance
+Each method is one file, readable top to bottom against its formula (module docstring: formula, sources,
+differences from the reference code); the shared skeleton of a call is ``base.ScoreDistillation``. Settings
+live in :mod:`dreamengine.config.guidance`.
+"""
 
-GUIDANCE_CONFIGS = {"sds": SDSConfig, "bsd": BSDConfig, "csm": CSMConfig, "ism": ISMConfig, "csd": CSDConfig,
-                    "nfsd": NFSDConfig, "asd": ASDConfig, "vsd": VSDConfig}
+from dreamengine.guidance.asd import ASDGuidance
+from dreamengine.guidance.bsd import BSDGuidance
+from dreamengine.guidance.csd import CSDGuidance
+from dreamengine.guidance.csm import CSMGuidance
+from dreamengine.guidance.ism import ISMGuidance
+from dreamengine.guidance.nfsd import NFSDGuidance
+from dreamengine.guidance.sds import SDSGuidance
+from dreamengine.guidance.vsd import VSDGuidance
+
 GUIDANCES = {"sds": SDSGuidance, "bsd": BSDGuidance, "csm": CSMGuidance, "ism": ISMGuidance, "csd": CSDGuidance,
              "nfsd": NFSDGuidance, "asd": ASDGuidance, "vsd": VSDGuidance}
 
-__all__ = ["GUIDANCES", "GUIDANCE_CONFIGS", "ASDConfig", "ASDGuidance", "BSDConfig", "BSDGuidance", "CSDConfig",
-           "CSDGuidance", "CSMConfig", "CSMGuidance", "GuidanceOut", "ISMConfig", "ISMGuidance", "NFSDConfig",
-           "NFSDGuidance", "SDSConfig", "SDSGuidance", "VSDConfig", "VSDGuidance"]
+__all__ = ["GUIDANCES", "ASDGuidance", "BSDGuidance", "CSDGuidance", "CSMGuidance", "ISMGuidance", "NFSDGuidance",
+           "SDSGuidance", "VSDGuidance"]

@@ -1,25 +1,43 @@
-"""What every guidance method returns, and the pieces they share."""
+"""The skeleton every guidance method shares, and the pieces of their formulas (guidance-math.md §0).
+
+One call of a guidance method, :meth:`ScoreDistillation.__call__`, in order:
+
+1. check that the method can use the conditioning (Perp-Neg negatives, cameras);
+2. ``z = teacher.encode(rgb)`` (differentiable: the gradient reaches the render through it);
+3. draw the timesteps ``t`` [B] (per element, or one shared by the batch for the LucidDreamer family) from the
+   method's range at this step, then the noise ``eps`` (with LucidDreamer's offset noise where configured);
+4. under ``no_grad``, the method's own :meth:`~ScoreDistillation.gradient` computes ``g`` (the teacher passes,
+   weighting and the formula: the only part that differs between methods);
+5. :meth:`~ScoreDistillation.clean`: ``nan_to_num``, then the optional element-wise clamp ``grad_clip(step)``;
+6. injection: ``loss = gradient_to_loss(z, g)``, so d loss / d z == g / B exactly;
+7. :meth:`~ScoreDistillation.after_gradient` (VSD trains its score model here) and the logged terms.
+
+All random numbers come from the ``generator`` argument, in the order above, then whatever ``gradient`` and
+``after_gradient`` draw, so a step can be reproduced from the generator's state.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
+from dreamengine.core.cameras import Cameras
+from dreamengine.core.conditioning import PromptBatch
+from dreamengine.core.protocols import GuidanceOut, Teacher
 from dreamengine.errors import ConfigError
 from dreamengine.schedules import schedule_value
 
-
-@dataclass
-class GuidanceOut:
-    """``loss`` is a scalar whose gradient on the render is the method's gradient; ``terms`` are logs."""
-
-    loss: Tensor
-    terms: dict[str, float] = field(default_factory=dict)
+__all__ = ["GuidanceOut", "LucidDreamerSchedule", "ScoreDistillation", "add_noise", "broadcast_to",
+           "cfg_convention_a", "cfg_convention_b", "gradient_to_loss", "lucid_timestep_range", "offset_noise",
+           "percent_timestep_range", "predict_noise_under", "sample_shared_timestep", "sample_timesteps",
+           "timestep_weight", "warmup_rate"]
 
 
+# --------------------------------------------------------------------------------------------- formula pieces
 def gradient_to_loss(z: Tensor, grad: Tensor) -> Tensor:
     """A scalar whose gradient with respect to ``z`` [B, ...] is exactly ``grad / B``.
 
@@ -30,17 +48,20 @@ def gradient_to_loss(z: Tensor, grad: Tensor) -> Tensor:
     return 0.5 * ((z - target) ** 2).sum() / z.shape[0]
 
 
-def add_noise(z: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
+def add_noise(z: Tensor, noise: Tensor, t: Int[Tensor, " B"], alphas_cumprod: Float[Tensor, " T"]) -> Tensor:
     """Forward diffusion ``sqrt(abar_t) z + sqrt(1 - abar_t) noise`` with per-element t [B]."""
     abar = alphas_cumprod[t].to(z.dtype).view(-1, *([1] * (z.dim() - 1)))
     return abar.sqrt() * z + (1.0 - abar).sqrt() * noise
 
 
-def sample_timesteps(batch_size: int, min_step: int, max_step: int, generator: torch.Generator | None,
-                     device: torch.device | str = "cpu") -> Tensor:
-    """Integer timesteps uniform in [min_step, max_step] inclusive, one per batch element, [B] long."""
-    t = torch.randint(min_step, max_step + 1, (batch_size,), generator=generator)
-    return t.to(device)
+def broadcast_to(values: Float[Tensor, " B"], like: Tensor) -> Tensor:
+    """Per-sample values [B] viewed as [B, 1, 1, ...] to broadcast against ``like`` [B, ...]."""
+    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def cfg_convention_a(eps_cond: Tensor, eps_uncond: Tensor, scale: float) -> Tensor:
+    """threestudio's classifier-free guidance (SDS): ``eps_c + s (eps_c - eps_u)``."""
+    return eps_cond + scale * (eps_cond - eps_uncond)
 
 
 def cfg_convention_b(eps_cond: Tensor, eps_uncond: Tensor, scale: float) -> Tensor:
@@ -48,8 +69,18 @@ def cfg_convention_b(eps_cond: Tensor, eps_uncond: Tensor, scale: float) -> Tens
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
-def predict_noise_under(teacher: Any, x_t: Tensor, t: Tensor, embeddings: list[Tensor],
-                        cameras: Any) -> tuple[Tensor, ...]:
+def timestep_weight(weighting: str, abar: Tensor) -> Tensor:
+    """w(t) of threestudio's ``weighting_strategy`` for alphas_cumprod values ``abar`` (any shape):
+    ``sds`` 1 - abar_t, ``uniform`` 1, ``fantasia3d`` sqrt(abar_t) (1 - abar_t)."""
+    if weighting == "sds":
+        return 1.0 - abar
+    if weighting == "uniform":
+        return torch.ones_like(abar)
+    return abar.sqrt() * (1.0 - abar)
+
+
+def predict_noise_under(teacher: Teacher, x_t: Tensor, t: Int[Tensor, " B"], embeddings: list[Tensor],
+                        cameras: Cameras | None) -> tuple[Tensor, ...]:
     """One teacher pass scoring x_t [B, ...] at t [B] under each of ``embeddings`` (each [B, ...]).
 
     The copies are batched into one ``predict_noise`` call; returns one eps [B, ...] per embedding, in order.
@@ -59,18 +90,32 @@ def predict_noise_under(teacher: Any, x_t: Tensor, t: Tensor, embeddings: list[T
     return eps.chunk(copies)
 
 
-def broadcast_to(values: Tensor, like: Tensor) -> Tensor:
-    """Per-sample values [B] viewed as [B, 1, 1, ...] to broadcast against ``like`` [B, ...]."""
-    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+# ------------------------------------------------------------------------------------------------- timesteps
+def sample_timesteps(batch_size: int, min_step: int, max_step: int, generator: torch.Generator | None,
+                     device: torch.device | str = "cpu") -> Int[Tensor, " B"]:
+    """Integer timesteps uniform in [min_step, max_step] inclusive, one per batch element, [B] long."""
+    t = torch.randint(min_step, max_step + 1, (batch_size,), generator=generator)
+    return t.to(device)
 
 
-def percent_timestep_range(min_percent: Any, max_percent: Any, step: int, num_train_timesteps: int) -> tuple[int, int]:
-    """threestudio's inclusive ``(int(T p_min), int(T p_max))`` at ``step``, p_* schedules, clamped to [0, T-1]."""
-    p_min, p_max = schedule_value(min_percent, step), schedule_value(max_percent, step)
+def sample_shared_timestep(batch_size: int, min_step: int, max_step: int, generator: torch.Generator | None,
+                           device: torch.device | str = "cpu") -> Int[Tensor, " B"]:
+    """One integer timestep uniform in [min_step, max_step] for the whole batch (LucidDreamer), [B] long."""
+    t = torch.randint(min_step, max_step + 1, (1,), generator=generator)
+    return t.expand(batch_size).to(device)
+
+
+def percent_range(p_min: float, p_max: float, num_train_timesteps: int) -> tuple[int, int]:
+    """threestudio's inclusive ``(int(T p_min), int(T p_max))``, clamped to [0, T - 1]."""
     low = int(num_train_timesteps * p_min + 1e-6)  # 1e-6: 0.98 - 0.78 is 0.19999...
     high = int(num_train_timesteps * p_max + 1e-6)
     top = num_train_timesteps - 1
     return max(min(low, top), 0), max(min(high, top), 0)
+
+
+def percent_timestep_range(min_percent: Any, max_percent: Any, step: int, num_train_timesteps: int) -> tuple[int, int]:
+    """:func:`percent_range` of the schedules ``min_percent`` and ``max_percent`` at ``step``."""
+    return percent_range(schedule_value(min_percent, step), schedule_value(max_percent, step), num_train_timesteps)
 
 
 def warmup_rate(step: int, warmup_steps: int) -> float:
@@ -94,13 +139,6 @@ def lucid_timestep_range(step: int, warmup_steps: int, num_train_timesteps: int,
     return low, max(exclusive_top - 1, low)
 
 
-def sample_shared_timestep(batch_size: int, min_step: int, max_step: int, generator: torch.Generator | None,
-                           device: torch.device | str = "cpu") -> Tensor:
-    """One integer timestep uniform in [min_step, max_step] for the whole batch (LucidDreamer), [B] long."""
-    t = torch.randint(min_step, max_step + 1, (1,), generator=generator)
-    return t.expand(batch_size).to(device)
-
-
 def offset_noise(shape: torch.Size, offset: float, generator: torch.Generator | None, dtype: torch.dtype,
                  device: torch.device | str = "cpu") -> Tensor:
     """LucidDreamer's noise: ``randn(shape) + offset * randn(1, C, 1, 1)`` (the offset is shared by the batch).
@@ -114,26 +152,97 @@ def offset_noise(shape: torch.Size, offset: float, generator: torch.Generator | 
     return noise.to(device)
 
 
-def validate_lucid_config(cfg: Any) -> None:
-    """ConfigError checks shared by configs with LucidDreamer's timestep (and, if present, inversion) keys."""
-    if not 0.0 <= cfg.min_step_percent < cfg.max_step_percent <= cfg.warmup_max_step_percent <= 1.0:
-        raise ConfigError("guidance.min_step_percent < guidance.max_step_percent <= guidance.warmup_max_step_percent "
-                          f"must hold, all in [0, 1]; got {cfg.min_step_percent}, {cfg.max_step_percent}, "
-                          f"{cfg.warmup_max_step_percent}")
-    if cfg.warmup_steps < 0:
-        raise ConfigError(f"guidance.warmup_steps must be >= 0, got {cfg.warmup_steps}")
-    if cfg.noise_offset < 0:
-        raise ConfigError(f"guidance.noise_offset must be >= 0, got {cfg.noise_offset}")
-    for key in ("delta_t", "delta_t_start"):
-        if hasattr(cfg, key) and getattr(cfg, key) < 0:
-            raise ConfigError(f"guidance.{key} must be >= 0, got {getattr(cfg, key)}")
-    for key in ("xs_delta_t", "xs_inv_steps"):
-        if hasattr(cfg, key) and getattr(cfg, key) < 1:
-            raise ConfigError(f"guidance.{key} must be >= 1, got {getattr(cfg, key)}")
+# ------------------------------------------------------------------------------------------------ the skeleton
+class ScoreDistillation:
+    """The shared ``__call__`` of every guidance method (see the module docstring for its steps).
+
+    A method subclasses it and writes :meth:`gradient` (its formula); it may override :meth:`timestep_range`,
+    :meth:`clean`, set ``shared_timestep`` / ``supports_perp_neg``, and use :meth:`after_gradient` for work that
+    needs gradients of its own (VSD). ``cfg`` is the method's config dataclass (``dreamengine.config.guidance``):
+    the skeleton reads its ``name``, ``grad_clip`` and, for the default range, ``min/max_step_percent``.
+    """
+
+    shared_timestep = False  # one t for the whole batch (LucidDreamer's family) instead of one per element
+    supports_perp_neg = False  # the method combines Perp-Neg's negative views (only SDS does)
+
+    def __init__(self, cfg: Any, teacher: Teacher, max_steps: int) -> None:
+        self.cfg = cfg
+        self.teacher = teacher
+        self.max_steps = max_steps
+
+    # ---- what a method may override
+    def timestep_range(self, step: int) -> tuple[int, int]:
+        """Inclusive (min_step, max_step) at this training step (default: the config's percent schedules)."""
+        return percent_timestep_range(self.cfg.min_step_percent, self.cfg.max_step_percent, step,
+                                      self.teacher.num_train_timesteps)
+
+    def noise_offset(self) -> float:
+        """Amplitude of LucidDreamer's per-channel offset noise (0: plain Gaussian noise)."""
+        return 0.0
+
+    def check_inputs(self, prompts: PromptBatch, cameras: Cameras | None) -> None:
+        """Raise when the method cannot use this conditioning."""
+        if prompts.neg is not None and not self.supports_perp_neg:
+            raise ConfigError(f"guidance.name={self.cfg.name} does not support Perp-Neg: set "
+                              "prompt_processor.perp_neg=false or use guidance.name=sds")
+
+    def gradient(self, z: Tensor, t: Int[Tensor, " B"], noise: Tensor, prompts: PromptBatch, cameras: Cameras | None,
+                 step: int, generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
+        """The method's g [B, ...] for detached latents z at timesteps t with noise eps (under no_grad), and
+        extra terms to log."""
+        raise NotImplementedError
+
+    def after_gradient(self, z: Tensor, prompts: PromptBatch, cameras: Cameras | None,
+                       generator: torch.Generator | None) -> dict[str, float]:
+        """Work after the gradient, with autograd on (VSD trains its score model); returns terms to log."""
+        return {}
+
+    # ---- the skeleton
+    def __call__(self, rgb: Float[Tensor, "B H W 3"], prompts: PromptBatch, cameras: Cameras | None, step: int,
+                 generator: torch.Generator | None = None) -> GuidanceOut:
+        """rgb [B, H, W, 3] in [0, 1] (differentiable) -> GuidanceOut with d loss / d z = g / B."""
+        self.check_inputs(prompts, cameras)
+        z = self.teacher.encode(rgb.permute(0, 3, 1, 2))
+        batch = z.shape[0]
+        sample = sample_shared_timestep if self.shared_timestep else sample_timesteps
+        t = sample(batch, *self.timestep_range(step), generator, z.device)
+        noise = offset_noise(z.shape, self.noise_offset(), generator, z.dtype, z.device)
+        with torch.no_grad():
+            grad, extra = self.gradient(z.detach(), t, noise, prompts, cameras, step, generator)
+            grad = self.clean(grad, step)
+        loss = gradient_to_loss(z, grad)
+        terms = {"t_mean": float(t.float().mean()), **extra, "grad_norm": float(grad.norm() / math.sqrt(batch))}
+        terms.update(self.after_gradient(z, prompts, cameras, generator))
+        return GuidanceOut(loss=loss, terms=terms)
+
+    def clean(self, grad: Tensor, step: int) -> Tensor:
+        """``nan_to_num``, then the element-wise clamp to ``[-c, c]``, ``c = grad_clip(step)``, when set."""
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.cfg.grad_clip is not None:
+            clip = schedule_value(self.cfg.grad_clip, step)
+            grad = grad.clamp(-clip, clip)
+        return grad
+
+    # ---- checkpoints (stateless methods)
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Stateless: nothing to restore."""
 
 
-def reject_perp_neg(prompts: Any, method: str) -> None:
-    """Raise ConfigError if ``prompts`` (a PromptBatch) carry Perp-Neg negatives, which ``method`` ignores."""
-    if getattr(prompts, "neg", None) is not None:
-        raise ConfigError(f"guidance.name={method} does not support Perp-Neg: set prompt_processor.perp_neg=false "
-                          "or use guidance.name=sds")
+class LucidDreamerSchedule:
+    """LucidDreamer's timesteps and noise, shared by ISM, CSM and BSD (mix in before :class:`ScoreDistillation`):
+    one t per batch, ``t ~ randint(t_lo, t_hi + int(span r))`` (:func:`lucid_timestep_range`), offset noise."""
+
+    shared_timestep = True
+    cfg: Any
+    teacher: Teacher
+
+    def timestep_range(self, step: int) -> tuple[int, int]:
+        cfg = self.cfg
+        return lucid_timestep_range(step, cfg.warmup_steps, self.teacher.num_train_timesteps, cfg.min_step_percent,
+                                    cfg.max_step_percent, cfg.warmup_max_step_percent)
+
+    def noise_offset(self) -> float:
+        return self.cfg.noise_offset

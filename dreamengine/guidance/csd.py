@@ -17,99 +17,56 @@ whole-world prior -- so the beta schedule has no effect: set ``prompt_processor.
 
 Post-processing: ``nan_to_num``, optional ``grad_normalize`` (g / |g| per sample), optional element-wise
 clamp ``grad_clip``. Injected with ``gradient_to_loss`` (d loss / dz = g / B). The source's Perp-Neg term
-is not included here.
+is not included here. Settings: :class:`dreamengine.config.guidance.CSDConfig`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from dreamengine.cameras import Cameras
-from dreamengine.errors import ConfigError
+from dreamengine.config.guidance import CSDConfig
+from dreamengine.core.cameras import Cameras
+from dreamengine.core.conditioning import PromptBatch
+from dreamengine.core.protocols import Teacher
 from dreamengine.guidance.base import (
-    GuidanceOut,
+    ScoreDistillation,
     add_noise,
     broadcast_to,
-    gradient_to_loss,
-    percent_timestep_range,
     predict_noise_under,
-    reject_perp_neg,
-    sample_timesteps,
+    timestep_weight,
 )
-from dreamengine.guidance.sds import WEIGHTINGS, timestep_weight
-from dreamengine.prompts import PromptBatch
-from dreamengine.schedules import schedule_value, validate_schedule
-from dreamengine.teachers.base import Teacher
+from dreamengine.schedules import schedule_value
 
 
-@dataclass
-class CSDConfig:
-    name: str = "csd"
-    guidance_scale: Any = 1.0  # schedule: k_c, weight of eps(e_c)
-    uncond_scale: Any = 0.0  # schedule: k_u, weight of eps(e_neg) (the negative prompt)
-    null_scale: Any = -1.0  # schedule: k_n, weight of eps(e_0) (the empty prompt)
-    noise_scale: Any = 0.0  # schedule: k_e, weight of the sampled noise eps
-    weighting: str = "uniform"  # one of WEIGHTINGS (IF NeRF stage: uniform; SD refine: sds)
-    min_step_percent: Any = 0.02  # schedule: lower bound of t / T
-    max_step_percent: Any = 0.98  # schedule: upper bound of t / T
-    grad_normalize: bool = False  # divide g by its norm per sample
-    grad_clip: Any = None  # schedule or null: element-wise clamp of g
-
-    def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
-        for key in ("guidance_scale", "uncond_scale", "null_scale", "noise_scale", "min_step_percent",
-                    "max_step_percent"):
-            validate_schedule(getattr(self, key), f"guidance.{key}")
-        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
-
-
-class CSDGuidance:
+class CSDGuidance(ScoreDistillation):
     """Classifier score distillation with a frozen teacher. Stateless apart from its config."""
 
     def __init__(self, cfg: CSDConfig, teacher: Teacher, max_steps: int) -> None:
-        self.cfg = cfg
-        self.teacher = teacher
-        self.max_steps = max_steps
+        super().__init__(cfg, teacher, max_steps)
         with torch.no_grad():
             self.null_embedding = teacher.embed([""])  # [1, ...] e_0
 
-    def timestep_range(self, step: int) -> tuple[int, int]:
-        """Inclusive (min_step, max_step) at this training step."""
-        return percent_timestep_range(self.cfg.min_step_percent, self.cfg.max_step_percent, step,
-                                      self.teacher.num_train_timesteps)
-
-    def __call__(self, rgb: Tensor, prompts: PromptBatch, cameras: Cameras, step: int,
-                 generator: torch.Generator | None = None) -> GuidanceOut:
-        """rgb [B, H, W, 3] in [0, 1] (differentiable) -> GuidanceOut with d loss / d z = g / B."""
-        reject_perp_neg(prompts, "csd")
-        cfg, teacher = self.cfg, self.teacher
-        z = teacher.encode(rgb.permute(0, 3, 1, 2))
-        batch = z.shape[0]
-        t = sample_timesteps(batch, *self.timestep_range(step), generator, z.device)
-        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+    def gradient(self, z: Tensor, t: Tensor, noise: Tensor, prompts: PromptBatch, cameras: Cameras | None,
+                 step: int, generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
+        """g = w(t) (k_c eps(e_c) + k_u eps(e_neg) + k_n eps(e_0) + k_e eps) at z_t = q(z, eps, t)."""
+        cfg, alphas_cumprod = self.cfg, self.teacher.alphas_cumprod
         k_c, k_u, k_n, k_e = (schedule_value(v, step) for v in
                               (cfg.guidance_scale, cfg.uncond_scale, cfg.null_scale, cfg.noise_scale))
-        e_0 = self.null_embedding.expand(batch, *self.null_embedding.shape[1:])
-        alphas_cumprod = teacher.alphas_cumprod
-        with torch.no_grad():
-            z_t = add_noise(z.detach(), noise, t, alphas_cumprod)
-            eps_cond, eps_neg, eps_null = predict_noise_under(teacher, z_t, t, [prompts.cond, prompts.uncond, e_0],
-                                                                cameras)
-            w = broadcast_to(timestep_weight(cfg.weighting, alphas_cumprod[t]), z)
-            grad = w * (k_c * eps_cond + k_u * eps_neg + k_n * eps_null + k_e * noise)
-            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-            if cfg.grad_normalize:
-                norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-                grad = grad / broadcast_to(norms, grad)
-            if cfg.grad_clip is not None:
-                clip = schedule_value(cfg.grad_clip, step)
-                grad = grad.clamp(-clip, clip)
-        loss = gradient_to_loss(z, grad)
-        return GuidanceOut(loss=loss, terms={"t_mean": float(t.float().mean()),
-                                             "grad_norm": float(grad.norm() / math.sqrt(batch))})
+        e_0 = self.null_embedding.expand(z.shape[0], *self.null_embedding.shape[1:])
+        z_t = add_noise(z, noise, t, alphas_cumprod)
+        eps_cond, eps_neg, eps_null = predict_noise_under(self.teacher, z_t, t, [prompts.cond, prompts.uncond, e_0],
+                                                            cameras)
+        w = broadcast_to(timestep_weight(cfg.weighting, alphas_cumprod[t]), z)
+        return w * (k_c * eps_cond + k_u * eps_neg + k_n * eps_null + k_e * noise), {}
+
+    def clean(self, grad: Tensor, step: int) -> Tensor:
+        """``nan_to_num``, then ``g / |g|`` per sample when ``grad_normalize``, then the clamp ``grad_clip(step)``."""
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.cfg.grad_normalize:
+            norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+            grad = grad / broadcast_to(norms, grad)
+        if self.cfg.grad_clip is not None:
+            clip = schedule_value(self.cfg.grad_clip, step)
+            grad = grad.clamp(-clip, clip)
+        return grad

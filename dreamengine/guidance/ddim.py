@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dreamengine.cameras import Cameras
+from dreamengine.core.cameras import Cameras
+from dreamengine.core.protocols import Teacher
 from dreamengine.guidance.base import add_noise, broadcast_to
-from dreamengine.teachers.base import Teacher
 
 
 def ddim_step(x_a: Tensor, eps: Tensor, t_a: Tensor, t_b: Tensor, alphas_cumprod: Tensor) -> Tensor:

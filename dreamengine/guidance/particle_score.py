@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamengine.cameras import Cameras
+from dreamengine.core.cameras import Cameras
 
 CAMERA_DIM = 16  # a flattened 4x4 c2w
 INIT_SEED = 0  # the score models' initial weights are drawn from this seed, apart from the run's random state

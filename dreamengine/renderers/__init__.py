@@ -1,33 +1,16 @@
-"""Renderers: pure functions over tensors (``volume.render_volume``, ``splat.render_splats``,
-``raster.render_mesh``), and the renderer objects the trainer uses, one per scene type (they hold per-run
-render state such as the occupancy grid).
+"""Renderers: pure functions over tensors (``volume.render_volume`` marches a field callback,
+``splat.render_splats`` takes ``SplatTensors``, ``raster.render_mesh`` takes ``MeshTensors``), and the renderer
+objects a run uses, one per scene type: ``scene.name`` -> class. Every choice is listed here.
 
-Submodules are imported where they are used (exporters use the rasterizer, the rasterizer uses scenes'
-backgrounds, scenes use exporters), so importing this package costs nothing and creates no import cycle.
+A renderer object is built as ``Class(cfg.render, scene.radius, device)`` (:func:`dreamengine.build.build_scenes`),
+is called with ``scene.render_inputs()`` and holds only renderer state (the volume renderer's occupancy grid).
+Renderers never import scenes.
 """
 
-from __future__ import annotations
+from dreamengine.renderers.raster import RasterRenderer
+from dreamengine.renderers.splat import SplatRenderer
+from dreamengine.renderers.volume import VolumeRenderer
 
-from typing import Any
+RENDERERS = {"nerf": VolumeRenderer, "gaussians": SplatRenderer, "mesh": RasterRenderer}
 
-import torch
-
-
-def build_renderer(scene_name: str, render_cfg: Any, radius: float, device: torch.device) -> Any:
-    """The renderer object for a scene type (``scene.name``) with the run's ``render`` settings."""
-    if scene_name == "nerf":
-        from dreamengine.renderers.volume import VolumeRenderer
-
-        return VolumeRenderer(render_cfg, radius, device)
-    if scene_name == "gaussians":
-        from dreamengine.renderers.splat import SplatRenderer
-
-        return SplatRenderer(render_cfg, device)
-    if scene_name == "mesh":
-        from dreamengine.renderers.raster import RasterRenderer
-
-        return RasterRenderer(render_cfg, device)
-    raise ValueError(f"no renderer for scene {scene_name!r}")  # unreachable: config validation checks names
-
-
-__all__ = ["build_renderer"]
+__all__ = ["RENDERERS", "RasterRenderer", "SplatRenderer", "VolumeRenderer"]

@@ -47,7 +47,7 @@ The torch path, per view:
    to rgb, opacity, depth and normal, so opacity becomes fractional at silhouettes. Edge adjacency is
    computed on positions welded by exact equality, so UV seams are not silhouettes.
 
-Outputs follow :class:`~dreamengine.renderers.volume.RenderOut`: ``rgb`` composited over the background,
+Outputs follow :class:`~dreamengine.core.render.RenderOut`: ``rgb`` composited over the background,
 ``opacity`` (1 on covered pixels, fractional at antialiased silhouettes), ``depth`` the distance from the
 camera center to the surface point along the pixel's ray, times the opacity (0 where empty, the volume
 renderer's ``sum w t`` convention: divide by opacity for the surface distance), ``normal`` the unit
@@ -57,7 +57,7 @@ interpolated vertex normal times the opacity, and no orientation loss (``None``;
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,76 +65,51 @@ import torch
 import trimesh
 from torch import Tensor
 
-from dreamengine.cameras import Cameras
+from dreamengine.core.backends import optional_import
+from dreamengine.core.backends import resolve_backend as resolve_any_backend
+from dreamengine.core.background import sample_light_positions
+from dreamengine.core.cameras import Cameras
+from dreamengine.core.render import MeshTensors, RenderOut
 from dreamengine.errors import ConfigError
-from dreamengine.renderers.volume import BACKENDS, SHADINGS, RenderOut, shade
+from dreamengine.renderers.volume import SHADINGS, shade
 
-ColorFn = Callable[[Tensor], Tensor]  # world points [N, 3] -> rgb [N, 3]
 INSIDE_TOLERANCE = -1e-6  # screen barycentrics this far below 0 still count as inside (no cracks)
 INT64_MAX = torch.iinfo(torch.int64).max
 _NVDIFFRAST_CONTEXTS: dict[torch.device, Any] = {}
 
 
-@dataclass
-class MeshTensors:
-    """A triangle mesh and its appearance, as tensors on one device.
+def mesh_tensors_from_trimesh(mesh: trimesh.Trimesh, device: torch.device | str = "cpu") -> MeshTensors:
+    """Tensors of a trimesh mesh: its base-color texture and UVs when it has them (times the material's
+    base color factor), else its vertex colors, else a uniform material color, else white.
 
-    Exactly one appearance is used, in this order: a ``texture`` (with ``uv``), ``vertex_colors``, a
-    ``color_fn``; with none of them the surface is white.
+    A textured mesh is usually split at UV seams (several vertices at one position); positions are
+    welded by exact equality and the UVs keep their own ``uv_faces``, so seams are not silhouettes and
+    vertex normals are smooth across them.
     """
-
-    vertices: Tensor  # [V, 3] world positions (may require grad)
-    faces: Tensor  # [F, 3] long, counter-clockwise seen from outside
-    uv: Tensor | None = None  # [T, 2] texture coordinates, (0, 0) = bottom-left of the image (OBJ/trimesh)
-    uv_faces: Tensor | None = None  # [F, 3] long into ``uv``; None: ``faces`` index ``uv`` too (T == V)
-    texture: Tensor | None = None  # [Ht, Wt, 3] in [0, 1], row 0 = top of the image (v = 1)
-    vertex_colors: Tensor | None = None  # [V, 3] in [0, 1]
-    color_fn: ColorFn | None = None  # world points [N, 3] -> rgb [N, 3] (a texture field)
-    neighbors: Tensor | None = None  # [F, 3] from face_neighbors(); computed on demand when None
-
-    @property
-    def device(self) -> torch.device:
-        return self.vertices.device
-
-    @classmethod
-    def from_trimesh(cls, mesh: trimesh.Trimesh, device: torch.device | str = "cpu") -> MeshTensors:
-        """Tensors of a trimesh mesh: its base-color texture and UVs when it has them (times the material's
-        base color factor), else its vertex colors, else a uniform material color, else white.
-
-        A textured mesh is usually split at UV seams (several vertices at one position); positions are
-        welded by exact equality and the UVs keep their own ``uv_faces``, so seams are not silhouettes and
-        vertex normals are smooth across them.
-        """
-        vertices = np.asarray(mesh.vertices, dtype=np.float64)
-        faces = np.asarray(mesh.faces, dtype=np.int64)
-        if len(faces) == 0:
-            raise ConfigError("cannot render a mesh with no faces")
-        out: dict[str, Any] = {}
-        visual = mesh.visual
-        image, factor = _material_image_and_factor(getattr(visual, "material", None))
-        uv = getattr(visual, "uv", None)
-        if visual.kind == "texture" and image is not None and uv is not None and len(uv) == len(vertices):
-            welded, inverse = np.unique(vertices, axis=0, return_inverse=True)
-            texture = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 * factor[:3]
-            out = {"uv": torch.as_tensor(np.asarray(uv), dtype=torch.float32),
-                   "uv_faces": torch.as_tensor(faces), "texture": torch.as_tensor(texture)}
-            vertices, faces = welded, inverse.reshape(-1)[faces]
-        elif visual.kind == "vertex":
-            colors = np.asarray(visual.vertex_colors, dtype=np.float32)[:, :3] / 255.0
-            out = {"vertex_colors": torch.as_tensor(colors)}
-        elif image is None and factor is not None:
-            out = {"vertex_colors": torch.as_tensor(np.tile(factor[:3], (len(vertices), 1)), dtype=torch.float32)}
-        tensors = cls(vertices=torch.as_tensor(vertices, dtype=torch.float32),
-                      faces=torch.as_tensor(faces, dtype=torch.long), **out)
-        tensors = tensors.to(device)
-        tensors.neighbors = face_neighbors(tensors.vertices, tensors.faces)
-        return tensors
-
-    def to(self, device: torch.device | str) -> MeshTensors:
-        moved = {name: getattr(self, name).to(device) for name in
-                 ("vertices", "faces", "uv", "uv_faces", "texture", "vertex_colors", "neighbors")
-                 if getattr(self, name) is not None}
-        return replace(self, **moved)
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    if len(faces) == 0:
+        raise ConfigError("cannot render a mesh with no faces")
+    out: dict[str, Any] = {}
+    visual = mesh.visual
+    image, factor = _material_image_and_factor(getattr(visual, "material", None))
+    uv = getattr(visual, "uv", None)
+    if visual.kind == "texture" and image is not None and uv is not None and len(uv) == len(vertices):
+        welded, inverse = np.unique(vertices, axis=0, return_inverse=True)
+        texture = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 * factor[:3]
+        out = {"uv": torch.as_tensor(np.asarray(uv), dtype=torch.float32),
+               "uv_faces": torch.as_tensor(faces), "texture": torch.as_tensor(texture)}
+        vertices, faces = welded, inverse.reshape(-1)[faces]
+    elif visual.kind == "vertex":
+        colors = np.asarray(visual.vertex_colors, dtype=np.float32)[:, :3] / 255.0
+        out = {"vertex_colors": torch.as_tensor(colors)}
+    elif image is None and factor is not None:
+        out = {"vertex_colors": torch.as_tensor(np.tile(factor[:3], (len(vertices), 1)), dtype=torch.float32)}
+    tensors = MeshTensors(vertices=torch.as_tensor(vertices, dtype=torch.float32),
+                          faces=torch.as_tensor(faces, dtype=torch.long), **out)
+    tensors = tensors.to(device)
+    tensors.neighbors = face_neighbors(tensors.vertices, tensors.faces)
+    return tensors
 
 
 def _material_image_and_factor(material: Any) -> tuple[Any, np.ndarray | None]:
@@ -318,37 +293,10 @@ def _cameras_like(cameras: Cameras, reference: Tensor) -> Cameras:
                      for name in ("c2w", "fovy", "elevation", "azimuth", "distance")))
 
 
-def _import_nvdiffrast() -> Any | None:
-    try:
-        import nvdiffrast.torch as dr
-    except (ImportError, OSError):
-        return None
-    return dr
-
-
 def resolve_backend(backend: str, device: torch.device) -> str:
     """'torch' or 'cuda' (nvdiffrast) for a requested ``backend`` (auto | torch | cuda) on ``device``."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"mesh renderer backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return "torch"
-    available = device.type == "cuda" and _import_nvdiffrast() is not None
-    if backend == "cuda" and not available:
-        raise ConfigError("mesh renderer backend 'cuda' needs nvdiffrast and a CUDA device "
-                          f"(device is {device}); install nvdiffrast or use backend 'torch' or 'auto'")
-    return "cuda" if available else "torch"
-
-
-def as_mesh_tensors(scene_or_tensors: Any) -> MeshTensors:
-    """A :class:`MeshTensors`, or a scene's ``mesh_tensors()`` (:class:`~dreamengine.scenes.mesh.MeshScene`)."""
-    if isinstance(scene_or_tensors, MeshTensors):
-        return scene_or_tensors
-    if hasattr(scene_or_tensors, "mesh_tensors"):
-        return scene_or_tensors.mesh_tensors()
-    if isinstance(scene_or_tensors, trimesh.Trimesh):
-        return MeshTensors.from_trimesh(scene_or_tensors)
-    raise ConfigError(f"render_mesh needs MeshTensors, a trimesh.Trimesh or a scene with mesh_tensors(); got "
-                      f"{type(scene_or_tensors).__name__}")
+    return resolve_any_backend(backend, device, component="mesh renderer", module="nvdiffrast.torch",
+                               install="install nvdiffrast (built from its source repository)")
 
 
 def sample_texture(texture: Tensor, uv: Tensor) -> Tensor:
@@ -378,27 +326,30 @@ def surface_albedo(mesh: MeshTensors, face: Tensor, bary: Tensor, points: Tensor
     return torch.ones_like(points)
 
 
-def render_mesh(scene_or_tensors: Any, cameras: Cameras, height: int, width: int, *,
+def render_mesh(mesh: MeshTensors, cameras: Cameras, height: int, width: int, *,
                 background: Callable[[Tensor], Tensor], shading: str = "albedo",
                 light_positions: Tensor | None = None, antialias: bool = True, backend: str = "auto",
                 near: float = 1e-6) -> RenderOut:
     """Render ``cameras`` ([B] views) of a triangle mesh at ``height`` x ``width`` (see the module docstring).
 
     Args:
-        scene_or_tensors: :class:`MeshTensors`, a ``trimesh.Trimesh``, or a scene with ``mesh_tensors()``.
+        mesh: the triangles and their appearance (:func:`mesh_tensors_from_trimesh` makes them from a
+            trimesh mesh; a :class:`~dreamengine.scenes.mesh.MeshScene` hands them over as ``render_inputs()``).
         background: called on the ray directions [B, H, W, 3] for the color behind the mesh
-            (:class:`~dreamengine.scenes.nerf.Background`).
+            (:class:`~dreamengine.core.background.Background`).
         shading: 'albedo' | 'diffuse' | 'textureless'; the last two need ``light_positions`` [B, 3].
         antialias: blend silhouette pixels (fractional opacity and gradients to silhouette vertices).
         backend: 'auto' | 'torch' | 'cuda' (nvdiffrast; 'auto' uses it on CUDA when it imports).
     Returns:
-        :class:`~dreamengine.renderers.volume.RenderOut` (``orientation_loss`` is None).
+        :class:`~dreamengine.core.render.RenderOut` (``orientation_loss`` is None).
     """
     if shading not in SHADINGS:
         raise ConfigError(f"shading must be one of {SHADINGS}, got {shading!r}")
     if shading != "albedo" and light_positions is None:
         raise ConfigError(f"shading {shading!r} needs light_positions [B, 3] (see sample_light_positions)")
-    mesh = as_mesh_tensors(scene_or_tensors)
+    if not isinstance(mesh, MeshTensors):
+        raise ConfigError(f"render_mesh draws MeshTensors, got {type(mesh).__name__}: convert a trimesh mesh with "
+                          "mesh_tensors_from_trimesh, pass a MeshScene's render_inputs()")
     cameras = _cameras_like(cameras, mesh.vertices)
     if resolve_backend(backend, mesh.device) == "cuda":
         return _render_nvdiffrast(mesh, cameras, height, width, background, shading, light_positions, antialias)
@@ -604,7 +555,7 @@ def _render_nvdiffrast(mesh: MeshTensors, cameras: Cameras, height: int, width: 
                        background: Callable[[Tensor], Tensor], shading: str, light_positions: Tensor | None,
                        antialias: bool) -> RenderOut:
     """:func:`render_mesh` with nvdiffrast (CUDA only; same outputs as the torch path)."""
-    dr = _import_nvdiffrast()
+    dr = optional_import("nvdiffrast.torch")
     device = mesh.device
     if device not in _NVDIFFRAST_CONTEXTS:
         _NVDIFFRAST_CONTEXTS[device] = dr.RasterizeCudaContext(device=device)
@@ -653,27 +604,26 @@ def _render_nvdiffrast(mesh: MeshTensors, cameras: Cameras, height: int, width: 
 
 class RasterRenderer:
     """Renders a mesh scene with a run's render settings (``RenderConfig``): the trainer's renderer object for
-    ``scene.name: mesh`` (see :class:`~dreamengine.renderers.volume.VolumeRenderer` for the protocol). Lights for
+    ``scene.name: mesh`` (the protocol: :class:`~dreamengine.core.protocols.Renderer`). Lights for
     'diffuse' / 'textureless' shading are drawn from ``generator`` as for NeRFs; it holds no state."""
 
-    def __init__(self, cfg: Any, device: torch.device) -> None:
+    def __init__(self, cfg: Any, radius: float, device: torch.device) -> None:
+        """``radius`` (the scene's bound) is unused: rasterization needs no bound."""
         if cfg.shading not in SHADINGS:
             raise ConfigError(f"render.shading must be one of {', '.join(SHADINGS)}; got {cfg.shading!r}")
         resolve_backend(cfg.backend, device)  # fail early on backend=cuda without nvdiffrast or a GPU
         self.cfg = cfg
 
-    def __call__(self, scene: Any, background: Callable[[Tensor], Tensor], cameras: Cameras, height: int,
+    def __call__(self, mesh: MeshTensors, background: Callable[[Tensor], Tensor], cameras: Cameras, height: int,
                  width: int, *, generator: torch.Generator | None = None, perturb: bool = False) -> RenderOut:
         """Render ``cameras`` [B] at ``height`` x ``width`` (``perturb`` is unused: rasterization has no samples)."""
-        from dreamengine.scenes.nerf import sample_light_positions
-
         light = None
         if self.cfg.shading != "albedo":
             light = sample_light_positions(cameras, generator).to(cameras.device)
-        return render_mesh(scene, cameras, height, width, background=background, shading=self.cfg.shading,
+        return render_mesh(mesh, cameras, height, width, background=background, shading=self.cfg.shading,
                            light_positions=light, backend=self.cfg.backend)
 
-    def after_step(self, scene: Any, step: int) -> None:
+    def after_step(self, mesh: MeshTensors, step: int) -> None:
         """Nothing to refresh."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -683,6 +633,6 @@ class RasterRenderer:
         """Stateless."""
 
 
-__all__ = ["Fragments", "MeshTensors", "RasterRenderer", "antialias_silhouettes", "as_mesh_tensors", "face_neighbors",
+__all__ = ["Fragments", "RasterRenderer", "antialias_silhouettes", "face_neighbors", "mesh_tensors_from_trimesh",
            "project", "projection_matrices", "rasterize_mesh", "rasterize_triangles", "render_mesh", "resolve_backend",
            "sample_texture", "screen_barycentrics", "surface_albedo", "vertex_normals", "world_to_camera"]

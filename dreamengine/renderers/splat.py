@@ -24,26 +24,26 @@ The torch compositor evaluates only the (Gaussian, pixel) pairs inside each Gaus
 its box a Gaussian's alpha is below 1/255), sorted by pixel, with a segmented cumulative sum for the
 transmittance: memory and time are ``O(pairs)``, never pixels x Gaussians (:func:`composite_pairs`).
 
-``render_splats`` returns a :class:`SplatRenderOut`, a :class:`~dreamengine.renderers.volume.RenderOut` with an
-``info`` dict for densification (see :mod:`dreamengine.scenes.densify`).
+``render_splats`` takes the Gaussians as a :class:`~dreamengine.core.render.SplatTensors` and returns a
+:class:`~dreamengine.core.render.RenderOut` whose ``info`` dict feeds densification (see
+:mod:`dreamengine.scenes.densify`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
-from dreamengine.cameras import Cameras
+from dreamengine.core.backends import optional_import
+from dreamengine.core.backends import resolve_backend as resolve_any_backend
+from dreamengine.core.cameras import Cameras
+from dreamengine.core.render import RenderOut, SplatTensors
 from dreamengine.errors import ConfigError
-from dreamengine.renderers.volume import RenderOut
-from dreamengine.scenes.gaussians import GaussianScene, covariance_and_precision
-
-if TYPE_CHECKING:  # scenes import the exporters, which import the renderers
-    from dreamengine.scenes.nerf import Background
 
 BACKENDS = ("auto", "torch", "cuda")
 EPS2D = 0.3  # low-pass filter added to the 2D covariance diagonal, pixels^2
@@ -63,14 +63,6 @@ SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.37317633
 
 
 @dataclass
-class SplatRenderOut(RenderOut):
-    """A :class:`RenderOut` plus ``info`` for densification: 'means2d' [B, N, 2] (gradient retained),
-    'radii' [B, N] (pixels, 0 where culled), 'width', 'height', 'n_cameras'."""
-
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class Projection:
     """Screen-space Gaussians of one camera (all N, culled ones flagged by ``visible``)."""
 
@@ -80,6 +72,29 @@ class Projection:
     depths: Tensor  # [N] camera z
     radii: Tensor  # [N, 2] box half sizes in pixels (integers as floats), 0 where culled
     visible: Tensor  # [N] bool
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Rotation matrices [..., 3, 3] of quaternions (w, x, y, z) [..., 4] (normalized here)."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
+
+
+def covariance_and_precision(quats: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
+    """3D covariances ``R S^2 R^T`` and their inverses ``R S^-2 R^T``, both [..., 3, 3].
+
+    Args:
+        quats: [..., 4] (w, x, y, z), any norm; scales: [..., 3] positive.
+    """
+    rot = quat_to_rotmat(quats)
+    m = rot * scales[..., None, :]  # R S
+    p = rot / scales[..., None, :]  # R S^-1
+    return m @ m.transpose(-1, -2), p @ p.transpose(-1, -2)
 
 
 def opencv_viewmats(c2w: Tensor) -> Tensor:
@@ -100,7 +115,8 @@ def intrinsics(cameras: Cameras, height: int, width: int) -> Tensor:
     return K
 
 
-def project_gaussians(means: Tensor, covars: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int,
+def project_gaussians(means: Float[Tensor, "N 3"], covars: Float[Tensor, "N 3 3"], viewmat: Float[Tensor, "4 4"],
+                      K: Float[Tensor, "3 3"], width: int, height: int,
                       eps2d: float = EPS2D, near_plane: float = NEAR_PLANE) -> Projection:
     """EWA projection of world Gaussians (means [N, 3], covariances [N, 3, 3]) into one camera.
 
@@ -136,7 +152,7 @@ def project_gaussians(means: Tensor, covars: Tensor, viewmat: Tensor, K: Tensor,
     return Projection(means2d, covars2d, conics, tz, radii, visible)
 
 
-def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
+def eval_sh(degree: int, dirs: Float[Tensor, "*N 3"], coeffs: Float[Tensor, "*N K 3"]) -> Float[Tensor, "*N 3"]:
     """Real spherical harmonics up to ``degree`` (0..3) at directions [..., 3] (normalized here) dotted with
     coefficients [..., K, 3] (K >= (degree + 1)^2; extra ones ignored) -> [..., 3]. No +0.5, no clamp."""
     x, y, z = torch.nn.functional.normalize(dirs, dim=-1).unbind(-1)
@@ -243,42 +259,28 @@ def ray_length_factor(K: Tensor, height: int, width: int) -> Tensor:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'torch' or 'cuda' for a requested ``backend`` (auto | torch | cuda) on ``device``."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"splat renderer backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return "torch"
-    available = device.type == "cuda" and _import_gsplat() is not None
-    if backend == "cuda" and not available:
-        raise ConfigError("splat renderer backend 'cuda' needs gsplat (pip install gsplat==1.5.3) and a CUDA "
-                          f"device (device is {device}); use backend 'torch' or 'auto'")
-    return "cuda" if available else "torch"
+    """'torch' or 'cuda' (gsplat) for a requested ``backend`` (auto | torch | cuda) on ``device``."""
+    return resolve_any_backend(backend, device, component="splat renderer", module="gsplat",
+                               install="pip install gsplat==1.5.3")
 
 
-def _import_gsplat() -> Any | None:
-    try:
-        import gsplat
-    except (ImportError, OSError):
-        return None
-    return gsplat
-
-
-def render_splats(scene: GaussianScene, cameras: Cameras, height: int, width: int, *, background: Background,
-                  backend: str = "auto") -> SplatRenderOut:
+def render_splats(splats: SplatTensors, cameras: Cameras, height: int, width: int, *, background: torch.nn.Module,
+                  backend: str = "auto") -> RenderOut:
     """Render ``cameras`` ([B] views) of a Gaussian scene at ``height`` x ``width``.
 
     Returns:
-        :class:`SplatRenderOut`: rgb [B, H, W, 3], opacity and depth [B, H, W, 1], normal and
-        orientation_loss None, and ``info`` for densification.
+        :class:`RenderOut`: rgb [B, H, W, 3], opacity and depth [B, H, W, 1], normal and orientation_loss
+        None, and ``info`` for densification ('means2d' [B, N, 2] with its gradient retained, 'radii' [B, N]
+        in pixels (0 where culled), 'width', 'height', 'n_cameras').
     """
     if height < 1 or width < 1:
         raise ConfigError(f"render size must be >= 1, got {height}x{width}")
     viewmats = opencv_viewmats(cameras.c2w)
     Ks = intrinsics(cameras, height, width)
     if resolve_backend(backend, cameras.device) == "cuda":
-        features, alphas, means2d, radii = _render_gsplat(scene, viewmats, Ks, height, width)
+        features, alphas, means2d, radii = _render_gsplat(splats, viewmats, Ks, height, width)
     else:
-        features, alphas, means2d, radii = _render_torch(scene, cameras, viewmats, Ks, height, width)
+        features, alphas, means2d, radii = _render_torch(splats, cameras, viewmats, Ks, height, width)
     if means2d.requires_grad:
         means2d.retain_grad()
     _, directions = cameras.rays(height, width)
@@ -286,14 +288,14 @@ def render_splats(scene: GaussianScene, cameras: Cameras, height: int, width: in
     factor = torch.stack([ray_length_factor(K, height, width) for K in Ks])
     depth = features[..., 3:4] * factor
     info = {"means2d": means2d, "radii": radii, "width": width, "height": height, "n_cameras": len(cameras)}
-    return SplatRenderOut(rgb=rgb, opacity=alphas, depth=depth, normal=None, orientation_loss=None, info=info)
+    return RenderOut(rgb=rgb, opacity=alphas, depth=depth, normal=None, orientation_loss=None, info=info)
 
 
-def _render_torch(scene: GaussianScene, cameras: Cameras, viewmats: Tensor, Ks: Tensor, height: int,
+def _render_torch(splats: SplatTensors, cameras: Cameras, viewmats: Tensor, Ks: Tensor, height: int,
                   width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    covars, _ = covariance_and_precision(scene.quats, scene.scales)
-    opacities, coeffs = scene.opacities, scene.sh_coeffs
-    projections = [project_gaussians(scene.means, covars, viewmats[view], Ks[view], width, height)
+    covars, _ = covariance_and_precision(splats.quats, splats.scales)
+    opacities, coeffs = splats.opacities, splats.sh_coeffs
+    projections = [project_gaussians(splats.means, covars, viewmats[view], Ks[view], width, height)
                    for view in range(len(cameras))]
     # Composite from one stacked means2d tensor: its .grad (retained) then holds the screen-space gradients.
     means2d = torch.stack([proj.means2d for proj in projections])  # [B, N, 2]
@@ -301,8 +303,8 @@ def _render_torch(scene: GaussianScene, cameras: Cameras, viewmats: Tensor, Ks: 
     for view, proj in enumerate(projections):
         ids = torch.nonzero(proj.visible).squeeze(-1)
         ids = ids[torch.argsort(proj.depths.detach()[ids], stable=True)]
-        dirs = scene.means[ids] - cameras.position[view]
-        colors = (eval_sh(scene.sh_degree, dirs, coeffs[ids]) + 0.5).clamp(min=0.0)
+        dirs = splats.means[ids] - cameras.position[view]
+        colors = (eval_sh(splats.sh_degree, dirs, coeffs[ids]) + 0.5).clamp(min=0.0)
         feats = torch.cat([colors, proj.depths[ids, None]], dim=-1)
         image, alpha = composite_pairs(means2d[view, ids], proj.conics[ids], opacities[ids], feats,
                                        proj.radii[ids], height, width)
@@ -312,13 +314,13 @@ def _render_torch(scene: GaussianScene, cameras: Cameras, viewmats: Tensor, Ks: 
     return torch.stack(features), torch.stack(alphas), means2d, radii
 
 
-def _render_gsplat(scene: GaussianScene, viewmats: Tensor, Ks: Tensor, height: int,
+def _render_gsplat(splats: SplatTensors, viewmats: Tensor, Ks: Tensor, height: int,
                    width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    gsplat = _import_gsplat()
+    gsplat = optional_import("gsplat")
     colors, alphas, meta = gsplat.rasterization(
-        scene.means, torch.nn.functional.normalize(scene.quats, dim=-1), scene.scales, scene.opacities,
-        scene.sh_coeffs, viewmats, Ks, width, height, near_plane=NEAR_PLANE, eps2d=EPS2D,
-        sh_degree=scene.sh_degree, packed=False, render_mode="RGB+D")
+        splats.means, torch.nn.functional.normalize(splats.quats, dim=-1), splats.scales, splats.opacities,
+        splats.sh_coeffs, viewmats, Ks, width, height, near_plane=NEAR_PLANE, eps2d=EPS2D,
+        sh_degree=splats.sh_degree, packed=False, render_mode="RGB+D")
     radii = meta["radii"]
     if radii.dim() == 3:  # [C, N, 2] in gsplat >= 1.5
         radii = radii.amax(dim=-1)
@@ -327,26 +329,27 @@ def _render_gsplat(scene: GaussianScene, viewmats: Tensor, Ks: Tensor, height: i
 
 class SplatRenderer:
     """Renders a Gaussian scene with a run's render settings (``RenderConfig``): the trainer's renderer object
-    for ``scene.name: gaussians`` (see :class:`~dreamengine.renderers.volume.VolumeRenderer` for the protocol).
+    for ``scene.name: gaussians`` (the protocol: :class:`~dreamengine.core.protocols.Renderer`).
 
     Gaussians carry colors, not normals, so only ``render.shading: albedo`` is supported (as in GaussianDreamer
     and DreamGaussian). The renderer holds no state; densification is the trainer's
     :class:`~dreamengine.scenes.densify.DensifyStrategy`.
     """
 
-    def __init__(self, cfg: Any, device: torch.device) -> None:
+    def __init__(self, cfg: Any, radius: float, device: torch.device) -> None:
+        """``radius`` (the scene's bound) is unused: splats need no bound."""
         if cfg.shading != "albedo":
             raise ConfigError(f"render.shading={cfg.shading} needs surface normals, which Gaussian scenes do not "
                               "have; set render.shading=albedo (the default) for scene.name=gaussians")
         resolve_backend(cfg.backend, device)  # fail early on backend=cuda without gsplat or a GPU
         self.cfg = cfg
 
-    def __call__(self, scene: GaussianScene, background: Background, cameras: Cameras, height: int, width: int, *,
-                 generator: torch.Generator | None = None, perturb: bool = False) -> SplatRenderOut:
+    def __call__(self, splats: SplatTensors, background: torch.nn.Module, cameras: Cameras, height: int,
+                 width: int, *, generator: torch.Generator | None = None, perturb: bool = False) -> RenderOut:
         """Render ``cameras`` [B] at ``height`` x ``width`` (deterministic: ``generator`` and ``perturb`` unused)."""
-        return render_splats(scene, cameras, height, width, background=background, backend=self.cfg.backend)
+        return render_splats(splats, cameras, height, width, background=background, backend=self.cfg.backend)
 
-    def after_step(self, scene: GaussianScene, step: int) -> None:
+    def after_step(self, splats: SplatTensors, step: int) -> None:
         """Nothing to refresh."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -356,5 +359,5 @@ class SplatRenderer:
         """Stateless."""
 
 
-__all__ = ["Projection", "SplatRenderOut", "SplatRenderer", "composite_pairs", "eval_sh", "intrinsics",
-           "opencv_viewmats", "project_gaussians", "render_splats", "resolve_backend"]
+__all__ = ["Projection", "SplatRenderer", "composite_pairs", "covariance_and_precision", "eval_sh", "intrinsics",
+           "opencv_viewmats", "project_gaussians", "quat_to_rotmat", "render_splats", "resolve_backend"]

@@ -33,76 +33,34 @@ computed by the caller from ``opacity``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
-from dreamengine.cameras import Cameras
+from dreamengine.core.backends import optional_import
+from dreamengine.core.backends import resolve_backend as resolve_any_backend
+from dreamengine.core.background import sample_light_positions
+from dreamengine.core.cameras import Cameras
+from dreamengine.core.protocols import Field
+from dreamengine.core.render import RenderOut
 from dreamengine.errors import ConfigError
 
-if TYPE_CHECKING:  # scenes import the exporters, which import the renderers
-    from dreamengine.scenes.nerf import Background
-
 SHADINGS = ("albedo", "diffuse", "textureless")
-BACKENDS = ("auto", "torch", "cuda")
 AMBIENT = 0.5
 DIFFUSE = 0.5
 NORMAL_MIN_WEIGHT = 1e-4  # samples lighter than this get no normal (see _normals_where_visible)
 
 
-class VolumeField(Protocol):
-    """What the renderer needs from a scene (:class:`~dreamengine.scenes.nerf.NeRFScene` is one)."""
-
-    radius: float  # bounding sphere, centered at the origin
-
-    def query(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """[N, 3] -> density [N], albedo [N, 3]."""
-        ...
-
-    def density(self, points: Tensor) -> Tensor:
-        """[N, 3] -> [N]."""
-        ...
-
-    def normals(self, points: Tensor) -> Tensor:
-        """[N, 3] -> outward unit normals [N, 3]."""
-        ...
-
-
-@dataclass
-class RenderOut:
-    """What a volume render returns. Images are [B, H, W, C]."""
-
-    rgb: Tensor  # [B, H, W, 3] in [0, 1], composited over the background
-    opacity: Tensor  # [B, H, W, 1] accumulated weight
-    depth: Tensor  # [B, H, W, 1] sum of w t (0 where empty); divide by opacity for surface depth
-    normal: Tensor | None  # [B, H, W, 3] sum of w n (world space, length <= opacity); None if not computed
-    orientation_loss: Tensor | None  # scalar; None when normals were not computed
-
-
-def _import_nerfacc() -> Any | None:
-    try:
-        import nerfacc
-    except (ImportError, OSError):
-        return None
-    return nerfacc
-
-
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'torch' or 'cuda' for a requested ``backend`` (auto | torch | cuda) on ``device``."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"volume renderer backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return "torch"
-    available = device.type == "cuda" and _import_nerfacc() is not None
-    if backend == "cuda" and not available:
-        raise ConfigError("volume renderer backend 'cuda' needs nerfacc and a CUDA device "
-                          f"(device is {device}); install nerfacc or use backend 'torch' or 'auto'")
-    return "cuda" if available else "torch"
+    """'torch' or 'cuda' (nerfacc) for a requested ``backend`` (auto | torch | cuda) on ``device``."""
+    return resolve_any_backend(backend, device, component="volume renderer", module="nerfacc",
+                               install="install nerfacc")
 
 
-def intersect_sphere(origins: Tensor, directions: Tensor, radius: float) -> tuple[Tensor, Tensor, Tensor]:
+def intersect_sphere(origins: Float[Tensor, "R 3"], directions: Float[Tensor, "R 3"],
+                     radius: float) -> tuple[Float[Tensor, " R"], Float[Tensor, " R"], Tensor]:
     """Where rays ``o + t d`` (unit ``d``) cross the origin-centered sphere, clipped to t >= 0.
 
     Args:
@@ -121,8 +79,9 @@ def intersect_sphere(origins: Tensor, directions: Tensor, radius: float) -> tupl
     return near, far, hit
 
 
-def stratified_samples(near: Tensor, far: Tensor, num_samples: int, perturb: bool,
-                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def stratified_samples(near: Float[Tensor, " R"], far: Float[Tensor, " R"], num_samples: int, perturb: bool,
+                       generator: torch.Generator | None = None
+                       ) -> tuple[Float[Tensor, "R K"], Float[Tensor, "R K"], Float[Tensor, "R K"]]:
     """Split ``[near, far]`` into ``num_samples`` equal intervals, one sample point in each.
 
     Args:
@@ -142,7 +101,7 @@ def stratified_samples(near: Tensor, far: Tensor, num_samples: int, perturb: boo
     return t_starts, t_ends, t_starts + (t_ends - t_starts) * u
 
 
-def composite_weights(sigmas: Tensor, deltas: Tensor) -> Tensor:
+def composite_weights(sigmas: Float[Tensor, "R K"], deltas: Float[Tensor, "R K"]) -> Float[Tensor, "R K"]:
     """Volume-rendering weights w_i = T_i (1 - exp(-sigma_i delta_i)) along each ray.
 
     Args:
@@ -156,15 +115,15 @@ def composite_weights(sigmas: Tensor, deltas: Tensor) -> Tensor:
     return torch.exp(-before) * (1.0 - torch.exp(-optical_depth))
 
 
-def accumulate(weights: Tensor, values: Tensor | None = None) -> Tensor:
+def accumulate(weights: Float[Tensor, "R K"], values: Float[Tensor, "R K C"] | None = None) -> Float[Tensor, "R C"]:
     """Weighted sums along rays: weights [R, K], values [R, K, C] -> [R, C]; no values -> opacity [R, 1]."""
     if values is None:
         return weights.sum(-1, keepdim=True)
     return torch.einsum("rk,rkc->rc", weights, values)  # no [R, K, C] temporary, unlike (w[..., None] * v).sum(1)
 
 
-def shade(albedo: Tensor, normals: Tensor | None, points: Tensor, light_positions: Tensor | None,
-          shading: str) -> Tensor:
+def shade(albedo: Float[Tensor, "N 3"], normals: Float[Tensor, "N 3"] | None, points: Float[Tensor, "N 3"],
+          light_positions: Float[Tensor, "N 3"] | None, shading: str) -> Float[Tensor, "N 3"]:
     """Sample colors [N, 3] for a shading mode (see the module docstring).
 
     Args:
@@ -214,7 +173,7 @@ class OccupancyGrid:
         self.ema_decay = ema_decay
         self.estimator: Any | None = None
         if self.backend == "cuda":
-            nerfacc = _import_nerfacc()
+            nerfacc = optional_import("nerfacc")
             aabb = torch.tensor([-radius, -radius, -radius, radius, radius, radius], device=self.device)
             self.estimator = nerfacc.OccGridEstimator(roi_aabb=aabb, resolution=resolution, levels=1)
             self.estimator.to(self.device)
@@ -222,7 +181,7 @@ class OccupancyGrid:
         self.values = torch.zeros(resolution**3, device=self.device)  # EMA of the max density per cell
         self.occupied = torch.ones(resolution**3, dtype=torch.bool, device=self.device)
 
-    def update(self, scene: VolumeField, step: int, chunk: int = 65536) -> None:
+    def update(self, scene: Field, step: int, chunk: int = 65536) -> None:
         """Refresh occupancy from the scene's density every ``update_every`` steps."""
         if self.estimator is not None:
             def occupancy_eval(points: Tensor) -> Tensor:
@@ -265,7 +224,7 @@ class OccupancyGrid:
         return self.occupied[(cell[:, 0] * res + cell[:, 1]) * res + cell[:, 2]]
 
 
-def render_volume(scene: VolumeField, cameras: Cameras, height: int, width: int, *, background: Background,
+def render_volume(scene: Field, cameras: Cameras, height: int, width: int, *, background: torch.nn.Module,
                   num_samples: int = 64, shading: str = "albedo", light_positions: Tensor | None = None,
                   perturb: bool = True, generator: torch.Generator | None = None, chunk_rays: int = 16384,
                   compute_normals: bool = False, backend: str = "auto",
@@ -331,7 +290,7 @@ def render_volume(scene: VolumeField, cameras: Cameras, height: int, width: int,
     )
 
 
-def _normals_where_visible(scene: VolumeField, points: Tensor, weights: Tensor) -> Tensor:
+def _normals_where_visible(scene: Field, points: Tensor, weights: Tensor) -> Tensor:
     """Scene normals [N, 3] at the samples whose weight exceeds NORMAL_MIN_WEIGHT, zero elsewhere.
 
     Finite-difference normals cost six extra field evaluations per sample; samples with weight below
@@ -345,7 +304,7 @@ def _normals_where_visible(scene: VolumeField, points: Tensor, weights: Tensor) 
     return normals.index_copy(0, visible, scene.normals(points[visible]))
 
 
-def _query_occupied(scene: VolumeField, points: Tensor,
+def _query_occupied(scene: Field, points: Tensor,
                     occupancy: OccupancyGrid | None) -> tuple[Tensor, Tensor]:
     """``scene.query`` at the points [N, 3] in occupied cells; density 0 and albedo 0 elsewhere."""
     if occupancy is None:
@@ -356,7 +315,7 @@ def _query_occupied(scene: VolumeField, points: Tensor,
     return full_density, albedo.new_zeros(points.shape[0], 3).index_copy(0, keep, albedo)
 
 
-def _march_torch(scene: VolumeField, rays_o: Tensor, rays_d: Tensor, ray_lights: Tensor | None,
+def _march_torch(scene: Field, rays_o: Tensor, rays_d: Tensor, ray_lights: Tensor | None,
                  num_samples: int, shading: str, need_normals: bool, perturb: bool,
                  generator: torch.Generator | None, chunk_rays: int,
                  occupancy: OccupancyGrid | None) -> dict[str, Tensor]:
@@ -398,7 +357,7 @@ def _march_torch(scene: VolumeField, rays_o: Tensor, rays_d: Tensor, ray_lights:
     return out
 
 
-def _march_nerfacc(scene: VolumeField, rays_o: Tensor, rays_d: Tensor, ray_lights: Tensor | None,
+def _march_nerfacc(scene: Field, rays_o: Tensor, rays_d: Tensor, ray_lights: Tensor | None,
                    occupancy: OccupancyGrid, shading: str, need_normals: bool,
                    perturb: bool) -> dict[str, Tensor]:
     """The foreground sums of :func:`_march_torch`, with nerfacc's occupancy-grid marching (CUDA only)."""
@@ -457,11 +416,9 @@ class VolumeRenderer:
                 update_every=cfg.occupancy_update_every, occupancy_threshold=cfg.occupancy_threshold,
                 backend=cfg.backend, device=device)
 
-    def __call__(self, scene: VolumeField, background: Background, cameras: Cameras, height: int, width: int, *,
+    def __call__(self, scene: Field, background: torch.nn.Module, cameras: Cameras, height: int, width: int, *,
                  generator: torch.Generator | None, perturb: bool) -> RenderOut:
         """Render ``cameras`` [B] at ``height`` x ``width`` (see :func:`render_volume`)."""
-        from dreamengine.scenes.nerf import sample_light_positions
-
         light = None
         if self.cfg.shading != "albedo":
             light = sample_light_positions(cameras, generator).to(cameras.device)
@@ -469,7 +426,7 @@ class VolumeRenderer:
                              shading=self.cfg.shading, light_positions=light, perturb=perturb, generator=generator,
                              backend=self.cfg.backend, occupancy=self.occupancy)
 
-    def after_step(self, scene: VolumeField, step: int) -> None:
+    def after_step(self, scene: Field, step: int) -> None:
         """Refresh the occupancy grid when it is due (call after ``optimizer.step()``)."""
         if self.occupancy is not None:
             self.occupancy.update(scene, step)
@@ -482,5 +439,5 @@ class VolumeRenderer:
             self.occupancy.load_state_dict(state["occupancy"])
 
 
-__all__ = ["OccupancyGrid", "RenderOut", "VolumeField", "VolumeRenderer", "accumulate", "composite_weights",
+__all__ = ["OccupancyGrid", "VolumeRenderer", "accumulate", "composite_weights",
            "intersect_sphere", "render_volume", "resolve_backend", "shade", "stratified_samples"]

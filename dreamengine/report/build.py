@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from dreamengine.cameras import CameraSampler
+from dreamengine.core.cameras import CameraSampler
 from dreamengine.report.page import write_report
 from dreamengine.report.turntable import RenderFn, make_turntable
 
@@ -31,12 +31,6 @@ def turntable_settings(cfg: Any, device: torch.device | str) -> tuple[int, int]:
     return frames, size
 
 
-def sampler_for(cfg: Any) -> CameraSampler:
-    cam = cfg.camera
-    return CameraSampler(tuple(cam.elevation_range), tuple(cam.azimuth_range), tuple(cam.distance_range),
-                         tuple(cam.fovy_range))
-
-
 def report_run(run_dir: Path, cfg: Any, render: RenderFn | None, device: torch.device | str = "cpu",
                frames: int | None = None, size: int | None = None) -> Path:
     """Render the turntable with ``render`` (skipped when None) into ``run_dir/final``, then write the report.
@@ -45,21 +39,21 @@ def report_run(run_dir: Path, cfg: Any, render: RenderFn | None, device: torch.d
         default_frames, default_size = turntable_settings(cfg, device)
         frames, size = frames or default_frames, size or default_size
         start = time.perf_counter()
-        make_turntable(render, sampler_for(cfg), run_dir / "final", frames, size)
+        make_turntable(render, CameraSampler.from_config(cfg.camera), run_dir / "final", frames, size)
         print(f"wrote {run_dir / 'final' / 'turntable.mp4'} ({frames} frames at {size} px in "
               f"{time.perf_counter() - start:.1f} s)", flush=True)
     return write_report(run_dir)
 
 
-def report_after_training(trainer: Any) -> Path | None:
-    """Turntable and report at the end of a run. A failure here prints a warning and returns None: the
-    checkpoint, the exported model and the metrics are already on disk and must not be lost over a report."""
+def report_after_training(run_dir: Path, cfg: Any, render: RenderFn, device: torch.device | str) -> Path | None:
+    """Turntable (when ``report.turntable``) and report at the end of a run. A failure here prints a warning and
+    returns None: the checkpoint, the exported model and the metrics are already on disk and must not be lost
+    over a report."""
     try:
-        render = trainer.render_views if trainer.cfg.report.turntable else None
-        path = report_run(trainer.run_dir, trainer.cfg, render, trainer.device)
+        path = report_run(run_dir, cfg, render if cfg.report.turntable else None, device)
     except Exception as error:  # noqa: BLE001 (any failure, including bugs, only costs the report)
         print(f"warning: the run report was not written ({type(error).__name__}: {error}); the run's results are "
-              f"saved. Retry with: dreamengine report {trainer.run_dir}", file=sys.stderr, flush=True)
+              f"saved. Retry with: dreamengine report {run_dir}", file=sys.stderr, flush=True)
         return None
     print(f"wrote {path}", flush=True)
     return path

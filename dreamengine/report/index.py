@@ -8,10 +8,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from dreamengine import __version__
+from dreamengine.core.files import atomic_write
 from dreamengine.errors import DreamEngineError
 from dreamengine.report.page import REPORT_NAME, STYLE, esc, format_number, is_number, previews, read_json, url
 from dreamengine.report.turntable import THUMBNAIL_NAME
+from dreamengine.version import __version__
 
 INDEX_NAME = "index.html"
 HEADLINE = (("mask_iou", "mask IoU"), ("psnr", "PSNR")), (("volumetric_iou", "mesh IoU"),)
@@ -87,7 +88,5 @@ def write_index(batch_dir: str | Path, run_dirs: Sequence[str | Path], title: st
             f"<footer>Written by DreamEngine {esc(__version__)} on {esc(time.strftime('%Y-%m-%d %H:%M'))}."
             "</footer></main></body></html>\n")
     path = batch_dir / INDEX_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, page)
     return path

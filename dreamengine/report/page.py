@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from dreamengine import __version__
+from dreamengine.core.files import atomic_write
 from dreamengine.errors import DreamEngineError
 from dreamengine.report import viewer
 from dreamengine.report.plots import format_number, loss_curves_html, read_log
 from dreamengine.report.turntable import GIF_NAME, MP4_NAME, THUMBNAIL_NAME
+from dreamengine.version import __version__
 
 REPORT_NAME = "report.html"
 PREVIEW_PATTERN = re.compile(r"step-(\d+)\.png$")
@@ -340,9 +341,7 @@ def write_report(run_dir: str | Path) -> Path:
             f"<title>{esc(prompt or run_dir.name)} · DreamEngine report</title><style>{STYLE}</style></head>"
             f"<body><main>{body}{footer}</main>{scripts}</body></html>\n")
     path = run_dir / REPORT_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, page)
     return path
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamengine.cameras import Cameras, CameraSampler
+from dreamengine.core.cameras import Cameras, CameraSampler
+from dreamengine.core.render import RenderOut
 from dreamengine.errors import DreamEngineError
-from dreamengine.renderers.volume import RenderOut
 
 RenderFn = Callable[[Cameras, int, int], RenderOut]
 

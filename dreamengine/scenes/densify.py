@@ -26,32 +26,19 @@ scene's parameters across a call.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from dreamengine.config.scenes import DensifyConfig
 from dreamengine.errors import ConfigError
-from dreamengine.scenes.gaussians import PARAM_NAMES, GaussianScene, quat_to_rotmat
+from dreamengine.renderers.splat import quat_to_rotmat
+from dreamengine.scenes.gaussians import PARAM_NAMES, GaussianScene
 
 SPLIT_SCALE_DIVISOR = 1.6
 
 
-@dataclass
-class DensifyConfig:
-    """When and how to clone, split, prune and reset (gsplat's DefaultStrategy defaults)."""
-
-    refine_start: int = 500
-    refine_stop: int = 15_000
-    refine_every: int = 100
-    reset_every: int = 3_000  # 0 disables opacity resets
-    grow_grad2d: float = 0.0002
-    grow_scale3d: float = 0.01  # fraction of the scene radius separating clone from split
-    prune_opacity: float = 0.005
-    prune_scale3d: float = 0.1  # fraction of the scene radius
-    max_gaussians: int = 200_000
-    seed: int = 0  # for the split children's positions
 
 
 class DensifyStrategy:

@@ -18,15 +18,14 @@ checkpoint from one does not load into the other.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from dreamengine.core.backends import optional_import, resolve_backend
 from dreamengine.errors import ConfigError
 
 HASH_PRIMES = (1, 2654435761, 805459861)
-BACKENDS = ("auto", "torch", "cuda")
 
 
 def per_level_scale_for(base_resolution: int, max_resolution: int, num_levels: int) -> float:
@@ -34,15 +33,6 @@ def per_level_scale_for(base_resolution: int, max_resolution: int, num_levels: i
     if num_levels < 2:
         return 1.0
     return math.exp(math.log(max_resolution / base_resolution) / (num_levels - 1))
-
-
-def _import_tinycudann() -> Any | None:
-    """tinycudann if it imports, else None (it only builds and loads on CUDA machines)."""
-    try:
-        import tinycudann
-    except (ImportError, OSError):
-        return None
-    return tinycudann
 
 
 class HashGridEncoding(nn.Module):
@@ -56,8 +46,6 @@ class HashGridEncoding(nn.Module):
                  base_resolution: int = 16, per_level_scale: float = 1.447269237440378,
                  backend: str = "auto", init_scale: float = 1e-4) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ConfigError(f"encoding backend must be one of {BACKENDS}, got {backend!r}")
         if num_levels < 1 or features_per_level < 1 or base_resolution < 1:
             raise ConfigError("hash grid num_levels, features_per_level and base_resolution must be >= 1, "
                               f"got {num_levels}, {features_per_level}, {base_resolution}")
@@ -94,16 +82,12 @@ class HashGridEncoding(nn.Module):
         self.table = nn.Parameter(table)  # [sum of level sizes, F]
 
     def _pick_backend(self, backend: str) -> str:
-        if backend == "torch":
-            return "torch"
-        has_tcnn = torch.cuda.is_available() and _import_tinycudann() is not None
-        if backend == "cuda" and not has_tcnn:
-            raise ConfigError("encoding backend 'cuda' needs tiny-cuda-nn and a CUDA GPU; install tinycudann "
-                              "(built from its source repository) or set the backend to 'torch' or 'auto'")
-        return "cuda" if has_tcnn else "torch"
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # the module moves to its device after construction
+        return resolve_backend(backend, device, component="encoding", module="tinycudann",
+                               install="build tiny-cuda-nn's torch bindings (tinycudann) from its source repository")
 
     def _build_tcnn(self) -> nn.Module:
-        tcnn = _import_tinycudann()
+        tcnn = optional_import("tinycudann")
         config = {"otype": "HashGrid", "n_levels": self.num_levels,
                   "n_features_per_level": self.features_per_level,
                   "log2_hashmap_size": self.log2_hashmap_size, "base_resolution": self.base_resolution,

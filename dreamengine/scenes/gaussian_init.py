@@ -8,7 +8,8 @@
   colors or texture when it has them, normalized into ``init_radius`` (GaussianDreamer starts from Shap-E's
   mesh this way).
 * ``nerf``: points where a finished NeRF run (``init_path``: its run directory) has density above its
-  surface level, colored by its albedo.
+  surface level, colored by its albedo. Reading a run belongs above the scenes: the builder makes these
+  tensors (:func:`dreamengine.build.gaussians_from_nerf_run`) and hands them to the scene.
 * ``ply``: a standard 3DGS PLY file (``init_path``), loaded as it is.
 
 Every initializer except ``ply`` places isotropic Gaussians of scale ``init_scale`` and opacity
@@ -18,14 +19,13 @@ Every initializer except ``ply`` places isotropic Gaussians of scale ``init_scal
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dreamengine.errors import ConfigError, DreamEngineError
+from dreamengine.errors import ConfigError
 
 SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi))
 SHELL_THICKNESS = 0.05  # world units: 'shape' points lie in -thickness < sdf < 0
@@ -135,44 +135,6 @@ def mesh_surface_colors(mesh: Any, points: np.ndarray, face_ids: np.ndarray) -> 
     return np.einsum("nk,nkc->nc", weights, vertex_colors[mesh.faces[face_ids]])
 
 
-def nerf_init(config: Any, sh_degree: int) -> dict[str, Tensor]:
-    """Points where the NeRF run in ``init_path`` has density above its surface level, with its albedo."""
-    from dreamengine.export.scene_export import export_cameras, surface_level
-    from dreamengine.runs import open_run_dir
-    from dreamengine.trainer import load_trained, render_fixed
-
-    if not config.init_path:
-        raise ConfigError("scene.init=nerf needs scene.init_path: the run directory of a finished NeRF run")
-    run_dir, run_cfg = open_run_dir(config.init_path)
-    if run_cfg.scene.name != "nerf":
-        raise ConfigError(f"scene.init_path {run_dir} is a '{run_cfg.scene.name}' run; scene.init=nerf needs a "
-                          "NeRF run (scene.name=nerf)")
-    scenes, background, renderers = load_trained(run_cfg, Path(run_dir) / "ckpt" / "last.pt")
-    nerf = scenes[0]
-    cameras = export_cameras(float(np.mean(run_cfg.camera.distance_range)), float(np.mean(run_cfg.camera.fovy_range)))
-
-    def render_opacity(cams: Any, resolution: int) -> Tensor:
-        return render_fixed(nerf, background, renderers[0], cams, resolution, resolution).opacity[..., 0]
-
-    level = surface_level(nerf, run_cfg.export.threshold, render_opacity, cameras)
-    resolution = 64
-    axis = torch.linspace(-nerf.radius, nerf.radius, resolution)
-    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    with torch.no_grad():
-        density = torch.cat([nerf.density(part) for part in grid.split(65536)])
-    cells = grid[density > level]
-    if len(cells) == 0:
-        raise DreamEngineError(f"the NeRF run {run_dir} has no density above its surface level {level:.3g}; "
-                               "train it longer or start from scene.init=sphere")
-    generator = torch.Generator().manual_seed(config.seed)
-    picks = torch.randint(len(cells), (config.num_points,), generator=generator)
-    cell_size = 2.0 * nerf.radius / (resolution - 1)
-    points = cells[picks] + (torch.rand(config.num_points, 3, generator=generator) - 0.5) * cell_size
-    with torch.no_grad():
-        colors = nerf.albedo(points)
-    return gaussians_at(points, colors, config, sh_degree)
-
-
 def ply_init(config: Any, sh_degree: int) -> dict[str, Tensor]:
     """The Gaussians of a 3DGS PLY file, higher SH orders truncated or zero-padded to ``sh_degree``."""
     from dreamengine.export.splat_ply import read_splat_ply
@@ -189,6 +151,7 @@ def ply_init(config: Any, sh_degree: int) -> dict[str, Tensor]:
     return tensors
 
 
-INITIALIZERS = {"sphere": sphere_init, "shape": shape_init, "mesh": mesh_init, "nerf": nerf_init, "ply": ply_init}
+# scene.init=nerf reads another run, which is not a scene module's business: dreamengine.build.gaussians_from_nerf_run
+INITIALIZERS = {"sphere": sphere_init, "shape": shape_init, "mesh": mesh_init, "ply": ply_init}
 
 __all__ = ["INITIALIZERS", "gaussians_at", "mesh_surface_colors", "rgb_to_sh_dc"]

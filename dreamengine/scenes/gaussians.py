@@ -17,14 +17,20 @@ in place (``param.data = ...``) so the Parameter objects the optimizer holds sta
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dreamengine.config.run import OptimConfig
+from dreamengine.config.scenes import GAUSSIAN_INITS, GaussiansConfig
+from dreamengine.core.render import SplatTensors
 from dreamengine.errors import ConfigError
+from dreamengine.renderers.splat import covariance_and_precision
+from dreamengine.scenes.gaussian_grid import gaussian_albedo_field, gaussian_density_grid
 from dreamengine.scenes.gaussian_init import INITIALIZERS, SH_C0, rgb_to_sh_dc
+from dreamengine.scenes.nerf import background_groups
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh_dc", "sh_rest")
 # param-group name -> attribute of GaussianScene (log scales and logit opacities are what is optimized)
@@ -32,34 +38,6 @@ ATTRIBUTES = {"means": "means", "scales": "log_scales", "quats": "quats", "opaci
               "sh_dc": "sh_dc", "sh_rest": "sh_rest"}
 
 
-@dataclass
-class GaussiansConfig:
-    """Everything that defines a Gaussian scene. Plain types only, so it embeds in the OmegaConf run config."""
-
-    name: str = "gaussians"
-    radius: float = 1.0  # scene bound (the exporter's grid covers [-radius, radius]^3)
-    num_points: int = 4096  # initial number of Gaussians (all inits but 'ply')
-    init: str = "sphere"  # sphere | shape | mesh | nerf | ply (see dreamengine/scenes/gaussian_init.py)
-    init_path: str = ""  # mesh: a GLB/OBJ/PLY mesh | nerf: a NeRF run directory | ply: a 3DGS PLY file
-    init_shape: str = "sphere"  # shape: a toy shape name (geometry only) or a toy prompt (geometry + colors)
-    init_mesh_normalize: bool = True  # mesh: center the surface points and scale them into init_radius
-    init_radius: float = 0.5
-    init_color: tuple[float, float, float] = (0.5, 0.5, 0.5)  # initial view-independent color
-    init_random_color: bool = True  # uniform random colors in [0, 1] instead of init_color
-    sh_degree: int = 0  # 0..3
-    albedo_only: bool = False  # force degree 0 (view-independent color)
-    init_scale: float = 0.02  # world units, isotropic
-    init_opacity: float = 0.1
-    seed: int = 0  # for the random initialization
-    # learning rates (3DGS defaults, except means which has the exponential decay below)
-    lr_means_init: float = 1.6e-4
-    lr_means_final: float = 1.6e-6
-    lr_means_decay_steps: int = 30_000  # lr(step) = exp(lerp(log init, log final, min(step / steps, 1)))
-    lr_scales: float = 5e-3
-    lr_quats: float = 1e-3
-    lr_opacities: float = 5e-2
-    lr_sh_dc: float = 2.5e-3
-    lr_sh_rest: float = 2.5e-3 / 20.0
 
 
 def sh_dc_to_rgb(sh_dc: Tensor) -> Tensor:
@@ -67,41 +45,24 @@ def sh_dc_to_rgb(sh_dc: Tensor) -> Tensor:
     return (sh_dc * SH_C0 + 0.5).clamp(min=0.0)
 
 
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Rotation matrices [..., 3, 3] of quaternions (w, x, y, z) [..., 4] (normalized here)."""
-    w, x, y, z = nn.functional.normalize(quats, dim=-1).unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
-
-
-def covariance_and_precision(quats: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
-    """3D covariances ``R S^2 R^T`` and their inverses ``R S^-2 R^T``, both [..., 3, 3].
-
-    Args:
-        quats: [..., 4] (w, x, y, z), any norm; scales: [..., 3] positive.
-    """
-    rot = quat_to_rotmat(quats)
-    m = rot * scales[..., None, :]  # R S
-    p = rot / scales[..., None, :]  # R S^-1
-    return m @ m.transpose(-1, -2), p @ p.transpose(-1, -2)
-
-
 class GaussianScene(nn.Module):
     """N Gaussians with SH colors. Parameters: means [N, 3], quats [N, 4], log_scales [N, 3],
     logit_opacities [N], sh_dc [N, 1, 3], sh_rest [N, (d + 1)^2 - 1, 3]."""
 
-    def __init__(self, config: GaussiansConfig | None = None) -> None:
+    def __init__(self, config: GaussiansConfig | None = None, initial: dict[str, Tensor] | None = None) -> None:
+        """``initial``: the parameter tensors to start from (as :func:`~dreamengine.scenes.gaussian_init.gaussians_at`
+        returns them); None: made by ``scene.init``'s initializer. ``scene.init=nerf`` needs them (the builder
+        makes them from the NeRF run: :func:`dreamengine.build.gaussians_from_nerf_run`)."""
         super().__init__()
         config = config if config is not None else GaussiansConfig()
         _validate(config)
         self.config = config
         self.radius = float(config.radius)
         self.sh_degree = 0 if config.albedo_only else int(config.sh_degree)
-        tensors = INITIALIZERS[config.init](config, self.sh_degree)
+        if initial is None and config.init not in INITIALIZERS:
+            raise ConfigError(f"scene.init={config.init} starts from another run: build the scene with "
+                              "dreamengine.build.build_scene, which reads scene.init_path")
+        tensors = initial if initial is not None else INITIALIZERS[config.init](config, self.sh_degree)
         self.means = nn.Parameter(tensors["means"].float())
         self.quats = nn.Parameter(tensors["quats"].float())
         self.log_scales = nn.Parameter(tensors["log_scales"].float())
@@ -134,21 +95,18 @@ class GaussianScene(nn.Module):
         return {name: getattr(self, attr) for name, attr in ATTRIBUTES.items()}
 
     # ---- optimization ------------------------------------------------------------------------------
-    def param_groups(self, lr_background: float = 0.0, background: nn.Module | None = None) -> list[dict[str, Any]]:
-        """Adam groups, one parameter each, named as in :data:`PARAM_NAMES` (plus 'background' when a
-        ``background`` with trainable parameters is given). Learning rates come from the config; the
-        'means' rate starts at ``lr_means_init`` (see :meth:`update_learning_rate`). 'sh_rest' is included
-        even when empty (degree 0) so that group indices do not depend on the degree."""
-        cfg = self.config
+    def param_groups(self, optim: OptimConfig | None = None,
+                     background: nn.Module | None = None) -> list[dict[str, Any]]:
+        """Adam groups, one parameter each, named as in :data:`PARAM_NAMES` (plus 'background' at
+        ``optim.lr_background`` when a ``background`` with trainable parameters is given). Learning rates come
+        from the scene config; the 'means' rate starts at ``lr_means_init`` (see :meth:`update_learning_rate`).
+        'sh_rest' is included even when empty (degree 0) so that group indices do not depend on the degree."""
+        cfg, optim = self.config, optim or OptimConfig()
         rates = {"means": cfg.lr_means_init, "scales": cfg.lr_scales, "quats": cfg.lr_quats,
                  "opacities": cfg.lr_opacities, "sh_dc": cfg.lr_sh_dc, "sh_rest": cfg.lr_sh_rest}
         groups: list[dict[str, Any]] = [{"name": name, "params": [param], "lr": rates[name]}
                                         for name, param in self.parameters_by_name().items()]
-        if background is not None:
-            trainable = [p for p in background.parameters() if p.requires_grad]
-            if trainable:
-                groups.append({"name": "background", "params": trainable, "lr": lr_background})
-        return groups
+        return groups + background_groups(background, optim.lr_background)
 
     def means_learning_rate(self, step: int) -> float:
         """3DGS's position schedule: log-linear from ``lr_means_init`` to ``lr_means_final`` over
@@ -164,6 +122,32 @@ class GaussianScene(nn.Module):
             if group.get("name") == "means":
                 group["lr"] = lr
         return lr
+
+    # ---- the Scene protocol's other parts (dreamengine.core.protocols.Scene) ---------------------------
+    def render_inputs(self) -> SplatTensors:
+        """The Gaussians as the splat renderer takes them (differentiable views of the parameters)."""
+        return SplatTensors(means=self.means, quats=self.quats, scales=self.scales, opacities=self.opacities,
+                            sh_coeffs=self.sh_coeffs, sh_degree=self.sh_degree)
+
+    def regularizers(self) -> dict[str, Tensor]:
+        return {}
+
+    def log_terms(self) -> dict[str, float]:
+        return {"num_gaussians": float(self.num_gaussians)}
+
+    def splat_tensors(self) -> dict[str, Tensor]:
+        """The stored (unconstrained) parameters, as a 3DGS PLY file holds them (detached)."""
+        return {attr: getattr(self, attr).detach() for attr in ATTRIBUTES.values()}
+
+    def density_grid(self, resolution: int) -> np.ndarray:
+        """:meth:`density` on the export grid, [R, R, R], by scattering the Gaussians into it (much faster than
+        point queries, same values: :func:`~dreamengine.scenes.gaussian_grid.gaussian_density_grid`)."""
+        return gaussian_density_grid(self.render_inputs(), self.radius, resolution)
+
+    def export_albedo(self, resolution: int) -> Any:
+        """A fast stand-in for :meth:`albedo` for texture baking (a million texels), interpolated from the
+        ``resolution``^3 export grid (:func:`~dreamengine.scenes.gaussian_grid.gaussian_albedo_field`)."""
+        return gaussian_albedo_field(self.render_inputs(), self.radius, resolution)
 
     # ---- resizing (densification, checkpoints) -----------------------------------------------------
     def set_parameter(self, name: str, value: Tensor) -> nn.Parameter:
@@ -234,8 +218,8 @@ class GaussianScene(nn.Module):
 
 
 def _validate(config: GaussiansConfig) -> None:
-    if config.init not in INITIALIZERS:
-        raise ConfigError(f"scene.init must be one of {', '.join(INITIALIZERS)}, got {config.init!r}")
+    if config.init not in GAUSSIAN_INITS:
+        raise ConfigError(f"scene.init must be one of {', '.join(GAUSSIAN_INITS)}, got {config.init!r}")
     if config.init in ("mesh", "nerf", "ply") and not config.init_path:
         raise ConfigError(f"scene.init={config.init} needs scene.init_path (a mesh file for mesh, a NeRF run "
                           "directory for nerf, a 3DGS .ply file for ply)")
@@ -253,5 +237,4 @@ def _validate(config: GaussiansConfig) -> None:
         raise ConfigError(f"scene.init_opacity must be in (0, 1), got {config.init_opacity}")
 
 
-__all__ = ["GaussianScene", "GaussiansConfig", "PARAM_NAMES", "covariance_and_precision", "quat_to_rotmat",
-           "rgb_to_sh_dc", "sh_dc_to_rgb"]
+__all__ = ["GaussianScene", "PARAM_NAMES", "rgb_to_sh_dc", "sh_dc_to_rgb"]

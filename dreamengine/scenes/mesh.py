@@ -22,19 +22,18 @@ frame it; ``fit_radius`` 0.75 matches the toy world's objects. The transform is 
 maps scene points back to the input's frame, and :meth:`MeshScene.export_mesh` writes either frame
 (``original_frame``). Without ``normalize`` the input's coordinates are used as they are.
 
-Rendering goes through :func:`dreamengine.renderers.raster.render_mesh`, which takes the scene itself (it
-calls :meth:`MeshScene.mesh_tensors`). Export (:meth:`MeshScene.export_mesh`, used by
+Rendering goes through :func:`dreamengine.renderers.raster.render_mesh`, which takes the scene's
+:meth:`MeshScene.mesh_tensors` (``render_inputs``). Export (:meth:`MeshScene.export_mesh`, used by
 :func:`dreamengine.export.scene_export.export_scene`) writes the mesh with its texture, or bakes the field
 onto xatlas UVs.
 
 Regularizers for trained vertices (:func:`laplacian_loss`, :func:`normal_consistency_loss`) are returned by
-:meth:`MeshScene.regularizers`; the config holds their weights.
+:meth:`MeshScene.geometry_terms`; the config holds their weights and :meth:`MeshScene.regularizers` sums them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,10 @@ import torch
 import trimesh
 from torch import Tensor, nn
 
+from dreamengine.config.run import OptimConfig
+from dreamengine.config.scenes import TEXTURE_ACTIVATIONS, TEXTURE_KINDS, MeshSceneConfig
+from dreamengine.core.layers import check_choice, mlp
+from dreamengine.core.render import MeshTensors
 from dreamengine.errors import ConfigError, ExportError, MeshFileError
 from dreamengine.export.color import color_vertices
 from dreamengine.export.mesh_io import FORMATS, load_mesh
@@ -54,53 +57,14 @@ from dreamengine.export.texture import (
     textured_mesh,
     unwrap_uv,
 )
-from dreamengine.renderers.raster import MeshTensors, face_neighbors, sample_texture, surface_albedo
+from dreamengine.renderers.raster import face_neighbors, mesh_tensors_from_trimesh, sample_texture, surface_albedo
 from dreamengine.scenes.encoding import HashGridEncoding
-from dreamengine.scenes.nerf import _check_choice, _mlp
+from dreamengine.scenes.nerf import background_groups
 
-TEXTURE_KINDS = ("uv", "field")
-TEXTURE_ACTIVATIONS = ("sigmoid", "clamp")
 LOGIT_EPS = 1e-3  # initial colors are clamped to [eps, 1 - eps] before the logit
 GRAY = 0.5
 
 
-@dataclass
-class MeshSceneConfig:
-    """Everything that defines a mesh scene. Plain types only, so it embeds in the OmegaConf run config."""
-
-    name: str = "mesh"
-    init_path: str = ""  # the mesh file to start from: .glb | .obj | .ply (read with dreamengine.export.load_mesh)
-    radius: float = 1.0  # scene bound: a sphere around the origin
-    normalize: bool = True  # center the input and scale it so its farthest vertex is fit_radius from the origin
-    fit_radius: float = 0.75  # where training cameras frame an object (the toy world's objects fit in 0.75)
-    texture: str = "uv"  # uv: texture map on the mesh's UVs (xatlas UVs if it has none) | field: hash grid + MLP
-    texture_resolution: int = 512  # uv: texels per side
-    texture_activation: str = "sigmoid"  # uv: sigmoid (texels hold logits) | clamp (texels hold colors)
-    uv_padding: int = 4  # uv: texels between xatlas charts
-    # field (a small hash grid over [-radius, radius]^3 and an MLP with one hidden layer)
-    num_levels: int = 12
-    features_per_level: int = 2
-    log2_hashmap_size: int = 16
-    base_resolution: int = 16
-    per_level_scale: float = 1.5
-    hidden_dim: int = 32
-    encoding_backend: str = "auto"  # auto | torch | cuda (tiny-cuda-nn)
-    init_fit_steps: int = 100  # field: Adam steps fitting it to the input's colors (when it has colors)
-    init_fit_points: int = 4096  # field: surface samples per fitting step
-    init_fit_lr: float = 0.03  # field: Adam learning rate of the fitting (encoding and network alike)
-    seed: int = 0  # for the field's initialization and fitting samples
-    # what is trained
-    optimize_texture: bool = True  # false: a geometry-only stage keeps the appearance as it is
-    optimize_vertices: bool = False  # train per-vertex offsets
-    # learning rates (Adam)
-    lr_texture: float = 0.01
-    lr_encoding: float = 0.01
-    lr_network: float = 0.001
-    lr_offsets: float = 1e-4
-    # regularizer weights for trained offsets (see MeshScene.regularizer_loss). threestudio's Magic3D
-    # refinement uses normal consistency 10000 and no Laplacian term; neither is calibrated here yet.
-    lambda_laplacian: float = 0.0  # uniform Laplacian of the offsets: smooth displacements
-    lambda_normal_consistency: float = 10000.0  # 1 - cos between normals of adjacent faces
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -204,7 +168,7 @@ class MeshScene(nn.Module):
             source = config.init_path
         else:
             check_mesh(mesh, source)
-        input_tensors = MeshTensors.from_trimesh(mesh)  # welds UV seams, reads texture / vertex colors
+        input_tensors = mesh_tensors_from_trimesh(mesh)  # welds UV seams, reads texture / vertex colors
         vertices = input_tensors.vertices.double()
         center, scale = torch.zeros(3, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
         if config.normalize:
@@ -237,7 +201,7 @@ class MeshScene(nn.Module):
                     num_levels=config.num_levels, features_per_level=config.features_per_level,
                     log2_hashmap_size=config.log2_hashmap_size, base_resolution=config.base_resolution,
                     per_level_scale=config.per_level_scale, backend=config.encoding_backend)
-                self.network = _mlp(self.encoding.output_dim, config.hidden_dim, 1, 3)
+                self.network = mlp(self.encoding.output_dim, config.hidden_dim, 1, 3)
             if _has_colors(input_tensors) and config.init_fit_steps > 0:
                 self._fit_field(input_tensors, generator)
         if not config.optimize_texture:  # a geometry-only stage: the appearance is frozen
@@ -306,6 +270,10 @@ class MeshScene(nn.Module):
         """Current vertex positions [V, 3]: base + offsets."""
         return self.base_vertices + self.offsets
 
+    def render_inputs(self) -> MeshTensors:
+        """The Scene protocol's name for :meth:`mesh_tensors`: what the rasterizer draws."""
+        return self.mesh_tensors()
+
     def mesh_tensors(self) -> MeshTensors:
         """What :func:`~dreamengine.renderers.raster.render_mesh` draws (differentiable in the parameters)."""
         if self.config.texture == "uv":
@@ -337,12 +305,13 @@ class MeshScene(nn.Module):
         return points / self.normalization_scale + self.normalization_center
 
     # ---- optimization ------------------------------------------------------------------------------
-    def param_groups(self, lr_background: float = 0.0, background: nn.Module | None = None) -> list[dict[str, Any]]:
+    def param_groups(self, optim: OptimConfig | None = None,
+                     background: nn.Module | None = None) -> list[dict[str, Any]]:
         """Adam groups from the config's rates: 'texture' ('uv') or 'encoding' and 'network' ('field') unless the
         texture is frozen (``optimize_texture: false``), then 'offsets' when vertices are optimized, and
-        'background' when a ``background`` with trainable parameters is given. Every trainable parameter appears
-        exactly once."""
-        cfg = self.config
+        'background' (at ``optim.lr_background``) when a ``background`` with trainable parameters is given.
+        Every trainable parameter appears exactly once."""
+        cfg, optim = self.config, optim or OptimConfig()
         groups: list[dict[str, Any]] = []
         if cfg.optimize_texture and cfg.texture == "uv":
             groups.append({"name": "texture", "params": [self.texture_logits], "lr": cfg.lr_texture})
@@ -351,13 +320,12 @@ class MeshScene(nn.Module):
                        {"name": "network", "params": list(self.network.parameters()), "lr": cfg.lr_network}]
         if cfg.optimize_vertices:
             groups.append({"name": "offsets", "params": [self.offsets], "lr": cfg.lr_offsets})
-        if background is not None:
-            trainable = [p for p in background.parameters() if p.requires_grad]
-            if trainable:
-                groups.append({"name": "background", "params": trainable, "lr": lr_background})
-        return groups
+        return groups + background_groups(background, optim.lr_background)
 
-    def regularizers(self) -> dict[str, Tensor]:
+    def update_learning_rate(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Constant learning rates."""
+
+    def geometry_terms(self) -> dict[str, Tensor]:
         """Unweighted geometry regularizers: 'laplacian' of the offsets and 'normal_consistency' of the
         current mesh (both differentiable in the offsets)."""
         return {"laplacian": laplacian_loss(self.offsets, self.edges),
@@ -368,9 +336,16 @@ class MeshScene(nn.Module):
         vertices are not optimized."""
         if not self.config.optimize_vertices:
             return self.offsets.new_zeros(())
-        terms = self.regularizers()
+        terms = self.geometry_terms()
         return (self.config.lambda_laplacian * terms["laplacian"]
                 + self.config.lambda_normal_consistency * terms["normal_consistency"])
+
+    def regularizers(self) -> dict[str, Tensor]:
+        """The weighted geometry regularizer ('geometry': :meth:`regularizer_loss`) when vertices are trained."""
+        return {"geometry": self.regularizer_loss()} if self.config.optimize_vertices else {}
+
+    def log_terms(self) -> dict[str, float]:
+        return {}
 
     # ---- export --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -442,8 +417,8 @@ def _has_colors(tensors: MeshTensors) -> bool:
 
 
 def _validate(config: MeshSceneConfig) -> None:
-    _check_choice("scene.texture", config.texture, TEXTURE_KINDS)
-    _check_choice("scene.texture_activation", config.texture_activation, TEXTURE_ACTIVATIONS)
+    check_choice("scene.texture", config.texture, TEXTURE_KINDS)
+    check_choice("scene.texture_activation", config.texture_activation, TEXTURE_ACTIVATIONS)
     if config.texture_resolution < 16:
         raise ConfigError(f"scene.texture_resolution must be >= 16, got {config.texture_resolution}")
     for key in ("radius", "fit_radius", "lr_texture", "lr_encoding", "lr_network", "lr_offsets", "init_fit_lr"):

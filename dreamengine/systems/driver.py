@@ -19,32 +19,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
-from dreamengine.config import RunConfig, config_to_yaml, load_config
-from dreamengine.errors import CheckpointError, ConfigError
-from dreamengine.runs import write_json
+from dreamengine.config import RunConfig, config_to_yaml
+from dreamengine.core.files import atomic_write, write_json
+from dreamengine.errors import ConfigError
+from dreamengine.pipeline import StageResult, run_stage
+from dreamengine.report import write_report
+from dreamengine.runs import SYSTEM_FILE, read_system_run
 from dreamengine.systems import SystemSpec, split_stage_overrides, stage_config
 from dreamengine.trainer import StepEvent, Trainer
 
 DONE_FILE = "done.json"
-
-
-@dataclass
-class StageResult:
-    """What one finished stage produced."""
-
-    name: str
-    run_dir: Path
-    files: list[Path]  # what export wrote under final/
-    metrics: dict[str, Any]  # metrics.json: the evaluation (toy-world runs) and a training summary
-    seconds: float  # wall time of the training, export and eval that finished the stage
 
 
 def stage_dir(run_dir: Path, index: int, name: str) -> Path:
@@ -85,55 +74,11 @@ def write_system_run(run_dir: Path, spec: SystemSpec, prompt: str, configs: list
     for index, (stage, cfg) in enumerate(zip(spec.stages, configs, strict=True)):
         folder = stage_dir(run_dir, index, stage.name)
         folder.mkdir(parents=True)
-        (folder / "config.yaml").write_text(config_to_yaml(cfg))
+        atomic_write(folder / "config.yaml", config_to_yaml(cfg))
         description["stages"].append({"name": stage.name, "dir": str(folder.relative_to(run_dir)),
                                       "init": stage.init, "scene": cfg.scene.name, "guidance": cfg.guidance.name,
                                       "steps": cfg.trainer.max_steps})
-    (run_dir / "system.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(description)))
-
-
-def read_system_run(run_dir: Path) -> dict[str, Any]:
-    """system.yaml of a system run directory, as a plain dict."""
-    path = run_dir / "system.yaml"
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
-    except Exception as error:
-        raise CheckpointError(f"{path} is unreadable ({type(error).__name__}); it is not a DreamEngine system "
-                              "run directory, or the file was damaged") from None
-
-
-def is_system_run(run_dir: Path) -> bool:
-    return (run_dir / "system.yaml").is_file()
-
-
-def run_stage(trainer: Trainer, callbacks: Sequence[Callable[[StepEvent], None]] = (),
-              export: bool = True) -> StageResult:
-    """Train (from wherever the trainer stands), export every particle, evaluate toy-world runs."""
-    from dreamengine.results import evaluate_run, export_run
-
-    start = time.perf_counter()
-    cfg, run_dir = trainer.cfg, trainer.run_dir
-    trainer.fit(callbacks)
-    files = export_run(trainer.scenes, trainer.background, trainer.renderers, cfg, run_dir) if export else []
-    metrics = evaluate_run(trainer.scene, trainer.background, trainer.renderer, cfg, run_dir)
-    seconds = time.perf_counter() - start
-    metrics["training"] = {"steps": trainer.step, "seconds_this_session": round(seconds, 2)}
-    write_json(run_dir / "metrics.json", metrics)  # every finished run has one: batch skips runs that do
-    from dreamengine.report import report_after_training
-
-    report_after_training(trainer)  # turntable + report.html; a failure only warns (the results are saved)
-    return StageResult(trainer.stage, run_dir, files, metrics, seconds)
-
-
-def load_stage_trainer(folder: Path, name: str) -> Trainer:
-    """A stage's trainer from its config.yaml, restored from its checkpoint when it has one."""
-    cfg = load_config(folder / "config.yaml")
-    trainer = Trainer(cfg, folder, stage=name)
-    if (folder / "ckpt" / "last.pt").is_file():
-        trainer.load()
-    else:
-        trainer.truncate_log()  # a stage killed before its first checkpoint starts over
-    return trainer
+    atomic_write(run_dir / SYSTEM_FILE, OmegaConf.to_yaml(OmegaConf.create(description)))
 
 
 def run_system(run_dir: Path, callbacks: Sequence[Callable[[StepEvent], None]] = (),
@@ -153,7 +98,7 @@ def run_system(run_dir: Path, callbacks: Sequence[Callable[[StepEvent], None]] =
         if done.is_file():
             results.append(finished_stage(folder, stage["name"]))
             continue
-        trainer = first_trainer if first_trainer is not None else load_stage_trainer(folder, stage["name"])
+        trainer = first_trainer if first_trainer is not None else Trainer.from_run_dir(folder, stage["name"])
         first_trainer = None
         if on_stage is not None:
             on_stage(stage["name"], index, len(stages), trainer)
@@ -183,8 +128,6 @@ def publish_final(run_dir: Path, results: list[StageResult]) -> None:
                 **({"mask_iou": r.metrics["mask_iou"], "psnr": r.metrics["psnr"]} if "mask_iou" in r.metrics else {})}
                for r in results]
     write_json(run_dir / "metrics.json", {**last.metrics, "stages": summary})
-    from dreamengine.report import write_report
-
     try:
         write_report(run_dir)  # the system's page: the last stage's outputs, links to every stage's report
     except Exception as error:  # noqa: BLE001 (a report failure must not lose the run)
@@ -192,5 +135,5 @@ def publish_final(run_dir: Path, results: list[StageResult]) -> None:
               f"dreamengine report {run_dir}", flush=True)
 
 
-__all__ = ["DONE_FILE", "StageResult", "init_from_previous", "is_system_run", "load_stage_trainer", "plan_stages",
-           "publish_final", "read_system_run", "run_stage", "run_system", "stage_dir", "write_system_run"]
+__all__ = ["DONE_FILE", "init_from_previous", "plan_stages", "publish_final", "run_system", "stage_dir",
+           "write_system_run"]

@@ -20,9 +20,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from dreamengine.cameras import Cameras
+from dreamengine.config.teachers import DeepFloydIFTeacherConfig
+from dreamengine.core.cameras import Cameras
+from dreamengine.core.protocols import TeacherContext
 from dreamengine.errors import ConfigError, DreamEngineError
 from dreamengine.teachers.stable_diffusion import (
     PREDICTION_TYPES,
@@ -30,6 +33,7 @@ from dreamengine.teachers.stable_diffusion import (
     alphas_cumprod_from_scheduler,
     load_pipeline,
     resolve_dtype,
+    teacher_device,
     text_encoder_key,
     to_epsilon,
 )
@@ -38,7 +42,7 @@ IF_MAX_TOKENS = 77  # IFPipeline.encode_prompt pads and truncates to 77 tokens
 
 
 class DeepFloydIFTeacher(UNetLoraAdapter):
-    """A frozen IF stage-I model (implements :class:`dreamengine.teachers.base.Teacher`).
+    """A frozen IF stage-I model (implements :class:`dreamengine.core.protocols.Teacher`).
 
     Args:
         model: Hugging Face repo id or local diffusers folder; revision: hub branch / tag / commit.
@@ -87,7 +91,13 @@ class DeepFloydIFTeacher(UNetLoraAdapter):
         self.max_tokens = IF_MAX_TOKENS
         self.embedding_key = text_encoder_key(self.model, revision, self.max_tokens, self.text_encoder)
 
-    def encode(self, rgb: Tensor) -> Tensor:
+    @classmethod
+    def from_config(cls, cfg: DeepFloydIFTeacherConfig, context: TeacherContext) -> DeepFloydIFTeacher:
+        """The teacher of ``teacher.name: deepfloyd-if`` on ``teacher.device`` (null: the run's device)."""
+        return cls(cfg.model, revision=cfg.revision, device=teacher_device(cfg.device, context.device),
+                   dtype=cfg.dtype, variant=cfg.variant, cpu_offload=cfg.cpu_offload, resolution=cfg.resolution)
+
+    def encode(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 r r"]:
         """rgb [B, 3, H, W] in [0, 1] -> pixels [B, 3, res, res] in [-1, 1], float32 (differentiable)."""
         rgb = rgb.to(self.device)
         if tuple(rgb.shape[-2:]) != (self.resolution, self.resolution):
@@ -113,7 +123,8 @@ class DeepFloydIFTeacher(UNetLoraAdapter):
         return hidden.float()
 
     @torch.no_grad()
-    def predict_noise(self, z_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Cameras | None = None) -> Tensor:
+    def predict_noise(self, z_t: Tensor, t: Int[Tensor, " B"], embeddings: Tensor,
+                      cameras: Cameras | None = None) -> Tensor:
         """eps [B, 3, 64, 64] float32 for z_t [B, 3, 64, 64] at integer t [B] under embeddings [B, 77, D]."""
         z_t = z_t.to(self.device)
         if z_t.dim() != 4 or z_t.shape[1] != self.channels:

@@ -29,9 +29,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from dreamengine.cameras import Cameras
+from dreamengine.config.teachers import StableDiffusionTeacherConfig
+from dreamengine.core.cameras import Cameras
+from dreamengine.core.protocols import TeacherContext
 from dreamengine.errors import ConfigError, DreamEngineError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -50,6 +53,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ConfigError(f"teacher.dtype must be auto, float16, bfloat16 or float32; got {name!r}")
     return DTYPES[name]
+
+
+def teacher_device(name: str | None, run_device: torch.device) -> torch.device:
+    """The teacher's own device (``teacher.device``), or the run's device when it is null."""
+    device = torch.device(name) if name else torch.device(run_device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"teacher.device={name} was asked for but PyTorch sees no CUDA GPU; set "
+                          "teacher.device=null (the run's device) or cpu")
+    return device
 
 
 def looks_like_path(model: str) -> bool:
@@ -300,7 +312,7 @@ class UNetLoraAdapter:
 
 
 class StableDiffusionTeacher(UNetLoraAdapter):
-    """A frozen SD 1.x / 2.x model (implements :class:`dreamengine.teachers.base.Teacher`).
+    """A frozen SD 1.x / 2.x model (implements :class:`dreamengine.core.protocols.Teacher`).
 
     Args:
         model: Hugging Face repo id or local diffusers folder.
@@ -373,9 +385,16 @@ class StableDiffusionTeacher(UNetLoraAdapter):
         self.max_tokens = int(self.tokenizer.model_max_length)
         self.embedding_key = text_encoder_key(self.model, revision, self.max_tokens, self.text_encoder)
 
+    @classmethod
+    def from_config(cls, cfg: StableDiffusionTeacherConfig, context: TeacherContext) -> StableDiffusionTeacher:
+        """The teacher of ``teacher.name: stable-diffusion`` on ``teacher.device`` (null: the run's device)."""
+        return cls(cfg.model, revision=cfg.revision, device=teacher_device(cfg.device, context.device),
+                   dtype=cfg.dtype, channels_last=cfg.channels_last, attention_slicing=cfg.attention_slicing,
+                   enable_xformers=cfg.enable_xformers, cpu_offload=cfg.cpu_offload, resolution=cfg.resolution)
+
     # -- Teacher protocol -------------------------------------------------------------------------
 
-    def encode(self, rgb: Tensor) -> Tensor:
+    def encode(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 4 h w"]:
         """rgb [B, 3, H, W] in [0, 1] -> latents [B, 4, res/8, res/8] float32 on the teacher device (differentiable)."""
         rgb = rgb.to(self.device)
         if tuple(rgb.shape[-2:]) != (self.resolution, self.resolution):
@@ -403,7 +422,8 @@ class StableDiffusionTeacher(UNetLoraAdapter):
         return hidden.float()
 
     @torch.no_grad()
-    def predict_noise(self, z_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Cameras | None = None) -> Tensor:
+    def predict_noise(self, z_t: Tensor, t: Int[Tensor, " B"], embeddings: Tensor,
+                      cameras: Cameras | None = None) -> Tensor:
         """eps [B, 4, h, w] float32 for z_t [B, 4, h, w] at integer t [B] under embeddings [B, L, D]."""
         z_t = z_t.to(self.device)
         t = t.to(self.device).long().reshape(-1).expand(z_t.shape[0])

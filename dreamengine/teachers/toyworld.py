@@ -21,17 +21,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from dreamengine.cameras import Cameras, cameras_from_spherical, direction_labels
+from dreamengine.config.teachers import ToyWorldTeacherConfig
+from dreamengine.core.cameras import Cameras, cameras_from_spherical, direction_labels
+from dreamengine.core.files import atomic_path
+from dreamengine.core.protocols import TeacherContext
 from dreamengine.errors import ConfigError, PromptError
 from dreamengine.toyworld import render as toy_render
 from dreamengine.toyworld.objects import ToyObject
@@ -66,7 +69,7 @@ class ToyWorldTeacher:
         elevations: bank view elevations in degrees; azimuth_step: bank azimuth spacing in degrees.
         distance, fovy_deg: bank camera distance and vertical field of view (match the training cameras).
         front_threshold, back_threshold, overhead_threshold: view labels of the bank entries, as in
-            :func:`dreamengine.cameras.direction_labels` (use the prompt processor's values).
+            :func:`dreamengine.core.cameras.direction_labels` (use the prompt processor's values).
         objects: canonical names of the objects to include ("a red cube", ...); empty means the whole world.
         device: where the bank lives and the denoiser runs.
         cache_dir: bank cache folder (see the module docstring).
@@ -119,9 +122,18 @@ class ToyWorldTeacher:
         self.bank_elevation = self.cameras.elevation.repeat(len(self.objects)).to(self.device)  # [N] degrees
         self.bank_azimuth = self.cameras.azimuth.repeat(len(self.objects)).to(self.device)  # [N] degrees
 
+    @classmethod
+    def from_config(cls, cfg: ToyWorldTeacherConfig, context: TeacherContext) -> ToyWorldTeacher:
+        """The teacher of ``teacher.name: toyworld``, its bank framed like the run's cameras."""
+        front, back, overhead = context.view_thresholds
+        return cls(resolution=cfg.resolution, background=tuple(context.background), elevations=tuple(cfg.elevations),
+                   azimuth_step=cfg.azimuth_step, distance=context.distance, fovy_deg=context.fovy_deg,
+                   front_threshold=front, back_threshold=back, overhead_threshold=overhead,
+                   device=str(context.device))
+
     # -- Teacher protocol -------------------------------------------------------------------------
 
-    def encode(self, rgb: Tensor) -> Tensor:
+    def encode(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 r r"]:
         """[B, 3, H, W] in [0, 1] -> z [B, 3, res, res] in [-1, 1]; differentiable.
 
         Downsizing averages pixels (``area``), which is exactly how the bank's supersampled renders were
@@ -161,7 +173,7 @@ class ToyWorldTeacher:
         return torch.stack(rows)
 
     @torch.no_grad()
-    def predict_noise(self, z_t: Tensor, t: Tensor, embeddings: Tensor,
+    def predict_noise(self, z_t: Tensor, t: Int[Tensor, " B"], embeddings: Tensor,
                       cameras: Cameras | None = None) -> Tensor:
         """Exact eps prediction [B, 3, res, res] for z_t [B, 3, res, res] at timesteps t [B] (long) under
         priors ``embeddings`` [B, N_bank] (or [1, N_bank], shared). ``cameras`` is unused."""
@@ -256,15 +268,8 @@ class ToyWorldTeacher:
     def _save_cache(self, pixels: Tensor) -> None:
         """Write the bank atomically (temporary file in the same folder, then rename)."""
         try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".bank-", suffix=".tmp")
-            os.close(handle)
-            try:
-                save_file({"pixels": pixels.contiguous()}, tmp, metadata={"key": self.cache_key})
-                os.replace(tmp, self.cache_path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            with atomic_path(self.cache_path) as tmp:
+                save_file({"pixels": pixels.contiguous()}, str(tmp), metadata={"key": self.cache_key})
         except OSError as error:
             warnings.warn(f"toy teacher: could not write the bank cache to {self.cache_dir} ({error}); "
                           "set DREAMENGINE_CACHE or teacher.cache_dir to a writable folder", stacklevel=3)

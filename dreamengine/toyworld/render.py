@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamengine.cameras import Cameras
+from dreamengine.core.cameras import Cameras
 from dreamengine.toyworld.objects import ToyObject
 
 

@@ -44,14 +44,6 @@ def _lookup(color: str | None, noun: str) -> ToyObject:
     return next(o for o in _world() if o.color_name == color and o.noun == noun)
 
 
-def object_by_name(name: str) -> ToyObject:
-    """The object whose canonical prompt is ``name`` (e.g. "a red cube")."""
-    for obj in _world():
-        if obj.name == name:
-            return obj
-    raise PromptError(f"no toy-world object is called '{name}'; names look like 'a red cube' or 'a snowman'")
-
-
 def vocabulary() -> dict[str, list[str] | dict[str, str]]:
     """Every word the toy world understands, by kind (for docs and error messages)."""
     return {"colors": list(COLORS), "shapes": list(SHAPES), "objects": list(ASYMMETRIC_OBJECTS),

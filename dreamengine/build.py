@@ -1,0 +1,177 @@
+"""Config -> objects: the one place where a run's settings become its teacher, scenes, renderers, background,
+densifiers, guidance and optimizer.
+
+Every choice is looked up in a plain dict of its sub-package (``TEACHERS``, ``SCENES``, ``RENDERERS``,
+``GUIDANCES``) under the config section's ``name``; nothing registers itself and nothing dispatches on types.
+The order of construction is fixed (teacher, prompts, scenes, background, guidance), because the scenes'
+random initial weights come from the global generator seeded with the run's seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dreamengine.checkpoint import load_checkpoint, restore_scenes
+from dreamengine.config import RunConfig
+from dreamengine.core.background import Background
+from dreamengine.core.protocols import Guidance, Renderer, Scene, Teacher, TeacherContext
+from dreamengine.core.render import render_fixed
+from dreamengine.errors import ConfigError, DreamEngineError, TrainingError
+from dreamengine.guidance import GUIDANCES
+from dreamengine.prompts import PromptProcessor
+from dreamengine.renderers import RENDERERS
+from dreamengine.runs import open_run_dir, trained_run_dir
+from dreamengine.scenes import SCENES
+from dreamengine.scenes.densify import DensifyStrategy
+from dreamengine.scenes.gaussian_init import gaussians_at
+from dreamengine.scenes.gaussians import GaussianScene
+from dreamengine.teachers import TEACHERS
+from dreamengine.teachers.cache import reuse_or_build
+
+GUIDANCES_THAT_ADAPT_THE_TEACHER = ("vsd",)  # they attach trainable adapters to the teacher's network
+DENSIFIED_SCENES = ("gaussians",)  # scene types whose primitives are cloned, split and pruned during training
+
+
+def resolve_device(name: str) -> torch.device:
+    """The run's device: ``auto`` is CUDA when PyTorch sees a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device '{name}' was asked for but PyTorch sees no CUDA GPU; use device=cpu or "
+                            "install a CUDA build of torch")
+    return torch.device(name)
+
+
+# -------------------------------------------------------------------------------------------------- teacher
+def teacher_context(cfg: RunConfig, device: torch.device) -> TeacherContext:
+    """The run's framing (camera distance and field of view midpoints, background) and view thresholds."""
+    pp = cfg.prompt_processor
+    return TeacherContext(distance=float(np.mean(cfg.camera.distance_range)),
+                          fovy_deg=float(np.mean(cfg.camera.fovy_range)),
+                          background=tuple(cfg.render.background_color),
+                          view_thresholds=(pp.front_threshold, pp.back_threshold, pp.overhead_threshold),
+                          device=device)
+
+
+def build_teacher(cfg: RunConfig, device: torch.device) -> Teacher:
+    """``TEACHERS[teacher.name].from_config``; a batch worker keeps it loaded between runs that share it
+    (:mod:`dreamengine.teachers.cache`), unless the guidance adapts the teacher's network (VSD)."""
+    context = teacher_context(cfg, device)
+    teacher_class = TEACHERS[cfg.teacher.name]
+    return reuse_or_build(repr((cfg.teacher, context)), lambda: teacher_class.from_config(cfg.teacher, context),
+                          shareable=cfg.guidance.name not in GUIDANCES_THAT_ADAPT_THE_TEACHER)
+
+
+def build_prompts(cfg: RunConfig, teacher: Teacher) -> PromptProcessor:
+    return PromptProcessor(teacher, cfg.prompt, cfg.prompt_processor)
+
+
+# --------------------------------------------------------------------------------------------------- scenes
+def build_scene(scene_cfg: Any) -> Scene:
+    """A fresh scene of ``scene.name``. A Gaussian scene with ``init: nerf`` starts from the NeRF run in
+    ``scene.init_path`` (:func:`gaussians_from_nerf_run`); every other initialization is the scene's own."""
+    if scene_cfg.name == "gaussians" and scene_cfg.init == "nerf":
+        sh_degree = 0 if scene_cfg.albedo_only else int(scene_cfg.sh_degree)
+        return GaussianScene(scene_cfg, initial=gaussians_from_nerf_run(scene_cfg, sh_degree))
+    return SCENES[scene_cfg.name](scene_cfg)
+
+
+def build_background(cfg: RunConfig) -> Background:
+    """The background of the render settings (``solid`` color or a small ``mlp`` on view directions)."""
+    return Background(mode=cfg.render.background, color=tuple(cfg.render.background_color))
+
+
+def build_scenes(cfg: RunConfig, device: torch.device) -> tuple[list[Scene], Background, list[Renderer]]:
+    """``trainer.n_particles`` fresh scenes of ``cfg.scene`` (particle i seeded ``scene.seed + i`` where the scene
+    has a seed), one background, and one renderer per scene, all on ``device``."""
+    scenes, renderers = [], []
+    for particle in range(cfg.trainer.n_particles):
+        scene_cfg = cfg.scene
+        if particle and hasattr(scene_cfg, "seed"):
+            scene_cfg = dataclasses.replace(scene_cfg, seed=scene_cfg.seed + particle)
+        scene = build_scene(scene_cfg).to(device)
+        scenes.append(scene)
+        renderers.append(RENDERERS[cfg.scene.name](cfg.render, scene.radius, device))
+    return scenes, build_background(cfg).to(device), renderers
+
+
+def build_densifiers(cfg: RunConfig, scenes: list[Scene]) -> list[DensifyStrategy | None]:
+    """One densification strategy per scene whose type is densified (Gaussians), else None."""
+    return [DensifyStrategy(cfg.densify) if cfg.scene.name in DENSIFIED_SCENES else None for _ in scenes]
+
+
+def build_guidance(cfg: RunConfig, teacher: Teacher) -> Guidance:
+    return GUIDANCES[cfg.guidance.name](cfg.guidance, teacher, cfg.trainer.max_steps)
+
+
+def build_optimizer(cfg: RunConfig, scenes: list[Scene], background: Background) -> torch.optim.Optimizer:
+    """Adam over every scene's parameter groups (the background's with the first scene's)."""
+    groups = [group for index, scene in enumerate(scenes)
+              for group in scene.param_groups(cfg.optim, background if index == 0 else None)]
+    return torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+
+
+# --------------------------------------------------------------------------------------- finished runs' scenes
+def load_scenes(cfg: RunConfig, path: Path, device: torch.device | str = "cpu"
+                ) -> tuple[list[Scene], Background, list[Renderer]]:
+    """The scenes, background and renderers of a run's checkpoint at ``path``, ready to render (eval mode)."""
+    state = load_checkpoint(path, map_location=device)
+    scenes, background, renderers = build_scenes(cfg, torch.device(device))
+    restore_scenes(state, path, scenes, background, renderers)
+    return [scene.eval() for scene in scenes], background.eval(), renderers
+
+
+def load_run(path: str | Path, device: torch.device | str = "cpu"
+             ) -> tuple[Path, RunConfig, list[Scene], Background, list[Renderer]]:
+    """(run_dir, cfg, scenes, background, renderers) of a run directory's last checkpoint; for a system run, of
+    its last stage that has one (:func:`dreamengine.runs.trained_run_dir`)."""
+    run_dir, cfg = open_run_dir(trained_run_dir(path))
+    scenes, background, renderers = load_scenes(cfg, run_dir / "ckpt" / "last.pt", device)
+    return run_dir, cfg, scenes, background, renderers
+
+
+def gaussians_from_nerf_run(scene_cfg: Any, sh_degree: int, resolution: int = 64) -> dict[str, Tensor]:
+    """Gaussian parameters (:func:`~dreamengine.scenes.gaussian_init.gaussians_at`) at random points where the
+    finished NeRF run in ``scene_cfg.init_path`` has density above its export surface level, with its albedo."""
+    from dreamengine.export.scene_export import export_cameras, surface_level
+
+    if not scene_cfg.init_path:
+        raise ConfigError("scene.init=nerf needs scene.init_path: the run directory of a finished NeRF run")
+    run_dir, run_cfg = open_run_dir(scene_cfg.init_path)
+    if run_cfg.scene.name != "nerf":
+        raise ConfigError(f"scene.init_path {run_dir} is a '{run_cfg.scene.name}' run; scene.init=nerf needs a "
+                          "NeRF run (scene.name=nerf)")
+    scenes, background, renderers = load_scenes(run_cfg, Path(run_dir) / "ckpt" / "last.pt")
+    nerf = scenes[0]
+    cameras = export_cameras(float(np.mean(run_cfg.camera.distance_range)), float(np.mean(run_cfg.camera.fovy_range)))
+
+    def render_opacity(cams: Any, size: int) -> Tensor:
+        return render_fixed(renderers[0], nerf.render_inputs(), background, cams, size, size).opacity[..., 0]
+
+    level = surface_level(nerf, run_cfg.export.threshold, render_opacity, cameras)
+    axis = torch.linspace(-nerf.radius, nerf.radius, resolution)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    with torch.no_grad():
+        density = torch.cat([nerf.density(part) for part in grid.split(65536)])
+    cells = grid[density > level]
+    if len(cells) == 0:
+        raise DreamEngineError(f"the NeRF run {run_dir} has no density above its surface level {level:.3g}; "
+                               "train it longer or start from scene.init=sphere")
+    generator = torch.Generator().manual_seed(scene_cfg.seed)
+    picks = torch.randint(len(cells), (scene_cfg.num_points,), generator=generator)
+    cell_size = 2.0 * nerf.radius / (resolution - 1)
+    points = cells[picks] + (torch.rand(scene_cfg.num_points, 3, generator=generator) - 0.5) * cell_size
+    with torch.no_grad():
+        colors = nerf.albedo(points)
+    return gaussians_at(points, colors, scene_cfg, sh_degree)
+
+
+__all__ = ["DENSIFIED_SCENES", "GUIDANCES_THAT_ADAPT_THE_TEACHER", "build_background", "build_densifiers",
+           "build_guidance", "build_optimizer", "build_prompts", "build_scene", "build_scenes", "build_teacher",
+           "gaussians_from_nerf_run", "load_run", "load_scenes", "resolve_device", "teacher_context"]

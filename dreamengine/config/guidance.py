@@ -1,0 +1,244 @@
+"""Guidance settings (``guidance:`` in a config): one dataclass per method, chosen by ``guidance.name``.
+
+Plain values only (numbers, strings, lists; ``Any`` marks a schedule, see :mod:`dreamengine.schedules`).
+Each method's formula, sources and the meaning of its keys are in ``dreamengine/guidance/<name>.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dreamengine.errors import ConfigError
+from dreamengine.schedules import validate_schedule
+
+
+def validate_lucid_config(cfg: Any) -> None:
+    """ConfigError checks shared by configs with LucidDreamer's timestep (and, if present, inversion) keys."""
+    if not 0.0 <= cfg.min_step_percent < cfg.max_step_percent <= cfg.warmup_max_step_percent <= 1.0:
+        raise ConfigError("guidance.min_step_percent < guidance.max_step_percent <= guidance.warmup_max_step_percent "
+                          f"must hold, all in [0, 1]; got {cfg.min_step_percent}, {cfg.max_step_percent}, "
+                          f"{cfg.warmup_max_step_percent}")
+    if cfg.warmup_steps < 0:
+        raise ConfigError(f"guidance.warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    if cfg.noise_offset < 0:
+        raise ConfigError(f"guidance.noise_offset must be >= 0, got {cfg.noise_offset}")
+    for key in ("delta_t", "delta_t_start"):
+        if hasattr(cfg, key) and getattr(cfg, key) < 0:
+            raise ConfigError(f"guidance.{key} must be >= 0, got {getattr(cfg, key)}")
+    for key in ("xs_delta_t", "xs_inv_steps"):
+        if hasattr(cfg, key) and getattr(cfg, key) < 1:
+            raise ConfigError(f"guidance.{key} must be >= 1, got {getattr(cfg, key)}")
+
+
+WEIGHTINGS = ("sds", "uniform", "fantasia3d")
+
+
+@dataclass
+class SDSConfig:
+    name: str = "sds"
+    guidance_scale: float = 100.0  # s in eps_c + s (eps_c - eps_u)
+    weighting: str = "sds"  # one of WEIGHTINGS
+    min_step_percent: Any = 0.02  # schedule (see dreamengine.schedules): lower bound of t / T
+    max_step_percent: Any = 0.98  # schedule: upper bound of t / T
+    sqrt_anneal: bool = False  # HiFA: deterministic t = T (p_max - (p_max - p_min) sqrt(step / max_steps))
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
+        validate_schedule(self.min_step_percent, "guidance.min_step_percent")
+        validate_schedule(self.max_step_percent, "guidance.max_step_percent")
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+
+
+CAMERA_CONDITIONS = ("c2w",)
+
+
+@dataclass
+class VSDConfig:
+    name: str = "vsd"
+    guidance_scale: float = 7.5  # s in eps_u + s (eps_c - eps_u) (convention B)
+    guidance_scale_lora: float = 1.0  # s_lora: CFG of phi between the camera and the zero camera
+    min_step_percent: Any = 0.02  # schedule (see dreamengine.schedules): lower bound of t / T
+    max_step_percent: Any = field(default_factory=lambda: [5000, 0.98, 0.5, 5001])  # schedule: upper bound of t / T
+    camera_condition_type: str = "c2w"  # one of CAMERA_CONDITIONS (threestudio: extrinsics)
+    camera_dropout: float = 0.1  # probability that phi trains on the zero camera (threestudio's lora_cfg_training)
+    lora_n_timestamp_samples: int = 1  # phi's training batch is the renders repeated this many times
+    lora_rank: int = 4  # LoRA rank (diffusers' LoRAAttnProcessor default, as threestudio uses it)
+    lora_alpha: float | None = None  # LoRA scale alpha / rank; null: alpha = rank (scale 1, as LoRAAttnProcessor)
+    lora_lr: float = 1.0e-4  # AdamW learning rate of the LoRA and its camera MLP (threestudio: guidance lr)
+    # AdamW learning rate of the pixel UNet of teachers without a UNet. It starts from scratch and must follow the
+    # renders within a few hundred steps: 10x the LoRA's fine-tuning rate (vsd-toy, "a red cube": its denoising
+    # loss is 0.03 after 600 steps at 1e-3, still 0.22 at 1e-4)
+    pixel_model_lr: float = 1.0e-3
+    pixel_model_width: int = 16  # channels of the pixel UNet's first level (a multiple of 8)
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+
+    def __post_init__(self) -> None:
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+        validate_schedule(self.min_step_percent, "guidance.min_step_percent")
+        validate_schedule(self.max_step_percent, "guidance.max_step_percent")
+        if self.camera_condition_type not in CAMERA_CONDITIONS:
+            raise ConfigError(f"guidance.camera_condition_type must be one of {', '.join(CAMERA_CONDITIONS)} "
+                              f"(the flattened camera-to-world matrix); got {self.camera_condition_type!r}")
+        if not 0.0 <= self.camera_dropout <= 1.0:
+            raise ConfigError(f"guidance.camera_dropout must be a probability in [0, 1], got {self.camera_dropout}")
+        if self.lora_n_timestamp_samples < 1:
+            raise ConfigError(f"guidance.lora_n_timestamp_samples must be >= 1, got {self.lora_n_timestamp_samples}")
+        if self.lora_rank < 1:
+            raise ConfigError(f"guidance.lora_rank must be >= 1, got {self.lora_rank}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ConfigError(f"guidance.lora_alpha must be > 0 (or null for alpha = rank), got {self.lora_alpha}")
+        for key in ("lora_lr", "pixel_model_lr"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"guidance.{key} must be > 0, got {getattr(self, key)}")
+        if self.pixel_model_width < 8 or self.pixel_model_width % 8:
+            raise ConfigError(f"guidance.pixel_model_width must be a positive multiple of 8 (GroupNorm groups), "
+                              f"got {self.pixel_model_width}")
+
+
+BSD_VARIANTS = ("standard", "auto")
+
+
+@dataclass
+class BSDConfig:
+    name: str = "bsd"
+    variant: str = "standard"  # one of BSD_VARIANTS
+    classifier_ratio: float = 15.0  # standard: c = ratio (eps_c - eps_u)
+    auto_smoothing_scale: float = 1.25  # auto: d = scale (eps_u - eps)
+    auto_norm_divisor: float = 50.0  # auto: w = |eps_u - eps| sqrt(1 - abar_t) / divisor
+    grad_scale: float = 0.1  # g is multiplied by this (LucidDreamer's lambda_guidance)
+    warmup_steps: int = 1500  # steps over which the largest t anneals from 979 to 499
+    min_step_percent: float = 0.02  # lower bound of t / T
+    max_step_percent: float = 0.5  # upper bound of t / T after the warm-up
+    warmup_max_step_percent: float = 0.98  # upper bound of t / T at step 0
+    noise_offset: float = 0.1  # offset-noise amplitude
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+
+    def __post_init__(self) -> None:
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+        if self.variant not in BSD_VARIANTS:
+            raise ConfigError(f"guidance.variant must be one of {', '.join(BSD_VARIANTS)}; got {self.variant!r}")
+        if self.auto_norm_divisor <= 0:
+            raise ConfigError(f"guidance.auto_norm_divisor must be > 0, got {self.auto_norm_divisor}")
+        validate_lucid_config(self)
+
+
+CSM_WEIGHTINGS = ("ism", "sds", "uniform")
+
+
+@dataclass
+class CSMConfig:
+    name: str = "csm"
+    guidance_scale: float = 7.5  # gamma, the weight of the classifier term
+    weighting: str = "ism"  # one of CSM_WEIGHTINGS
+    grad_scale: float = 0.1  # g is multiplied by this (LucidDreamer's lambda_guidance)
+    delta_t: int = 80  # final interval t - s of the inversion
+    delta_t_start: int = 100  # interval at step 0 when annealing_intervals
+    annealing_intervals: bool = True  # anneal the interval from delta_t_start to delta_t with the warm-up rate
+    xs_delta_t: int = 200  # stride of the inversion from ~0 to s
+    xs_inv_steps: int = 5  # number of inversion steps to s
+    inverse_prompt: str = ""  # prompt of the inversion ("" = unconditional)
+    warmup_steps: int = 1500  # steps over which the largest t anneals from 979 to 499
+    min_step_percent: float = 0.02  # lower bound of t / T
+    max_step_percent: float = 0.5  # upper bound of t / T after the warm-up
+    warmup_max_step_percent: float = 0.98  # upper bound of t / T at step 0
+    noise_offset: float = 0.1  # offset-noise amplitude of the start noise
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+
+    def __post_init__(self) -> None:
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+        if self.weighting not in CSM_WEIGHTINGS:
+            raise ConfigError(f"guidance.weighting must be one of {', '.join(CSM_WEIGHTINGS)}; got {self.weighting!r}")
+        validate_lucid_config(self)
+
+
+@dataclass
+class ISMConfig:
+    name: str = "ism"
+    guidance_scale: float = 7.5  # s in eps_u + s (eps_c - eps_u) (convention B)
+    grad_scale: float = 0.1  # lambda_guidance: g is multiplied by this
+    delta_t: int = 80  # final interval t - s (LucidDreamer's default; its example configs use 50)
+    delta_t_start: int = 100  # interval at step 0 when annealing_intervals
+    annealing_intervals: bool = True  # anneal the interval from delta_t_start to delta_t with the warm-up rate
+    xs_delta_t: int = 200  # stride of the inversion from ~0 to s
+    xs_inv_steps: int = 5  # number of inversion steps to s
+    inverse_prompt: str = ""  # prompt of the inversion ("" = unconditional)
+    warmup_steps: int = 1500  # steps over which the largest t anneals from 979 to 499
+    min_step_percent: float = 0.02  # lower bound of t / T
+    max_step_percent: float = 0.5  # upper bound of t / T after the warm-up
+    warmup_max_step_percent: float = 0.98  # upper bound of t / T at step 0
+    noise_offset: float = 0.1  # offset-noise amplitude of the start noise
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+
+    def __post_init__(self) -> None:
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+        validate_lucid_config(self)
+
+
+@dataclass
+class CSDConfig:
+    name: str = "csd"
+    guidance_scale: Any = 1.0  # schedule: k_c, weight of eps(e_c)
+    uncond_scale: Any = 0.0  # schedule: k_u, weight of eps(e_neg) (the negative prompt)
+    null_scale: Any = -1.0  # schedule: k_n, weight of eps(e_0) (the empty prompt)
+    noise_scale: Any = 0.0  # schedule: k_e, weight of the sampled noise eps
+    weighting: str = "uniform"  # one of WEIGHTINGS (IF NeRF stage: uniform; SD refine: sds)
+    min_step_percent: Any = 0.02  # schedule: lower bound of t / T
+    max_step_percent: Any = 0.98  # schedule: upper bound of t / T
+    grad_normalize: bool = False  # divide g by its norm per sample
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
+        for key in ("guidance_scale", "uncond_scale", "null_scale", "noise_scale", "min_step_percent",
+                    "max_step_percent"):
+            validate_schedule(getattr(self, key), f"guidance.{key}")
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+
+
+@dataclass
+class NFSDConfig:
+    name: str = "nfsd"
+    guidance_scale: float = 7.5  # s, the weight of d_C
+    small_t_threshold: int = 200  # below this t, d_D = eps(e_0); from it on, eps(e_0) - eps(e_neg)
+    weighting: str = "sds"  # one of WEIGHTINGS
+    min_step_percent: Any = 0.02  # schedule: lower bound of t / T
+    max_step_percent: Any = 0.98  # schedule: upper bound of t / T
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
+        if self.small_t_threshold < 0:
+            raise ConfigError(f"guidance.small_t_threshold must be >= 0, got {self.small_t_threshold}")
+        validate_schedule(self.min_step_percent, "guidance.min_step_percent")
+        validate_schedule(self.max_step_percent, "guidance.max_step_percent")
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+
+
+@dataclass
+class ASDConfig:
+    name: str = "asd"
+    guidance_scale: float = 7.5  # s in eps_u + s (eps_c - eps_u) (convention B)
+    plus_ratio: float = 0.1  # dt is at most plus_ratio (t - min_step)
+    plus_random: bool = True  # dt scaled by U(0, 1)
+    weighting: str = "sds"  # one of WEIGHTINGS
+    min_step_percent: Any = field(default_factory=lambda: [0, 0.5, 0.02, 25000])  # schedule: lower bound of t / T
+    max_step_percent: Any = field(default_factory=lambda: [0, 0.98, 0.5, 25000])  # schedule: upper bound of t / T
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
+        if self.plus_ratio < 0:
+            raise ConfigError(f"guidance.plus_ratio must be >= 0, got {self.plus_ratio}")
+        validate_schedule(self.min_step_percent, "guidance.min_step_percent")
+        validate_schedule(self.max_step_percent, "guidance.max_step_percent")
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+
+
+GUIDANCE_CONFIGS = {"sds": SDSConfig, "bsd": BSDConfig, "csm": CSMConfig, "ism": ISMConfig, "csd": CSDConfig,
+                    "nfsd": NFSDConfig, "asd": ASDConfig, "vsd": VSDConfig}

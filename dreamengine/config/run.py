@@ -1,0 +1,188 @@
+"""The run configuration schema: :class:`RunConfig` and its sections, as plain dataclasses.
+
+This module and the section modules next to it (``guidance.py``, ``scenes.py``, ``teachers.py``,
+``prompts.py``) import no implementation: ``import dreamengine.config`` loads no torch, no mesh library and no
+diffusion model (a test checks it). ``__post_init__`` methods validate values when a config is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dreamengine.config.guidance import GUIDANCE_CONFIGS
+from dreamengine.config.prompts import PromptConfig
+from dreamengine.config.scenes import SCENE_CONFIGS, DensifyConfig
+from dreamengine.config.teachers import TEACHER_CONFIGS
+from dreamengine.errors import ConfigError
+
+
+@dataclass
+class CameraPhase:
+    """From step ``start`` on, render other sizes (threestudio's resolution milestones)."""
+
+    start: int = 0
+    height: int = 64
+    width: int = 64
+    batch_size: int = 1
+
+
+@dataclass
+class CameraConfig:
+    """Random training views (see dreamengine/core/cameras.py for the convention)."""
+
+    height: int = 64  # render height in pixels
+    width: int = 64
+    batch_size: int = 1  # views per optimization step
+    # later sizes, e.g. ProlificDreamer's [{start: 5000, height: 512, width: 512, batch_size: 1}]
+    phases: list[CameraPhase] = field(default_factory=list)
+    elevation_range: list[float] = field(default_factory=lambda: [-10.0, 60.0])  # degrees
+    azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])  # degrees
+    distance_range: list[float] = field(default_factory=lambda: [2.5, 2.5])  # scene units
+    fovy_range: list[float] = field(default_factory=lambda: [40.0, 40.0])  # vertical fov, degrees
+
+    def __post_init__(self) -> None:
+        starts = [phase.start for phase in self.phases]
+        if any(start < 1 for start in starts) or starts != sorted(set(starts)):
+            raise ConfigError(f"camera.phases must start at increasing steps >= 1, got starts {starts}")
+        for phase in [self, *self.phases]:
+            if min(phase.height, phase.width, phase.batch_size) < 1:
+                raise ConfigError(f"camera sizes must be >= 1, got {phase.height}x{phase.width}, batch "
+                                  f"{phase.batch_size}")
+
+    def size_at(self, step: int) -> tuple[int, int, int]:
+        """(height, width, batch_size) used at ``step``: the last phase started by then, else the base sizes."""
+        current: CameraConfig | CameraPhase = self
+        for phase in self.phases:
+            if step >= phase.start:
+                current = phase
+        return current.height, current.width, current.batch_size
+
+
+@dataclass
+class RenderConfig:
+    num_samples: int = 48  # samples per ray (stratified inside the bounding sphere)
+    shading: str = "albedo"  # albedo | diffuse | textureless
+    background: str = "solid"  # solid | mlp
+    background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    backend: str = "auto"  # auto | cuda | torch: CUDA accelerators (nerfacc, tiny-cuda-nn) when present
+    occupancy_grid: bool = True  # skip samples in empty cells of a coarse grid (Instant-NGP); much faster
+    occupancy_resolution: int = 32  # cells per side
+    occupancy_update_every: int = 16  # steps between grid refreshes
+    occupancy_threshold: float = 0.01  # a cell is empty when its alpha per sample stays below this
+
+
+@dataclass
+class OptimConfig:
+    """Adam, one learning rate per parameter group."""
+
+    lr_encoding: float = 0.01
+    lr_network: float = 0.001
+    lr_background: float = 0.001
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-15
+
+
+@dataclass
+class LossConfig:
+    """Regularizer weights, as threestudio's DreamFusion system uses them (schedules allowed)."""
+
+    lambda_sparsity: Any = 0.0  # mean opacity of the render: discourages floaters
+    lambda_opaque: Any = 0.0  # binary cross-entropy pushing opacity to 0 or 1
+    lambda_orient: Any = 0.0  # normals facing away from the camera (needs shading != albedo)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 600
+    n_particles: int = 1  # scenes optimized together (VSD's particles share its score model); >= 1
+    log_every: int = 10  # append a line to metrics.jsonl every N steps
+    preview_every: int = 100  # write previews/step-XXXXXX.png every N steps (0: never)
+    checkpoint_every: int = 100  # write ckpt/last.pt every N steps (0: only at the end and on signals)
+    max_bad_steps: int = 10  # stop after this many NaN/Inf steps in a row
+    progress: bool = True  # show a progress bar on a terminal
+
+    def __post_init__(self) -> None:
+        if self.n_particles < 1:
+            raise ConfigError(f"trainer.n_particles must be >= 1, got {self.n_particles}")
+
+
+@dataclass
+class ExportConfig:
+    formats: list[str] = field(default_factory=lambda: ["glb"])  # written after training: glb | obj | ply
+    resolution: int = 128  # marching-cubes grid per side
+    threshold: float | None = None  # density level of the surface; null: fit it to the renders' silhouettes
+    target_faces: int = 20000  # quadric decimation budget (0: keep all faces)
+    min_component_fraction: float = 0.05  # drop pieces smaller than this fraction of the largest
+    close_holes: int = 30  # close holes with at most this many boundary edges (0: keep holes)
+    remesh_iterations: int = 0  # isotropic remeshing iterations before decimation (0: no remeshing)
+    remesh_edge_length: float = 1.0  # remeshing target edge length, percent of the bounding-box diagonal
+    appearance: str = "texture"  # glb/obj: texture (xatlas UVs, baked PNG, PBR material) | vertex_colors; ply: colors
+    texture_size: int = 1024  # texels per side of the baked textures
+    texture_padding: int = 4  # empty texels between UV charts (empty texels are then filled from the nearest chart)
+    roughness: float = 1.0  # PBR roughness factor where the scene has no roughness field
+    metallic: float = 0.0  # PBR metallic factor where the scene has no metallic field
+    size: float = 1.0  # scale files so the longest bounding-box side is this many meters (0: keep scene units)
+
+    def __post_init__(self) -> None:
+        if self.appearance not in ("texture", "vertex_colors"):
+            raise ConfigError(f"export.appearance must be 'texture' or 'vertex_colors', got {self.appearance!r}")
+        if self.texture_size < 16 or self.texture_padding < 0:
+            raise ConfigError("export.texture_size must be >= 16 and export.texture_padding >= 0, got "
+                              f"{self.texture_size}, {self.texture_padding}")
+        if not (0.0 <= self.roughness <= 1.0 and 0.0 <= self.metallic <= 1.0):
+            raise ConfigError(f"export.roughness and export.metallic must be in [0, 1], got {self.roughness}, "
+                              f"{self.metallic}")
+        if self.size < 0 or self.close_holes < 0 or self.remesh_iterations < 0 or not self.remesh_edge_length > 0:
+            raise ConfigError("export.size, export.close_holes and export.remesh_iterations must be >= 0 and "
+                              f"export.remesh_edge_length > 0, got {self.size}, {self.close_holes}, "
+                              f"{self.remesh_iterations}, {self.remesh_edge_length}")
+
+
+@dataclass
+class EvalConfig:
+    num_views: int = 8  # held-out orbit views (azimuths between the teacher's bank views)
+    elevation: float = 20.0
+    resolution: int = 64
+
+
+@dataclass
+class ReportConfig:
+    """The turntable that ``report.html`` shows (written at the end of a run; see docs/report.md)."""
+
+    turntable: bool = True  # render final/turntable.mp4 and .gif from the trained scene
+    turntable_frames: int = 0  # frames per turn; 0: 90 on a GPU, 36 on a CPU
+    turntable_size: int = 0  # pixels per side, a multiple of 16; 0: twice the training resolution (64 to 512)
+
+    def __post_init__(self) -> None:
+        if self.turntable_frames != 0 and self.turntable_frames < 2:
+            raise ConfigError(f"report.turntable_frames must be 0 (automatic) or >= 2, got {self.turntable_frames}")
+        if self.turntable_size != 0 and (self.turntable_size < 16 or self.turntable_size % 16):
+            raise ConfigError("report.turntable_size must be 0 (automatic) or a multiple of 16 (H.264 encodes "
+                              f"16x16 blocks), got {self.turntable_size}")
+
+
+@dataclass
+class RunConfig:
+    prompt: str = ""
+    seed: int = 0
+    deterministic: bool = False  # bit-reproducible runs (also across kill + resume)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    output_dir: str = "runs"
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    prompt_processor: PromptConfig = field(default_factory=PromptConfig)
+    teacher: Any = None  # replaced by TEACHER_CONFIGS[name]
+    guidance: Any = None  # replaced by GUIDANCE_CONFIGS[name]
+    scene: Any = None  # replaced by SCENE_CONFIGS[name]
+    render: RenderConfig = field(default_factory=RenderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)  # Gaussian scenes only
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+POLYMORPHIC_SECTIONS = {"teacher": TEACHER_CONFIGS, "guidance": GUIDANCE_CONFIGS, "scene": SCENE_CONFIGS}
+DEFAULT_NAMES = {"teacher": "toyworld", "guidance": "sds", "scene": "nerf"}

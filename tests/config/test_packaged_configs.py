@@ -1,0 +1,94 @@
+"""Every packaged config loads, and the per-method Stable Diffusion configs hold their sources' key defaults
+(guidance-math.md and the configs each file's header names)."""
+
+import pytest
+
+from dreamengine.config import available_configs, load_config
+from dreamengine.config.guidance import GUIDANCE_CONFIGS
+
+SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
+LUCID_NEGATIVE = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, low-resolution, "
+                  "oversaturation.")
+LUCID_GUIDANCE = {"grad_scale": 0.1, "warmup_steps": 1500, "min_step_percent": 0.02, "max_step_percent": 0.5,
+                  "warmup_max_step_percent": 0.98, "noise_offset": 0.1}
+
+# config -> {dotted key: expected value}
+SOURCE_DEFAULTS = {
+    "vsd-sd": {  # threestudio configs/prolificdreamer.yaml + stable_diffusion_vsd_guidance.py
+        "guidance.name": "vsd", "guidance.guidance_scale": 7.5, "guidance.guidance_scale_lora": 1.0,
+        "guidance.min_step_percent": 0.02, "guidance.max_step_percent": [5000, 0.98, 0.5, 5001],
+        "guidance.camera_condition_type": "c2w", "guidance.camera_dropout": 0.1, "guidance.lora_rank": 4,
+        "guidance.lora_lr": 1e-4, "guidance.lora_n_timestamp_samples": 1,
+        "prompt_processor.front_threshold": 30.0, "prompt_processor.back_threshold": 30.0,
+        "camera.elevation_range": [-10.0, 45.0], "loss.lambda_sparsity": 10.0,
+        "loss.lambda_opaque": [10000, 0.0, 1000.0, 10001], "render.shading": "albedo", "trainer.max_steps": 25000,
+    },
+    "bsd-sd": {  # PlacidDreamer train_step_BSD on LucidDreamer's schedule
+        "guidance.name": "bsd", "guidance.variant": "standard", "guidance.classifier_ratio": 15.0,
+        **{f"guidance.{k}": v for k, v in LUCID_GUIDANCE.items()},
+        "prompt_processor.negative_prompt": "unrealistic, blurry, low quality.", "camera.batch_size": 4,
+        "trainer.max_steps": 5000,
+    },
+    "ism-sd": {  # LucidDreamer arguments/__init__.py and configs
+        "guidance.name": "ism", "guidance.guidance_scale": 7.5, "guidance.delta_t": 80, "guidance.delta_t_start": 100,
+        "guidance.xs_delta_t": 200, "guidance.xs_inv_steps": 5, "guidance.inverse_prompt": "",
+        **{f"guidance.{k}": v for k, v in LUCID_GUIDANCE.items()},
+        "prompt_processor.negative_prompt": LUCID_NEGATIVE, "camera.batch_size": 4, "trainer.max_steps": 5000,
+    },
+    "csm-sd": {  # reconstruction on LucidDreamer's settings
+        "guidance.name": "csm", "guidance.guidance_scale": 7.5, "guidance.weighting": "ism", "guidance.delta_t": 80,
+        **{f"guidance.{k}": v for k, v in LUCID_GUIDANCE.items()},
+        "camera.batch_size": 4, "trainer.max_steps": 5000,
+    },
+    "csd-sd": {  # CVMI-Lab/Classifier-Score-Distillation configs/csd-if.yaml (NeRF stage)
+        "guidance.name": "csd", "guidance.guidance_scale": 1.0, "guidance.uncond_scale": [0, 0.0, -1.0, 5000],
+        "guidance.null_scale": [0, -1.0, 0.0, 5000], "guidance.weighting": "uniform",
+        "guidance.max_step_percent": [5000, 0.98, 0.5, 5001],
+        "prompt_processor.negative_prompt": "oversaturated color, ugly, tiling, low quality, noisy",
+    },
+    "nfsd-sd": {  # Katzir et al. Eq. 6
+        "guidance.name": "nfsd", "guidance.guidance_scale": 7.5, "guidance.small_t_threshold": 200,
+        "prompt_processor.negative_prompt": "unrealistic, blurry, low quality, out of focus, ugly, low contrast, "
+                                            "dull, dark, low-resolution, gloomy",
+    },
+    "asd-sd": {  # ScaleDreamer configs/single-prompt_benchmark/asd_sd_nerf.yaml
+        "guidance.name": "asd", "guidance.guidance_scale": 7.5, "guidance.plus_ratio": 0.1,
+        "guidance.plus_random": True, "guidance.min_step_percent": [0, 0.5, 0.02, 25000],
+        "guidance.max_step_percent": [0, 0.98, 0.5, 25000], "prompt_processor.front_threshold": 30.0,
+        "camera.elevation_range": [-10.0, 45.0], "loss.lambda_sparsity": 30.0,
+        "loss.lambda_opaque": [10000, 0.0, 100.0, 10001], "optim.betas": [0.0, 0.99], "trainer.max_steps": 25000,
+    },
+}
+
+
+def value_at(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return list(cfg) if isinstance(cfg, (list, tuple)) else cfg
+
+
+@pytest.mark.parametrize("name", available_configs())
+def test_every_packaged_config_loads(name):
+    cfg = load_config(name, prompt="a red cube")
+    assert cfg.prompt == "a red cube"
+    if name.endswith("-toy"):
+        assert cfg.teacher.name == "toyworld"
+        method = name[: -len("-toy")]
+        if method in GUIDANCE_CONFIGS:  # <method>-toy configs are named after their guidance
+            assert cfg.guidance.name == method
+
+
+def test_every_method_has_a_toy_and_an_sd_config():
+    names = set(available_configs())
+    for method in ("vsd", "bsd", "csm", "ism", "csd", "nfsd", "asd"):
+        assert f"{method}-toy" in names and f"{method}-sd" in names, method
+
+
+@pytest.mark.parametrize("name", sorted(SOURCE_DEFAULTS))
+def test_sd_config_holds_its_sources_defaults(name):
+    cfg = load_config(name, prompt="a hamburger")
+    assert cfg.teacher.name == "stable-diffusion" and cfg.teacher.model == SD21_BASE
+    assert cfg.scene.name == "nerf" and cfg.scene.num_levels == 16 and cfg.scene.log2_hashmap_size == 19
+    assert cfg.device == "auto"
+    for key, expected in SOURCE_DEFAULTS[name].items():
+        assert value_at(cfg, key) == expected, key
