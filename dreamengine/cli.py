@@ -291,15 +291,17 @@ def print_metrics(results: dict[str, Any]) -> None:
 
     table = Table(title=f"held-out views of '{results['prompt']}' ({results['views']} views, "
                         f"{results['resolution']}px)")
-    for column in ("azimuth", "elevation", "mask IoU", "PSNR (dB)"):
+    for column in ("elevation (°)", "views", "mask IoU", "PSNR (dB)"):
         table.add_column(column, justify="right")
-    for view in results["per_view"]:
-        table.add_row(f"{view['azimuth']:.1f}", f"{view['elevation']:.1f}", f"{view['mask_iou']:.3f}",
-                      f"{view['psnr']:.2f}")
-    table.add_row("all", "", f"{results['mask_iou']:.3f}", f"{results['psnr']:.2f}", style="bold")
+    for band, values in results.get("bands", {}).items():
+        table.add_row(band, str(values["views"]), f"{values['mask_iou']:.3f}", f"{values['psnr']:.2f}")
+    table.add_row("all", str(results["views"]), f"{results['mask_iou']:.3f}", f"{results['psnr']:.2f}", style="bold")
     console = Console()
     console.print(table)
     line = f"foreground saturation {results['saturation']:.3f} (ground truth {results['true_saturation']:.3f})"
+    if "texture_noise" in results:
+        line += (f"; texture noise {results['texture_noise']:.3f} (ground truth "
+                 f"{results['true_texture_noise']:.3f})")
     if "janus_score" in results:
         line += f"; Janus score {results['janus_score']:.2f} (0: consistent back, 1: front shows on the back)"
     console.print(line)
@@ -311,6 +313,10 @@ def print_metrics(results: dict[str, Any]) -> None:
         mesh = results["mesh"]
         console.print(f"exported mesh vs true shape: volumetric IoU {mesh['volumetric_iou']:.3f}, "
                       f"Chamfer distance {mesh['chamfer']:.4f} (scene units)")
+        if "euler_characteristic" in mesh:
+            console.print(f"exported mesh topology: {'watertight' if mesh['watertight'] else 'NOT watertight'}, "
+                          f"{mesh['pieces']} piece(s), Euler characteristic {mesh['euler_characteristic']} (true "
+                          f"shape: {mesh['true_euler_characteristic']})")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ from dreamengine.config import RunConfig
 from dreamengine.core.files import write_json
 from dreamengine.core.render import render_fixed
 from dreamengine.errors import ExportError
+from dreamengine.evaluate import evaluate_renders, mesh_metrics, toy_object
+from dreamengine.export import load_mesh
 
 MESH_FORMATS = ("glb", "obj", "ply")
 SPLAT_FORMAT = "splat"  # the 3DGS PLY of a Gaussian scene, written as final/scene.ply
@@ -74,7 +76,8 @@ def evaluate_run(scene: torch.nn.Module, background: torch.nn.Module, renderer: 
                  run_dir: Path) -> dict[str, Any]:
     """What a finished run measures, written to ``metrics.json``:
 
-    * toy-world runs: held-out render metrics against ground truth, and the exported GLB's shape metrics;
+    * runs of a toy-world prompt: held-out render metrics against ground truth, and the exported GLB's shape
+      metrics (:mod:`dreamengine.evaluate`);
     * every run with a ``final/model.glb``: its export fidelity (the GLB rendered by the mesh rasterizer vs the
       scene's own renders, from held-out cameras: PSNR and mask IoU), the number that says whether the
       exported file looks like the renders.
@@ -86,16 +89,11 @@ def evaluate_run(scene: torch.nn.Module, background: torch.nn.Module, renderer: 
 
     results: dict[str, Any] = {"prompt": cfg.prompt}
     glb = run_dir / "final" / "model.glb"
-    if cfg.teacher.name == "toyworld":
-        from dreamengine.evaluate import evaluate_renders
-
+    obj = toy_object(cfg.prompt)
+    if obj is not None:  # the toy world knows the truth: whatever the teacher was (exact, learned, multi-view)
         results = evaluate_renders(cfg, render)
         if glb.is_file():
-            from dreamengine.evaluate import mesh_metrics
-            from dreamengine.export import load_mesh
-            from dreamengine.toyworld import parse_prompt
-
-            results["mesh"] = {"file": str(glb), **mesh_metrics(load_mesh(glb), parse_prompt(cfg.prompt))}
+            results["mesh"] = {"file": str(glb), **mesh_metrics(load_mesh(glb), obj)}
     if glb.is_file():
         results["export_fidelity"] = export_fidelity_of(glb, render, background, cfg)
     write_json(run_dir / "metrics.json", results)

@@ -66,3 +66,56 @@ def test_mean_saturation():
     rgb = torch.tensor([[[[1.0, 0.0, 0.0], [0.5, 0.5, 0.5]]]])  # pure red, grey
     assert mean_saturation(rgb, torch.ones(1, 1, 2, 1, dtype=torch.bool)) == pytest.approx(0.5)
     assert mean_saturation(rgb, torch.tensor([[[[True], [False]]]])) == pytest.approx(1.0)
+
+
+def test_held_out_views_cover_undersides_sides_tops_and_the_top():
+    cfg = load_config("quickstart", ["eval.num_views=4"])
+    cameras = held_out_cameras(cfg)
+    assert len(cameras) == 4 * 3 + 1
+    assert sorted(set(cameras.elevation.tolist())) == [-10.0, 20.0, 50.0, 89.5]
+    top = cameras.position[-1]
+    assert float(top[2]) > 0.999 * float(top.norm())  # straight above, looking down
+    no_top = held_out_cameras(load_config("quickstart", ["eval.num_views=4", "eval.overhead=false"]))
+    assert len(no_top) == 12
+
+
+def test_a_perfect_render_scores_perfectly_in_every_band():
+    import torch
+
+    from dreamengine.core.render import RenderOut
+    from dreamengine.evaluate import evaluate_renders
+    from dreamengine.toyworld import render_toy
+
+    cfg = load_config("quickstart", ["eval.num_views=3", "eval.resolution=32"], prompt="a yellow torus")
+    torus = parse_prompt(cfg.prompt)
+
+    def truthful(cameras, h, w):
+        gt = render_toy(torus, cameras, h, w, supersample=2)
+        return RenderOut(gt["rgb"], gt["mask"], gt["depth"], None, None)
+
+    def speckled(cameras, h, w):
+        out = truthful(cameras, h, w)
+        noise = 0.3 * (torch.rand(out.rgb.shape, generator=torch.Generator().manual_seed(0)) - 0.5)
+        return RenderOut((out.rgb + noise * out.opacity).clamp(0, 1), out.opacity, out.depth, None, None)
+
+    perfect = evaluate_renders(cfg, truthful)
+    assert perfect["mask_iou"] == 1.0 and perfect["views"] == 10
+    assert list(perfect["bands"]) == ["-10", "20", "50", "overhead"]
+    assert all(band["mask_iou"] == 1.0 for band in perfect["bands"].values())
+    assert perfect["texture_noise"] == pytest.approx(perfect["true_texture_noise"])
+    noisy = evaluate_renders(cfg, speckled)
+    assert noisy["texture_noise"] > 3 * noisy["true_texture_noise"]
+    assert noisy["mask_iou"] == 1.0 and noisy["psnr"] < perfect["psnr"]
+
+
+def test_mesh_topology_tells_a_torus_from_a_filled_one():
+    torus = parse_prompt("a yellow torus")
+    truth = mesh_metrics(true_mesh(torus), torus)
+    assert truth["watertight"] and truth["pieces"] == 1 and truth["euler_characteristic"] == 0
+    assert truth["true_euler_characteristic"] == 0
+    lemon = trimesh.creation.icosphere(subdivisions=3, radius=0.6)  # the hole filled in: a sphere's topology
+    filled = mesh_metrics(lemon, torus)
+    assert filled["euler_characteristic"] == 2 and filled["true_euler_characteristic"] == 0
+    open_box = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+    open_box.update_faces(np.arange(len(open_box.faces)) > 0)  # one triangle missing
+    assert not mesh_metrics(open_box, parse_prompt("a red cube"))["watertight"]

@@ -150,6 +150,28 @@ def _drop_replaced_sections(layer: DictConfig, names: dict[str, str], index: int
     return OmegaConf.create(kept)
 
 
+# Keys earlier versions wrote into runs' config.yaml, and what they became, so old runs still resume and evaluate:
+# old dotted key -> (new dotted key, function of the old value giving the new one).
+RENAMED_KEYS: dict[str, tuple[str, Any]] = {
+    "eval.elevation": ("eval.elevations", lambda value: [value]),  # one held-out elevation became several
+}
+
+
+def _migrate_renamed_keys(layer: DictConfig) -> DictConfig:
+    """``layer`` with the keys of :data:`RENAMED_KEYS` renamed (a key given in both forms keeps the new one)."""
+    found = [key for key in RENAMED_KEYS if OmegaConf.select(layer, key, default=None) is not None]
+    if not found:
+        return layer
+    data = OmegaConf.to_container(layer)
+    for key in found:
+        new_key, convert = RENAMED_KEYS[key]
+        section, _, leaf = key.rpartition(".")
+        value = data[section].pop(leaf)
+        new_section, _, new_leaf = new_key.rpartition(".")
+        data.setdefault(new_section, {}).setdefault(new_leaf, convert(value))
+    return OmegaConf.create(data)
+
+
 def load_config(config: str | Path | None = None, overrides: list[str] | None = None,
                 prompt: str | None = None) -> RunConfig:
     """Build a validated :class:`RunConfig` from defaults, an optional YAML file and overrides."""
@@ -164,6 +186,7 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
         layers.append((OmegaConf.create({"prompt": prompt}), "the prompt argument"))
     for layer, source in layers:
         _reject_interpolations(layer, source)
+    layers = [(_migrate_renamed_keys(layer), source) for layer, source in layers]
 
     names = {s: _section_name(s, [la for la, _ in layers]) for s in POLYMORPHIC_SECTIONS}
     layers = [(_drop_replaced_sections(layer, names, index, [la for la, _ in layers]), source)

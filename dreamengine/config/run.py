@@ -141,9 +141,21 @@ class ExportConfig:
 
 @dataclass
 class EvalConfig:
-    num_views: int = 8  # held-out orbit views (azimuths between the teacher's bank views)
-    elevation: float = 20.0
+    """Held-out views of toy-world runs (dreamengine/evaluate.py): ``num_views`` azimuths at each elevation, and
+    one view from above. A run's ``mask_iou`` and ``psnr`` are over all of them; ``bands`` has each elevation."""
+
+    num_views: int = 8  # azimuths per elevation (halfway between the teacher bank's views)
+    elevations: list[float] = field(default_factory=lambda: [-10.0, 20.0, 50.0])  # degrees: undersides, sides, tops
+    overhead: bool = True  # one more view from straight above
     resolution: int = 64
+
+    def __post_init__(self) -> None:
+        if self.num_views < 1 or self.resolution < 8 or not (self.elevations or self.overhead):
+            raise ConfigError("eval.num_views must be >= 1, eval.resolution >= 8, and eval.elevations non-empty "
+                              f"unless eval.overhead is true; got {self.num_views}, {self.resolution}, "
+                              f"{list(self.elevations)}, {self.overhead}")
+        if any(not -90.0 < e < 90.0 for e in self.elevations):
+            raise ConfigError(f"eval.elevations must be in (-90, 90) degrees, got {list(self.elevations)}")
 
 
 @dataclass

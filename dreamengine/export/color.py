@@ -1,4 +1,9 @@
-"""Per-vertex colors from a color field (the scene's albedo)."""
+"""Per-vertex colors from a color field (the scene's albedo), and the sRGB <-> linear transfer functions.
+
+Colors in DreamEngine (renders, albedo, textures, vertex colors) are sRGB-encoded display values, as the
+teacher's images are. glTF stores base-color *textures* sRGB-encoded but vertex colors (``COLOR_0``) *linear*,
+so GLB vertex colors are converted on the way out and back (:mod:`dreamengine.export.mesh_io`).
+"""
 
 from __future__ import annotations
 
@@ -55,3 +60,25 @@ def color_vertices(mesh: trimesh.Trimesh, color_fn: ColorFn, chunk: int = 65536,
     colored = mesh.copy()
     colored.visual = trimesh.visual.ColorVisuals(mesh=colored, vertex_colors=rgba)
     return colored
+
+
+def srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function's inverse (IEC 61966-2-1), for values in [0, 1]."""
+    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(values: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function (IEC 61966-2-1), for values in [0, 1]."""
+    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    return np.where(values <= 0.0031308, 12.92 * values, 1.055 * values ** (1.0 / 2.4) - 0.055)
+
+
+def convert_vertex_colors(mesh: trimesh.Trimesh, transfer: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Apply ``transfer`` (:func:`srgb_to_linear` or :func:`linear_to_srgb`) to a mesh's RGB vertex colors in
+    place (alpha unchanged); meshes without vertex colors are left alone."""
+    if mesh.visual.kind != "vertex":
+        return
+    rgba = np.asarray(mesh.visual.vertex_colors, dtype=np.float64) / 255.0
+    rgba[:, :3] = transfer(rgba[:, :3])
+    mesh.visual.vertex_colors = np.round(rgba * 255.0).astype(np.uint8)

@@ -12,7 +12,8 @@ Units. ``save_mesh(..., scale=s)`` multiplies coordinates by ``s`` (file units, 
 records ``meters_per_scene_unit: s`` with the metadata; ``load_mesh`` divides it out again, so it always
 returns scene units.
 
-Appearance. A mesh with vertex colors is written with them (COLOR_0 in GLB). A textured mesh
+Appearance. A mesh with vertex colors is written with them (COLOR_0 in GLB, which glTF defines as linear: the
+sRGB colors are converted, and converted back by ``load_mesh``; PLY keeps sRGB values). A textured mesh
 (``trimesh.visual.TextureVisuals`` with a :class:`trimesh.visual.material.PBRMaterial`, as made by
 :mod:`dreamengine.export.texture`) becomes a glTF metallic-roughness material with embedded PNG textures
 (sampled with trilinear mipmapping, clamped at the edges), or an OBJ with an MTL file and PNG files next to
@@ -39,6 +40,7 @@ from trimesh.exchange.gltf import export_glb
 
 from dreamengine.core.files import atomic_write
 from dreamengine.errors import ExportError
+from dreamengine.export.color import convert_vertex_colors, linear_to_srgb, srgb_to_linear
 from dreamengine.version import __version__
 
 FORMATS = ("glb", "obj", "ply")
@@ -133,6 +135,8 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise ExportError(f"{path} contains no triangles; it is not a mesh or it is empty")
     _colors_to_vertex_visual(loaded)
+    if fmt == "glb":
+        convert_vertex_colors(loaded, linear_to_srgb)  # COLOR_0 is linear in glTF; DreamEngine works in sRGB
     if fmt in ("glb", "obj"):
         loaded.apply_transform(Y_UP_TO_Z_UP)
     scale = _recorded_scale(path, fmt)
@@ -181,6 +185,8 @@ def _colors_to_vertex_visual(geometry: trimesh.parent.Geometry) -> None:
 def _y_up_copy(mesh: trimesh.Trimesh, scale: float = 1.0) -> trimesh.Trimesh:
     """The mesh rotated to Y-up and scaled, with seam-independent vertex normals."""
     converted = mesh.copy()
+    if mesh.visual.kind == "vertex":
+        converted.visual = trimesh.visual.ColorVisuals(mesh=converted, vertex_colors=mesh.visual.vertex_colors.copy())
     converted.apply_transform(Z_UP_TO_Y_UP)
     if scale != 1.0:
         converted.apply_scale(scale)
@@ -226,7 +232,9 @@ def _glb_bytes(mesh: trimesh.Trimesh, metadata: dict[str, MetadataValue], scale:
             for texture in tree["textures"]:
                 texture["sampler"] = 0
 
-    return export_glb(_y_up_copy(mesh, scale).scene(), include_normals=True, tree_postprocessor=finish_tree)
+    converted = _y_up_copy(mesh, scale)
+    convert_vertex_colors(converted, srgb_to_linear)  # COLOR_0 is linear in glTF
+    return export_glb(converted.scene(), include_normals=True, tree_postprocessor=finish_tree)
 
 
 def _set_view_target(tree: dict, accessor_index: int, target: int) -> None:

@@ -35,8 +35,10 @@ METRIC_LABELS = {
     "psnr": ("PSNR", "dB on held-out views"),
     "saturation": ("Saturation", "foreground; ground truth {true_saturation}"),
     "janus_score": ("Janus score", "0 consistent back, 1 front on the back"),
+    "texture_noise": ("Texture noise", "high-frequency color inside the object; ground truth {true_texture_noise}"),
     "mesh.volumetric_iou": ("Mesh volumetric IoU", "exported mesh vs true shape"),
     "mesh.chamfer": ("Chamfer distance", "scene units, lower is better"),
+    "mesh.euler_characteristic": ("Mesh Euler characteristic", "true shape {mesh.true_euler_characteristic}"),
 }
 COLUMN_LABELS = {"azimuth": "azimuth (°)", "elevation": "elevation (°)", "mask_iou": "mask IoU",
                  "psnr": "PSNR (dB)"}
@@ -186,14 +188,16 @@ def metrics_html(metrics: dict[str, Any] | None) -> str:
     if not metrics:
         return ('<p class="muted">No evaluation: <code>metrics.json</code> is written for toy-world runs '
                 "(<code>dreamengine eval RUN_DIR</code>).</p>")
-    flat = flatten({k: v for k, v in metrics.items() if not isinstance(v, list)})
-    used = {"true_saturation", "views", "resolution"}
+    flat = flatten({k: v for k, v in metrics.items() if not isinstance(v, list) and k != "bands"})
+    used = {"true_saturation", "true_texture_noise", "views", "resolution"}
+    used |= {key for key in flat if key.startswith("mesh.true_")}
     cards = []
     for key, (label, hint) in METRIC_LABELS.items():
         if is_number(flat.get(key)):
-            if "{true_saturation}" in hint:
-                truth = flat.get("true_saturation")
-                hint = hint.format(true_saturation=format_number(float(truth))) if is_number(truth) else "foreground"
+            references = re.findall(r"\{([^}]+)\}", hint)  # e.g. {true_saturation}: another metric's value
+            for reference in references:
+                value = flat.get(reference)
+                hint = hint.replace(f"{{{reference}}}", format_number(float(value)) if is_number(value) else "?")
             cards.append((label, flat[key], hint))
             used.add(key)
     cards += [(key, value, "") for key, value in flat.items() if key not in used and is_number(value)]
@@ -203,6 +207,15 @@ def metrics_html(metrics: dict[str, Any] | None) -> str:
     if "views" in metrics:
         out += (f'<p class="muted">{esc(metrics["views"])} held-out views at {esc(metrics.get("resolution", "?"))} '
                 f'px against the toy world\'s ground truth for “{esc(metrics.get("object", "?"))}”.</p>')
+    mesh = metrics.get("mesh", {})
+    if isinstance(mesh, dict) and "watertight" in mesh:
+        out += (f'<p class="muted">Exported mesh: {"watertight" if mesh["watertight"] else "not watertight"}, '
+                f'{esc(mesh.get("pieces", "?"))} piece(s), Euler characteristic '
+                f'{esc(mesh.get("euler_characteristic", "?"))} (true shape: '
+                f'{esc(mesh.get("true_euler_characteristic", "?"))}).</p>')
+    if isinstance(metrics.get("bands"), dict):
+        out += table_html("elevation bands", [{"elevation": band, **values}
+                                              for band, values in metrics["bands"].items()])
     for key, rows in metrics.items():
         if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
             out += table_html(key.replace("_", " "), rows)

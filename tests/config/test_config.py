@@ -77,3 +77,11 @@ def test_changing_a_section_name_replaces_the_section():
     # keys written for the old name in the overriding layer itself are still errors
     with pytest.raises(ConfigError, match="weighting"):
         load_config("quickstart", ["guidance.name=ism", "guidance.weighting=sds"])
+
+
+def test_keys_renamed_since_earlier_versions_still_load(tmp_path):
+    old_run = tmp_path / "config.yaml"  # what a run written before eval.elevations existed holds
+    old_run.write_text("prompt: a red cube\neval:\n  num_views: 4\n  elevation: 30.0\n  resolution: 32\n")
+    cfg = load_config(old_run)
+    assert cfg.eval.elevations == [30.0] and cfg.eval.num_views == 4
+    assert load_config(old_run, ["eval.elevations=[0,45]"]).eval.elevations == [0.0, 45.0]  # the new key wins

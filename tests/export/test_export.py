@@ -19,6 +19,7 @@ import trimesh
 
 from dreamengine.errors import ExportError
 from dreamengine.export import clean_mesh, color_vertices, extract_mesh, load_mesh, save_mesh
+from dreamengine.export.color import linear_to_srgb, srgb_to_linear
 from tests.gltf_validator import validate_glb
 
 PEAK = 100.0  # density deep inside the analytic objects
@@ -221,10 +222,16 @@ def test_glb_round_trip_in_trimesh_is_y_up(colored_mesh, tmp_path):
     top = np.argmax(world[:, 2])  # the highest point of the world (+Z) is the highest of the file (+Y)
     assert np.argmax(raw.vertices[:, 1]) == top
 
-    loaded = load_mesh(path)  # back in the world frame
+    # glTF's COLOR_0 is linear: the file holds the linear encoding of our sRGB colors (8 bits each)
+    srgb = colored_mesh.visual.vertex_colors[:, :3].astype(float) / 255.0
+    stored = np.round(srgb_to_linear(srgb) * 255.0)
+    np.testing.assert_array_equal(raw.visual.vertex_attributes["color"][:, :3], stored)
+
+    loaded = load_mesh(path)  # back in the world frame, and back to sRGB
     np.testing.assert_allclose(loaded.vertices, world, atol=1e-6)
     np.testing.assert_array_equal(loaded.faces, colored_mesh.faces)
-    np.testing.assert_array_equal(loaded.visual.vertex_colors, colored_mesh.visual.vertex_colors)
+    np.testing.assert_array_equal(loaded.visual.vertex_colors[:, :3], np.round(linear_to_srgb(stored / 255.0) * 255.0))
+    assert np.abs(loaded.visual.vertex_colors[:, :3].astype(int) - colored_mesh.visual.vertex_colors[:, :3]).max() <= 2
     assert loaded.volume == pytest.approx(colored_mesh.volume, rel=1e-5)  # rotation kept the winding
 
 
