@@ -108,6 +108,9 @@ def read_jobs(path: str | Path, system: str | None = None, config: str | None = 
             continue
         seen[job.key] = number
         jobs.append(job)
+    if not jobs and not errors:
+        raise DreamEngineError(f"prompts file {path} has no prompts (only blank lines or # comments); write one "
+                               "prompt per line, e.g. a red cube")
     return jobs, errors
 
 

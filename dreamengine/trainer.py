@@ -42,6 +42,8 @@ from dreamengine.errors import TrainingError
 from dreamengine.runs import open_run_dir
 from dreamengine.schedules import schedule_value
 
+MAX_NONFINITE_GRADIENT = 0.5  # a guidance gradient more than half NaN/Inf (zeroed by nan_to_num) is a failed step
+
 
 class Interrupted(Exception):
     """Training stopped by SIGINT/SIGTERM after writing a checkpoint."""
@@ -207,6 +209,8 @@ class Trainer:
             finite = bool(torch.isfinite(loss)) and all(
                 bool(torch.isfinite(p.grad).all()) for group in self.optimizer.param_groups
                 for p in group["params"] if p.grad is not None)
+            # the guidance replaces NaN in its gradient by 0: a step whose gradient was mostly NaN failed
+            finite = finite and guided.terms.get("grad_nonfinite", 0.0) <= MAX_NONFINITE_GRADIENT
             if finite:
                 self.optimizer.step()
         self.step += 1

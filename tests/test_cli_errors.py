@@ -59,3 +59,33 @@ def test_corrupt_checkpoint(tmp_path: Path):
 def test_overrides_after_options_are_read(tmp_path: Path):
     result = run_cli(["generate", "a red cube", "--config", "quickstart", "trainer.max_step=5"], tmp_path)
     assert_clean_error(result, "trainer.max_step", "trainer.max_steps")
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["generate", "a red cube", "trainer.max_steps=-5"], ["trainer.max_steps", ">= 1", "-5"]),
+    (["generate", "a red cube", "guidance.guidance_scale=nan"], ["guidance.guidance_scale", "finite"]),
+    (["generate", "a red cube", "camera.elevation_range=[60,-10]"], ["camera.elevation_range", "low <= high"]),
+    (["generate", "a red cube", "guidance.max_step_percent=1.5"], ["guidance.max_step_percent", "[0, 1]"]),
+    (["generate", "a red cube", "optim.betas={a: 1}"], ["command-line overrides"]),
+    (["generate", "a red cube", "prompt=\x1f"], ["could not parse overrides"]),
+])
+def test_out_of_range_settings_stop_before_any_work(tmp_path: Path, monkeypatch, capsys, args, fragments):
+    """In-process (no subprocess needed: nothing heavy loads before the config is refused)."""
+    from dreamengine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err.replace("\n  ", " "), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_prompts_file_without_prompts_is_refused(tmp_path: Path, monkeypatch, capsys):
+    from dreamengine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("\n# only a comment\n   \n")
+    assert main(["batch", "empty.txt"]) == 2
+    assert "has no prompts" in capsys.readouterr().err.replace("\n  ", " ")

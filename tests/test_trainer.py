@@ -1,5 +1,6 @@
 """The training loop in-process: resume equivalence, NaN handling, checkpoints, regularizers."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,19 @@ def test_camera_phases_change_the_render_size_at_their_step(tmp_path: Path):
                                    before=lambda rgb, prompts, cameras, step: shapes.append((step, tuple(rgb.shape))))
     trainer.fit()
     assert shapes == [(0, (1, 24, 24, 3)), (1, (1, 24, 24, 3)), (2, (2, 16, 20, 3)), (3, (2, 16, 20, 3))]
+
+
+def test_a_gradient_that_is_all_nan_is_a_failed_step_not_a_zero_one(tmp_path: Path):
+    """The guidance zeroes NaN entries of its gradient (nan_to_num); when all of them were NaN the step failed:
+    after max_bad_steps such steps the run stops with a clear error instead of exporting an untrained scene."""
+    trainer = tiny_trainer(tmp_path, "trainer.max_steps=20", "trainer.max_bad_steps=3")
+    teacher = trainer.guidance.teacher
+    teacher.predict_noise = lambda z_t, *args, **kwargs: torch.full_like(z_t, float("nan"))
+    before = scene_parameters(trainer)
+    with pytest.raises(TrainingError, match="NaN/Inf for 3 steps"):
+        trainer.fit()
+    assert trainer.step == 3
+    for key, value in scene_parameters(trainer).items():
+        assert torch.equal(value, before[key])
+    logged = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(record["grad_nonfinite"] == 1.0 for record in logged)

@@ -23,9 +23,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from dreamengine.config.checks import check_ranges
 from dreamengine.config.run import DEFAULT_NAMES, POLYMORPHIC_SECTIONS, RunConfig
 from dreamengine.errors import ConfigError
 
@@ -68,7 +70,7 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
             raise ConfigError(f"override '{item}' is not of the form key=value (for example trainer.max_steps=200)")
     try:
         return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as error:
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
         raise ConfigError(f"could not parse overrides {' '.join(overrides)}: {error}") from None
 
 
@@ -109,6 +111,9 @@ def _merge_layer(schema: DictConfig, layer: DictConfig, source: str) -> DictConf
         raise ConfigError(f"wrong value for config key '{error.full_key}' in {source}: {message}") from None
     except OmegaConfBaseException as error:
         raise ConfigError(f"invalid config in {source}: {str(error).splitlines()[0]}") from None
+    except (TypeError, ValueError) as error:  # OmegaConf's own: a mapping given where a list or number belongs
+        raise ConfigError(f"invalid value in {source}: {error} (a mapping where a list or a single value belongs, "
+                          "or the other way round?)") from None
 
 
 def _section_name(section: str, layers: list[DictConfig]) -> str:
@@ -196,11 +201,13 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
     for layer, source in layers:
         merged = _merge_layer(merged, layer, source)
     try:
-        return OmegaConf.to_object(merged)  # runs each dataclass's __post_init__ checks
+        cfg = OmegaConf.to_object(merged)  # runs each dataclass's __post_init__ checks
     except ConfigError:
         raise
     except OmegaConfBaseException as error:
         raise ConfigError(f"invalid config: {str(error).splitlines()[0]}") from None
+    check_ranges(cfg)  # every number finite and in its range
+    return cfg
 
 
 def config_to_yaml(cfg: RunConfig) -> str:

@@ -8,7 +8,9 @@ One call of a guidance method, :meth:`ScoreDistillation.__call__`, in order:
    method's range at this step, then the noise ``eps`` (with LucidDreamer's offset noise where configured);
 4. under ``no_grad``, the method's own :meth:`~ScoreDistillation.gradient` computes ``g`` (the teacher passes,
    weighting and the formula: the only part that differs between methods);
-5. :meth:`~ScoreDistillation.clean`: ``nan_to_num``, then the optional element-wise clamp ``grad_clip(step)``;
+5. :meth:`~ScoreDistillation.clean`: ``nan_to_num``, then the optional element-wise clamp ``grad_clip(step)``
+   (``grad_nonfinite``, the fraction of ``g`` that was NaN or infinite, is logged: the trainer counts a step
+   whose ``g`` was mostly non-finite as a failed step rather than a zero gradient);
 6. injection: ``loss = gradient_to_loss(z, g)``, so d loss / d z == g / B exactly;
 7. :meth:`~ScoreDistillation.after_gradient` (VSD trains its score model here) and the logged terms.
 
@@ -209,9 +211,11 @@ class ScoreDistillation:
         noise = offset_noise(z.shape, self.noise_offset(), generator, z.dtype, z.device)
         with torch.no_grad():
             grad, extra = self.gradient(z.detach(), t, noise, prompts, cameras, step, generator)
+            nonfinite = float((~torch.isfinite(grad)).float().mean())
             grad = self.clean(grad, step)
         loss = gradient_to_loss(z, grad)
-        terms = {"t_mean": float(t.float().mean()), **extra, "grad_norm": float(grad.norm() / math.sqrt(batch))}
+        terms = {"t_mean": float(t.float().mean()), **extra, "grad_norm": float(grad.norm() / math.sqrt(batch)),
+                 "grad_nonfinite": nonfinite}
         terms.update(self.after_gradient(z, prompts, cameras, generator))
         return GuidanceOut(loss=loss, terms=terms)
 
