@@ -6,7 +6,8 @@ Gaussian ones moved by up to 0.024 between the two runs (luciddreamer 0.702 vs 0
 120-step Gaussian runs are bit-identical across processes, so the difference appears later in a run and grows
 (``deterministic: true``, which the resume tests use, makes runs bit-reproducible). Each threshold is the
 lower of the two measurements minus 0.03. These are
-the slowest tests of the suite (about 12 minutes together on 2 cores); ``pytest -m "not slow"`` skips them.
+the slowest tests of the suite (about 12 minutes together on 2 cores), so they run only with ``--full``
+(``python -m pytest -q --full -m full``; tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def test_every_toy_system_has_a_calibrated_threshold() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.full
 @pytest.mark.parametrize("system", sorted(MEASURED_IOU))
 def test_full_length_toy_system_reaches_its_calibrated_iou(system: str, tmp_path: Path) -> None:
     asset = dreamengine.generate("a red cube", system=system, overrides=QUIET, output_dir=tmp_path)
