@@ -129,32 +129,6 @@ CSM_WEIGHTINGS = ("ism", "sds", "uniform")
 
 
 @dataclass
-class CSMConfig:
-    name: str = "csm"
-    guidance_scale: float = 7.5  # gamma, the weight of the classifier term
-    weighting: str = "ism"  # one of CSM_WEIGHTINGS
-    grad_scale: float = 0.1  # g is multiplied by this (LucidDreamer's lambda_guidance)
-    delta_t: int = 80  # final interval t - s of the inversion
-    delta_t_start: int = 100  # interval at step 0 when annealing_intervals
-    annealing_intervals: bool = True  # anneal the interval from delta_t_start to delta_t with the warm-up rate
-    xs_delta_t: int = 200  # stride of the inversion from ~0 to s
-    xs_inv_steps: int = 5  # number of inversion steps to s
-    inverse_prompt: str = ""  # prompt of the inversion ("" = unconditional)
-    warmup_steps: int = 1500  # steps over which the largest t anneals from 979 to 499
-    min_step_percent: float = 0.02  # lower bound of t / T
-    max_step_percent: float = 0.5  # upper bound of t / T after the warm-up
-    warmup_max_step_percent: float = 0.98  # upper bound of t / T at step 0
-    noise_offset: float = 0.1  # offset-noise amplitude of the start noise
-    grad_clip: Any = None  # schedule or null: element-wise clamp of g
-
-    def __post_init__(self) -> None:
-        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
-        if self.weighting not in CSM_WEIGHTINGS:
-            raise ConfigError(f"guidance.weighting must be one of {', '.join(CSM_WEIGHTINGS)}; got {self.weighting!r}")
-        validate_lucid_config(self)
-
-
-@dataclass
 class ISMConfig:
     name: str = "ism"
     guidance_scale: float = 7.5  # s in eps_u + s (eps_c - eps_u) (convention B)
@@ -175,6 +149,20 @@ class ISMConfig:
     def __post_init__(self) -> None:
         validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
         validate_lucid_config(self)
+
+
+@dataclass
+class CSMConfig(ISMConfig):
+    """ISM's settings (the same deterministic x_t) plus CSM's weighting; ``guidance_scale`` is gamma, the weight
+    of the classifier term."""
+
+    name: str = "csm"
+    weighting: str = "ism"  # one of CSM_WEIGHTINGS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weighting not in CSM_WEIGHTINGS:
+            raise ConfigError(f"guidance.weighting must be one of {', '.join(CSM_WEIGHTINGS)}; got {self.weighting!r}")
 
 
 @dataclass
