@@ -64,6 +64,26 @@ def teacher_device(name: str | None, run_device: torch.device) -> torch.device:
     return device
 
 
+BUILTIN_PREFIX = "builtin:"  # teacher.model=builtin:NAME: a model shipped inside the package (dreamengine/models/NAME)
+
+
+def builtin_model(model: str) -> Path | None:
+    """The folder of a model shipped with DreamEngine (``builtin:toy-learned``), None for any other name; raises
+    ModelNotFoundError for an unknown built-in name."""
+    if not model.startswith(BUILTIN_PREFIX):
+        return None
+    from importlib import resources
+
+    name = model[len(BUILTIN_PREFIX):]
+    folder = Path(str(resources.files("dreamengine") / "models" / name))
+    if not name or "/" in name or "\\" in name or not (folder / "model_index.json").is_file():
+        shipped = sorted(p.name for p in folder.parent.iterdir() if (p / "model_index.json").is_file()) \
+            if folder.parent.is_dir() else []
+        raise ModelNotFoundError(f"teacher.model={model!r} names no model shipped with DreamEngine; built-in models: "
+                                 f"{', '.join(BUILTIN_PREFIX + n for n in shipped) or 'none'}")
+    return folder
+
+
 def looks_like_path(model: str) -> bool:
     """True for strings meant as folders (absolute, ./ ../ ~ prefixes, or existing on disk)."""
     return model.startswith(("/", "./", "../", "~", ".\\")) or Path(model).expanduser().exists() \
@@ -167,7 +187,8 @@ def load_pipeline(model: str, revision: str | None, dtype: torch.dtype, pipeline
     """``diffusers.<pipeline_class>.from_pretrained`` with errors turned into :class:`ModelNotFoundError`.
 
     Safety checker and feature extractor are not loaded (a teacher never produces final images)."""
-    source = str(check_local_folder(model)) if looks_like_path(model) else model
+    builtin = builtin_model(model)
+    source = str(builtin) if builtin is not None else str(check_local_folder(model)) if looks_like_path(model) else model
     try:
         with quiet_loading():  # transformers prints torchvision fallback notices on import
             import diffusers
