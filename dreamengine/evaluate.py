@@ -152,7 +152,10 @@ def true_mesh(obj: ToyObject, resolution: int = 128) -> trimesh.Trimesh:
 
 def topology(mesh: trimesh.Trimesh) -> dict[str, Any]:
     """Watertight (every edge shared by exactly two faces), connected pieces, Euler characteristic V - E + F
-    (2 per closed sphere-like piece, 0 for a torus)."""
+    (2 per closed sphere-like piece, 0 for a torus), of the surface: vertices at the same position are welded
+    first (a textured mesh splits its vertices along UV seams, which would read as open edges)."""
+    mesh = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False)
+    mesh.merge_vertices()
     return {"watertight": bool(mesh.is_watertight), "pieces": len(mesh.split(only_watertight=False)),
             "euler_characteristic": int(mesh.euler_number)}
 

@@ -22,12 +22,13 @@ from dreamengine.config import (
     TEACHER_CONFIGS,
     DeepFloydIFTeacherConfig,
     StableDiffusionTeacherConfig,
+    ToyWorldOracleConfig,
     ToyWorldTeacherConfig,
     config_to_yaml,
     load_config,
 )
 from dreamengine.config.prompts import PromptConfig
-from dreamengine.core.cameras import CameraSampler
+from dreamengine.core.cameras import CameraSampler, cameras_from_spherical
 from dreamengine.core.protocols import TeacherContext
 from dreamengine.core.render import render_fixed
 from dreamengine.errors import ConfigError
@@ -221,18 +222,20 @@ def teacher_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 def teacher_config(name: str, folders: dict[str, Path]):
     if name == "toyworld":
         return ToyWorldTeacherConfig(resolution=8, elevations=[0.0, 30.0], azimuth_step=90.0)
+    if name == "toyworld-oracle":
+        return ToyWorldOracleConfig(resolution=8)
     if name == "stable-diffusion":
         return StableDiffusionTeacherConfig(model=str(folders[name]))
     return DeepFloydIFTeacherConfig(model=str(folders[name]))
 
 
 def test_every_teacher_has_a_test_config() -> None:
-    assert {"toyworld", "stable-diffusion", "deepfloyd-if"} == set(TEACHERS)
+    assert {"toyworld", "toyworld-oracle", "stable-diffusion", "deepfloyd-if"} == set(TEACHERS)
 
 
 @pytest.mark.parametrize("name", sorted(TEACHERS))
 def test_teacher_encodes_embeds_and_predicts_noise(name: str, request: pytest.FixtureRequest) -> None:
-    folders = request.getfixturevalue("teacher_folders") if name != "toyworld" else {}
+    folders = request.getfixturevalue("teacher_folders") if not name.startswith("toyworld") else {}
     teacher = TEACHERS[name].from_config(teacher_config(name, folders), CONTEXT)
     abar = teacher.alphas_cumprod
     assert abar.shape == (teacher.num_train_timesteps,) and bool((abar[1:] < abar[:-1]).all())
@@ -243,7 +246,9 @@ def test_teacher_encodes_embeds_and_predicts_noise(name: str, request: pytest.Fi
     embeddings = teacher.embed(["a red cube", ""])
     assert embeddings.shape[0] == 2
     t = torch.tensor([10, 900])
-    eps = teacher.predict_noise(z.detach(), t, embeddings)
+    cameras = cameras_from_spherical(torch.tensor([0.0, 30.0]), torch.tensor([0.0, 90.0]), torch.tensor([2.5, 2.5]),
+                                     torch.full((2,), 40.0))
+    eps = teacher.predict_noise(z.detach(), t, embeddings, cameras)
     assert eps.shape == z.shape and bool(torch.isfinite(eps).all()) and not eps.requires_grad
     assert teacher.decode(z.detach()).shape[:2] == (2, 3)
 

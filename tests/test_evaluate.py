@@ -3,7 +3,7 @@ import pytest
 import trimesh
 
 from dreamengine.config import load_config
-from dreamengine.evaluate import held_out_cameras, mesh_metrics, true_mesh
+from dreamengine.evaluate import held_out_cameras, mesh_metrics, topology, true_mesh
 from dreamengine.toyworld import parse_prompt
 
 
@@ -119,3 +119,13 @@ def test_mesh_topology_tells_a_torus_from_a_filled_one():
     open_box = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
     open_box.update_faces(np.arange(len(open_box.faces)) > 0)  # one triangle missing
     assert not mesh_metrics(open_box, parse_prompt("a red cube"))["watertight"]
+
+
+def test_topology_welds_uv_seams_of_a_textured_mesh():
+    torus = parse_prompt("a yellow torus")
+    truth = true_mesh(torus)
+    # a UV-unwrapped mesh duplicates the vertices along its seams: split every face's corners apart
+    split = trimesh.Trimesh(vertices=truth.vertices[truth.faces].reshape(-1, 3),
+                            faces=np.arange(3 * len(truth.faces)).reshape(-1, 3), process=False)
+    assert not split.is_watertight
+    assert topology(split) == {"watertight": True, "pieces": 1, "euler_characteristic": 0}

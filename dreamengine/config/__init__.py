@@ -37,11 +37,13 @@ from dreamengine.config.teachers import (
     TEACHER_CONFIGS,
     DeepFloydIFTeacherConfig,
     StableDiffusionTeacherConfig,
+    ToyWorldOracleConfig,
     ToyWorldTeacherConfig,
 )
 
 __all__ = ["DEFAULT_NAMES", "GUIDANCE_CONFIGS", "POLYMORPHIC_SECTIONS", "SCENE_CONFIGS", "TEACHER_CONFIGS",
            "CameraConfig", "CameraPhase", "DeepFloydIFTeacherConfig", "DensifyConfig", "EvalConfig", "ExportConfig",
            "GaussiansConfig", "LossConfig", "MeshSceneConfig", "NeRFConfig", "OptimConfig", "PromptConfig",
-           "RenderConfig", "ReportConfig", "RunConfig", "StableDiffusionTeacherConfig", "ToyWorldTeacherConfig",
+           "RenderConfig", "ReportConfig", "RunConfig", "StableDiffusionTeacherConfig", "ToyWorldOracleConfig",
+           "ToyWorldTeacherConfig",
            "TrainerConfig", "available_configs", "config_hash", "config_to_yaml", "find_config", "load_config"]

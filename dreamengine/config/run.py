@@ -115,6 +115,7 @@ class ExportConfig:
     target_faces: int = 20000  # quadric decimation budget (0: keep all faces)
     min_component_fraction: float = 0.05  # drop pieces smaller than this fraction of the largest
     close_holes: int = 30  # close holes with at most this many boundary edges (0: keep holes)
+    fill_voids: bool = True  # fill pockets enclosed inside the surface (else each one adds an inner shell)
     remesh_iterations: int = 0  # isotropic remeshing iterations before decimation (0: no remeshing)
     remesh_edge_length: float = 1.0  # remeshing target edge length, percent of the bounding-box diagonal
     appearance: str = "texture"  # glb/obj: texture (xatlas UVs, baked PNG, PBR material) | vertex_colors; ply: colors

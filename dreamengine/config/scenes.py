@@ -85,7 +85,7 @@ class MeshSceneConfig:
     name: str = "mesh"
     init_path: str = ""  # the mesh file to start from: .glb | .obj | .ply (read with dreamengine.export.load_mesh)
     radius: float = 1.0  # scene bound: a sphere around the origin
-    normalize: bool = True  # center the input and scale it so its farthest vertex is fit_radius from the origin
+    normalize: bool = True  # center the input; scale it to fit_radius unless it fits (fit_radius / 2 .. fit_radius)
     fit_radius: float = 0.75  # where training cameras frame an object (the toy world's objects fit in 0.75)
     texture: str = "uv"  # uv: texture map on the mesh's UVs (xatlas UVs if it has none) | field: hash grid + MLP
     texture_resolution: int = 512  # uv: texels per side

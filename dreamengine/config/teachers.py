@@ -18,6 +18,15 @@ class ToyWorldTeacherConfig:
 
 
 @dataclass
+class ToyWorldOracleConfig:
+    """The toy world's oracle (teachers/toyworld_oracle.py): it knows the true image from every camera, so
+    guiding with it is multi-view reconstruction against ground truth. The ceiling of bench/ceiling.py."""
+
+    name: str = "toyworld-oracle"
+    resolution: int = 32  # side of the teacher's pixel space; renders are resized to it
+
+
+@dataclass
 class StableDiffusionTeacherConfig:
     """A Stable Diffusion 1.x / 2.x model in diffusers format (see teachers/stable_diffusion.py).
 
@@ -53,6 +62,6 @@ class DeepFloydIFTeacherConfig:
     resolution: int | None = None  # renders are resized to this; null: the model's own (64 for IF stage I)
 
 
-TEACHER_CONFIGS = {"toyworld": ToyWorldTeacherConfig, "stable-diffusion": StableDiffusionTeacherConfig,
-                   "deepfloyd-if": DeepFloydIFTeacherConfig}
+TEACHER_CONFIGS = {"toyworld": ToyWorldTeacherConfig, "toyworld-oracle": ToyWorldOracleConfig,
+                   "stable-diffusion": StableDiffusionTeacherConfig, "deepfloyd-if": DeepFloydIFTeacherConfig}
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import trimesh
+from scipy import ndimage
 from skimage.measure import marching_cubes
 from torch import Tensor
 
@@ -99,9 +100,29 @@ def _check_grid(radius: float, resolution: int, threshold: float | None) -> None
         raise ExportError(f"export.threshold must be a finite number, got {threshold}")
 
 
-def mesh_from_volume(volume: np.ndarray, radius: float, threshold: float) -> trimesh.Trimesh:
+def fill_voids(volume: np.ndarray, threshold: float) -> int:
+    """Raise every enclosed pocket of ``volume`` (grid points at or below ``threshold`` that cannot reach the
+    grid's boundary through other such points, 6-connected) to just above ``threshold``, in place, and return
+    how many points were raised.
+
+    A NeRF's density often dips below the surface level inside the object; marching cubes then adds an
+    inverted inner shell around each dip, so a sphere comes out as two nested surfaces (Euler characteristic
+    far from 2, not one piece). Only the outer surface is seen from outside, so filling the pockets changes no
+    render of the mesh.
+    """
+    inside = volume > threshold
+    pockets = ndimage.binary_fill_holes(inside) & ~inside
+    count = int(pockets.sum())
+    if count:
+        volume[pockets] = threshold + max(1e-3, 0.5 * (float(volume.max()) - threshold))
+    return count
+
+
+def mesh_from_volume(volume: np.ndarray, radius: float, threshold: float,
+                     fill_pockets: bool = True) -> trimesh.Trimesh:
     """Marching cubes of a density grid [R, R, R] laid out as :func:`sample_density_grid` returns it (see
-    :func:`extract_mesh`). ``volume`` may be modified in place."""
+    :func:`extract_mesh`); with ``fill_pockets`` the enclosed pockets below the level are filled first
+    (:func:`fill_voids`). ``volume`` may be modified in place."""
     resolution = volume.shape[0]
     _check_grid(radius, resolution, threshold)
     if np.isnan(volume).any():
@@ -119,6 +140,8 @@ def mesh_from_volume(volume: np.ndarray, radius: float, threshold: float) -> tri
             f"{hi:.2f} on a {resolution}^3 grid, everything is {where} it); {hint}"
         )
 
+    if fill_pockets:
+        fill_voids(volume, threshold)
     # One voxel of padding, well below the threshold, closes surfaces cut by the grid boundary.
     empty = min(lo, threshold) - abs(threshold) - 1.0
     padded = np.pad(volume, 1, mode="constant", constant_values=empty)

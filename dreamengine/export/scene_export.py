@@ -158,7 +158,7 @@ def surface_mesh(scene: ExportField, cfg: ExportConfig, threshold: float,
                  timings: dict[str, float] | None = None) -> trimesh.Trimesh:
     """Marching cubes of ``scene.density`` at ``threshold`` and pymeshlab cleanup (world frame, uncolored)."""
     with _stage(timings, "extraction"):
-        mesh = mesh_from_volume(density_volume(scene, cfg.resolution), scene.radius, threshold)
+        mesh = mesh_from_volume(density_volume(scene, cfg.resolution), scene.radius, threshold, cfg.fill_voids)
     with _stage(timings, "cleanup"):
         mesh = clean_mesh(mesh, min_component_fraction=cfg.min_component_fraction,
                           target_faces=cfg.target_faces or None, max_hole_edges=cfg.close_holes,

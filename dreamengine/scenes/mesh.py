@@ -16,8 +16,10 @@ What a :class:`MeshScene` holds:
   mid gray.
 
 **Normalization.** With ``normalize`` (the default) the input is centered (its bounding-box center moves to
-the origin) and scaled so its farthest vertex is ``fit_radius`` from the origin, where training cameras
-frame it; ``fit_radius`` 0.75 matches the toy world's objects. The transform is kept
+the origin) and, unless it already fits the frame (farthest vertex between ``fit_radius / 2`` and
+``fit_radius`` from the center), scaled so its farthest vertex is ``fit_radius`` from the origin, where
+training cameras frame it; ``fit_radius`` 0.75 matches the toy world's objects, so a mesh made at the toy
+world's scale keeps its size. The transform is kept
 (``normalization_center``, ``normalization_scale``, both in the state dict): :meth:`MeshScene.to_original`
 maps scene points back to the input's frame, and :meth:`MeshScene.export_mesh` writes either frame
 (``original_frame``). Without ``normalize`` the input's coordinates are used as they are.
@@ -174,7 +176,9 @@ class MeshScene(nn.Module):
         if config.normalize:
             used = vertices[input_tensors.faces.unique()]
             center = 0.5 * (used.amin(0) + used.amax(0))
-            scale = config.fit_radius / (used - center).norm(dim=-1).max()
+            farthest = (used - center).norm(dim=-1).max()
+            if not 0.5 * config.fit_radius <= farthest <= config.fit_radius:  # else it is framed already
+                scale = config.fit_radius / farthest
         vertices = ((vertices - center) * scale).float()
         self.register_buffer("normalization_center", center.float())
         self.register_buffer("normalization_scale", scale.float())

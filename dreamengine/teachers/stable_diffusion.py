@@ -188,7 +188,10 @@ def load_pipeline(model: str, revision: str | None, dtype: torch.dtype, pipeline
 
     Safety checker and feature extractor are not loaded (a teacher never produces final images)."""
     builtin = builtin_model(model)
-    source = str(builtin) if builtin is not None else str(check_local_folder(model)) if looks_like_path(model) else model
+    if builtin is not None:
+        source = str(builtin)
+    else:
+        source = str(check_local_folder(model)) if looks_like_path(model) else model
     try:
         with quiet_loading():  # transformers prints torchvision fallback notices on import
             import diffusers

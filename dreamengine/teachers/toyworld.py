@@ -54,6 +54,19 @@ def scaled_linear_alphas_cumprod(num_steps: int = 1000, beta_start: float = 0.00
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+def to_teacher_space(rgb: Float[Tensor, "B 3 H W"], resolution: int) -> Float[Tensor, "B 3 r r"]:
+    """Renders in [0, 1] -> the toy teachers' pixel space: ``resolution`` px per side, in [-1, 1].
+    Downsizing averages pixels (``area``, how the bank's supersampled renders are filtered); upsizing is
+    bilinear. Differentiable."""
+    size = (resolution, resolution)
+    if tuple(rgb.shape[-2:]) != size:
+        if rgb.shape[-2] >= resolution and rgb.shape[-1] >= resolution:
+            rgb = F.interpolate(rgb, size=size, mode="area")
+        else:
+            rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+    return 2.0 * rgb - 1.0
+
+
 def default_cache_dir() -> Path:
     """``$DREAMENGINE_CACHE/toyworld`` if the variable is set, else ``~/.cache/dreamengine/toyworld``."""
     root = os.environ.get("DREAMENGINE_CACHE")
@@ -139,13 +152,7 @@ class ToyWorldTeacher:
         Downsizing averages pixels (``area``), which is exactly how the bank's supersampled renders were
         filtered; upsizing is bilinear.
         """
-        size = (self.resolution, self.resolution)
-        if tuple(rgb.shape[-2:]) != size:
-            if rgb.shape[-2] >= self.resolution and rgb.shape[-1] >= self.resolution:
-                rgb = F.interpolate(rgb, size=size, mode="area")
-            else:
-                rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
-        return 2.0 * rgb - 1.0
+        return to_teacher_space(rgb, self.resolution)
 
     def decode(self, z: Tensor) -> Tensor:
         """z [B, 3, res, res] -> rgb [B, 3, res, res] in [0, 1]."""

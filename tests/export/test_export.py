@@ -333,3 +333,29 @@ def test_load_mesh_errors(tmp_path):
     text.write_text("hello")
     with pytest.raises(ExportError, match="unsupported suffix"):
         load_mesh(text)
+
+
+def hollow_ball(points: torch.Tensor) -> torch.Tensor:
+    """Density 30 in a ball of radius 0.6, dipping to 0 in an enclosed pocket of radius 0.25 at its center."""
+    r = points.norm(dim=-1)
+    return torch.where(r < 0.6, torch.where(r < 0.25, 0.0, 30.0), 0.0)
+
+
+def test_enclosed_pockets_are_filled_so_a_hollow_ball_is_one_sphere():
+    from dreamengine.export.marching import fill_voids, mesh_from_volume, sample_density_grid
+
+    volume = sample_density_grid(hollow_ball, 1.0, 48)
+    with_shell = mesh_from_volume(volume.copy(), 1.0, 15.0, fill_pockets=False)
+    assert len(with_shell.split(only_watertight=False)) == 2  # outer sphere + inverted inner shell
+    filled = mesh_from_volume(volume.copy(), 1.0, 15.0)
+    filled.merge_vertices()
+    assert len(filled.split(only_watertight=False)) == 1 and filled.is_watertight and filled.euler_number == 2
+    assert filled.volume == pytest.approx(4 / 3 * math.pi * 0.6**3, rel=0.05)  # the outer surface is unchanged
+    # a pocket open to the outside (a tunnel through the ball) is not a pocket
+    tunnel = volume.copy()
+    axis = np.linspace(-1, 1, 48)
+    x, y = np.meshgrid(axis, axis, indexing="ij")
+    tunnel[(x**2 + y**2 < 0.15**2)] = 0.0
+    assert fill_voids(tunnel.copy(), 15.0) == 0
+    assert fill_voids(volume.copy(), 15.0) == int(((volume <= 15.0) & (np.linalg.norm(np.stack(np.meshgrid(
+        axis, axis, axis, indexing="ij")), axis=0) < 0.6)).sum())

@@ -253,3 +253,19 @@ def position_colors_of(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     bary = trimesh.triangles.points_to_barycentric(mesh.triangles[face], closest)
     colors = mesh.visual.vertex_colors[:, :3].astype(np.float64) / 255.0
     return np.einsum("nk,nkc->nc", bary, colors[mesh.faces[face]])
+
+
+def test_normalize_centers_always_and_scales_only_a_mesh_that_does_not_fit_the_frame():
+    box = trimesh.creation.box(extents=(0.8, 0.8, 0.8))  # the toy world's cube: corners 0.69 from the center
+    box.apply_translation((0.3, -0.2, 0.1))
+    framed = MeshScene.from_trimesh(box, replace(SMALL, normalize=True, fit_radius=0.75))
+    assert float(framed.normalization_scale) == 1.0
+    assert torch.allclose(framed.base_vertices.abs().amax(0), torch.full((3,), 0.4), atol=1e-5)
+    huge = box.copy()
+    huge.apply_scale(100.0)
+    fitted = MeshScene.from_trimesh(huge, replace(SMALL, normalize=True, fit_radius=0.75))
+    assert float(fitted.base_vertices.norm(dim=-1).max()) == pytest.approx(0.75, rel=1e-5)
+    tiny = box.copy()
+    tiny.apply_scale(0.01)
+    grown = MeshScene.from_trimesh(tiny, replace(SMALL, normalize=True, fit_radius=0.75))
+    assert float(grown.base_vertices.norm(dim=-1).max()) == pytest.approx(0.75, rel=1e-5)
