@@ -126,9 +126,8 @@ def mean_saturation(rgb: torch.Tensor, mask: torch.Tensor) -> float:
 def janus_score(obj: ToyObject, cfg: RunConfig, render: Any, num_views: int = 5) -> float:
     """Fraction of back views (azimuth 150..210) whose render is closer (L2) to the object's front than to
     its back. 0 is a consistent object; near 1 is a Janus (multi-faced) one."""
-    cam = cfg.camera
     azimuth = torch.linspace(150.0, 210.0, num_views)
-    distance, fovy = float(np.mean(cam.distance_range)), float(np.mean(cam.fovy_range))
+    distance, fovy = cfg.camera.framing()
     elevation = torch.full((num_views,), 15.0)
     back_cameras = cameras_from_spherical(elevation, azimuth, torch.tensor(distance), torch.tensor(fovy))
     front_cameras = cameras_from_spherical(elevation, azimuth - 180.0, torch.tensor(distance), torch.tensor(fovy))
