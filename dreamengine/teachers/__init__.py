@@ -8,8 +8,9 @@ teachers import diffusers only when they load a model.
 from dreamengine.teachers.deepfloyd_if import DeepFloydIFTeacher
 from dreamengine.teachers.stable_diffusion import StableDiffusionTeacher
 from dreamengine.teachers.toyworld import ToyWorldTeacher
+from dreamengine.teachers.toyworld_multiview import ToyWorldMultiViewTeacher
 
 TEACHERS = {"toyworld": ToyWorldTeacher, "stable-diffusion": StableDiffusionTeacher,
-            "deepfloyd-if": DeepFloydIFTeacher}
+            "deepfloyd-if": DeepFloydIFTeacher, "toyworld-multiview": ToyWorldMultiViewTeacher}
 
-__all__ = ["TEACHERS", "DeepFloydIFTeacher", "StableDiffusionTeacher", "ToyWorldTeacher"]
+__all__ = ["TEACHERS", "DeepFloydIFTeacher", "StableDiffusionTeacher", "ToyWorldMultiViewTeacher", "ToyWorldTeacher"]
