@@ -65,10 +65,10 @@ class ToyWorldMultiViewTeacherConfig:
 
     name: str = "toyworld-multiview"
     views_per_group: int = 4  # views denoised together (MVDream: 4); camera.views_per_group must equal it
-    # degrees; the kernel exp(-mean_k angle_k^2 / (2 width^2)) on the angles between requested and set views.
-    # Half the 15-degree bank spacing: a requested view between two bank views weights both about equally and
-    # the views beyond them by exp(-4) less; null: the cameras are ignored (no camera conditioning)
-    camera_width: float | None = 7.5
+    # degrees: the kernel exp(-mean_k angle_k^2 / (2 width^2)) on the angles between requested and set views. Narrow
+    # enough that the cameras, not the image likelihood, say which views a group shows (teachers/toyworld_multiview.py
+    # has the measurements); null: the cameras are ignored (no camera conditioning)
+    camera_width: float | None = 1.0
     resolution: int = 32  # side of the teacher's pixel space; renders are resized to it
     elevations: list[float] = field(default_factory=lambda: [-15.0, 0.0, 15.0, 30.0, 45.0, 60.0, 75.0])
     azimuth_step: float = 15.0  # degrees between bank views; must divide 360 / views_per_group

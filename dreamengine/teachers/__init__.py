@@ -6,11 +6,14 @@ teachers import diffusers only when they load a model.
 """
 
 from dreamengine.teachers.deepfloyd_if import DeepFloydIFTeacher
+from dreamengine.teachers.mvdream import MVDreamTeacher
 from dreamengine.teachers.stable_diffusion import StableDiffusionTeacher
 from dreamengine.teachers.toyworld import ToyWorldTeacher
 from dreamengine.teachers.toyworld_multiview import ToyWorldMultiViewTeacher
 
 TEACHERS = {"toyworld": ToyWorldTeacher, "stable-diffusion": StableDiffusionTeacher,
-            "deepfloyd-if": DeepFloydIFTeacher, "toyworld-multiview": ToyWorldMultiViewTeacher}
+            "deepfloyd-if": DeepFloydIFTeacher, "toyworld-multiview": ToyWorldMultiViewTeacher,
+            "mvdream": MVDreamTeacher}
 
-__all__ = ["TEACHERS", "DeepFloydIFTeacher", "StableDiffusionTeacher", "ToyWorldMultiViewTeacher", "ToyWorldTeacher"]
+__all__ = ["TEACHERS", "DeepFloydIFTeacher", "MVDreamTeacher", "StableDiffusionTeacher", "ToyWorldMultiViewTeacher",
+           "ToyWorldTeacher"]

@@ -18,9 +18,14 @@ like the snowman's back pulls the other views towards its set's front and sides)
   the cameras say which view is which, and a group is conditioned on one prompt (its first view's).
 * Camera conditioning ``K_s(c) = exp(-mean_k angle(c_k, c_{s,k})^2 / (2 width^2))``, a Gaussian kernel on the
   angles between the direction of each requested camera c_k (from the origin) and the direction of the set's
-  k-th view. ``width`` (``teacher.camera_width``, degrees) defaults to half the 15-degree bank spacing: a requested
-  view halfway between bank views weights both neighbours equally and the next ones exp(-4) less, so the
-  posterior moves smoothly with the cameras without blurring across views; ``None`` ignores the cameras.
+  k-th view; ``width`` is ``teacher.camera_width`` (degrees; ``None`` ignores the cameras). The kernel is a prior
+  that competes with the image likelihood, whose log-ratios between neighbouring sets reach hundreds of nats at
+  mid noise levels; a wide kernel (half the 15-degree bank spacing) loses that contest and a render that looks a
+  little like another view (a dark blob like the hat seen from above) pulls the posterior to the wrong set. The
+  default, 1 degree, charges 112 nats for a one-step (15 degree) mismatch, so the cameras decide which views the
+  prediction shows, switching between neighbouring sets within about a degree of their midpoint (measured on
+  "a snowman", 250 steps: width 7.5 -> held-out IoU 0.61, 4 -> 0.62, 2 -> 0.82, 1 -> 0.87; a bilinear
+  interpolation of the neighbouring sets' weights instead gave 0.85).
 * Without cameras (``cameras=None``) every view is denoised alone, under the marginal of the joint model (each
   bank image of the selected objects, weighted by how many sets hold it): the single-view toy teacher's
   posterior, as MVDream's UNet with ``num_frames = 1`` and no camera attends within one image only.
@@ -60,7 +65,7 @@ class ToyWorldMultiViewTeacher:
 
     num_train_timesteps: int = 1000
 
-    def __init__(self, views_per_group: int = 4, camera_width: float | None = 7.5, resolution: int = 32,
+    def __init__(self, views_per_group: int = 4, camera_width: float | None = 1.0, resolution: int = 32,
                  background: tuple[float, float, float] = (1.0, 1.0, 1.0),
                  elevations: tuple[float, ...] = (-15.0, 0.0, 15.0, 30.0, 45.0, 60.0, 75.0),
                  azimuth_step: float = 15.0, distance: float = 2.5, fovy_deg: float = 40.0,
