@@ -230,6 +230,16 @@ def pipeline_from_checkpoint(path: Path, base_model: str, original_config: str |
                                        feature_extractor=None, requires_safety_checker=False)
 
 
+def convert_to_diffusers_folder(checkpoint: str | Path, folder: str | Path, base_model: str,
+                                original_config: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Convert an original checkpoint once and write it as a diffusers folder (``save_pretrained``), which
+    ``teacher.model`` can then point at without converting again (``tools/convert_mvdream.py``)."""
+    pipeline = pipeline_from_checkpoint(Path(checkpoint).expanduser(), base_model, original_config, dtype)
+    with quiet_loading():
+        pipeline.to(dtype=dtype).save_pretrained(str(folder))
+    return Path(folder)
+
+
 def download_checkpoint(repo: str, filename: str, revision: str | None) -> Path:
     """A checkpoint file of a hub repo (``hf_hub_download``; errors explained like a model's)."""
     try:
@@ -265,5 +275,6 @@ def load_mvdream_pipeline(model: str, checkpoint_file: str | None, base_model: s
     return load_pipeline(model, revision, dtype)  # a diffusers-layout repo on the hub
 
 
-__all__ = ["MVDREAM_SD21_CONFIG", "check_checkpoint_parts", "convert_unet", "convert_vae", "load_mvdream_pipeline",
-           "pipeline_from_checkpoint", "read_checkpoint", "read_original_config"]
+__all__ = ["MVDREAM_SD21_CONFIG", "check_checkpoint_parts", "convert_to_diffusers_folder", "convert_unet",
+           "convert_vae", "load_mvdream_pipeline", "pipeline_from_checkpoint", "read_checkpoint",
+           "read_original_config"]

@@ -22,6 +22,7 @@ from dreamengine.guidance.vsd import VSDGuidance  # noqa: E402
 from dreamengine.prompts import PromptProcessor  # noqa: E402
 from dreamengine.teachers.multiview_attention import MultiViewAttnProcessor  # noqa: E402
 from dreamengine.teachers.mvdream import MVDreamTeacher, mvdream_camera  # noqa: E402
+from dreamengine.teachers.mvdream_weights import convert_to_diffusers_folder  # noqa: E402
 from dreamengine.teachers.stable_diffusion import ModelNotFoundError  # noqa: E402
 from tests.tiny_mvdream import save_tiny_mvdream  # noqa: E402
 
@@ -103,6 +104,17 @@ def test_checkpoint_and_diffusers_folder_load_the_same_model(tiny, teacher):
                           from_checkpoint.predict_noise(z_t, t, text, cameras), atol=1e-6)
     rgb = torch.rand(1, 3, 64, 64)
     assert torch.allclose(teacher.encode(rgb), from_checkpoint.encode(rgb), atol=1e-6)
+
+
+def test_a_converted_checkpoint_loads_as_a_diffusers_folder(tiny, teacher, tmp_path):
+    folder = convert_to_diffusers_folder(tiny["checkpoint"], tmp_path / "converted", str(tiny["diffusers"]),
+                                         str(tiny["config"]))
+    converted = MVDreamTeacher(str(folder))
+    assert converted.unet.config.class_embed_type == "projection"
+    z_t, t = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(5)), torch.full((4,), 250)
+    text, cameras = teacher.embed(["a dog"]).expand(4, -1, -1), group([33.0])
+    assert torch.allclose(converted.predict_noise(z_t, t, text, cameras), teacher.predict_noise(z_t, t, text, cameras),
+                          atol=1e-6)
 
 
 def test_missing_partial_and_single_view_models_fail_clearly(tiny, tmp_path):
