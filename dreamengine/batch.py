@@ -164,7 +164,7 @@ def check_job(job: Job) -> None:
     else:
         configs = [load_config(job.config or "quickstart", job.all_overrides, prompt=job.prompt)]
     for cfg in configs:
-        if cfg.teacher.name == "toyworld":
+        if cfg.teacher.name in ("toyworld", "toyworld-multiview"):  # the toy teachers know their prompts
             from dreamengine.toyworld import parse_prompt
 
             parse_prompt(cfg.prompt)

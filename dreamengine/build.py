@@ -13,7 +13,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -52,8 +51,8 @@ def resolve_device(name: str) -> torch.device:
 def teacher_context(cfg: RunConfig, device: torch.device) -> TeacherContext:
     """The run's framing (camera distance and field of view midpoints, background) and view thresholds."""
     pp = cfg.prompt_processor
-    return TeacherContext(distance=float(np.mean(cfg.camera.distance_range)),
-                          fovy_deg=float(np.mean(cfg.camera.fovy_range)),
+    distance, fovy = cfg.camera.framing()
+    return TeacherContext(distance=distance, fovy_deg=fovy,
                           background=tuple(cfg.render.background_color),
                           view_thresholds=(pp.front_threshold, pp.back_threshold, pp.overhead_threshold),
                           device=device)
@@ -149,7 +148,7 @@ def gaussians_from_nerf_run(scene_cfg: Any, sh_degree: int, resolution: int = 64
                           "NeRF run (scene.name=nerf)")
     scenes, background, renderers = load_scenes(run_cfg, Path(run_dir) / "ckpt" / "last.pt")
     nerf = scenes[0]
-    cameras = export_cameras(float(np.mean(run_cfg.camera.distance_range)), float(np.mean(run_cfg.camera.fovy_range)))
+    cameras = export_cameras(*run_cfg.camera.framing())
 
     def render_opacity(cams: Any, size: int) -> Tensor:
         return render_fixed(renderers[0], nerf.render_inputs(), background, cams, size, size).opacity[..., 0]

@@ -7,8 +7,8 @@
   3x3 box blur, over pixels whose 3x3 neighborhood is foreground in both), ours and the truth's; speckles of
   noise written into the appearance raise ours far above the truth's.
 * Saturation: mean HSV saturation of the foreground, ours vs ground truth (SDS is known to oversaturate).
-* Janus score (view-asymmetric objects only): over back views, the fraction of renders that look more
-  like the object's front (seen from the same elevation, plain or mirrored) than like its true back.
+* Janus score (view-asymmetric objects only): over back views, the fraction of renders that look clearly more
+  like the back of the object's two-faced version (its front half copied onto the back) than like its true back.
 * The exported mesh, when there is one: volumetric IoU and Chamfer distance against the true shape.
   Both meshes (ours, and marching cubes of the true SDF) are voxelized the same way, so the half-voxel
   bias of voxelization cancels; the Chamfer distance is the mean of both directions' mean
@@ -123,26 +123,65 @@ def mean_saturation(rgb: torch.Tensor, mask: torch.Tensor) -> float:
     return float(selected.mean()) if selected.numel() else 0.0
 
 
+class TwoFaced:
+    """The Janus version of a toy object: its front half (x > 0; the front faces +X) copied onto its back half,
+    mirrored (``x -> |x|``) or turned half a turn about the vertical axis (``(x, y) -> (-x, -y)`` for x < 0). It
+    answers ``sdf`` and ``color`` like a :class:`ToyObject`, so it renders with the same lighting as the truth."""
+
+    def __init__(self, obj: ToyObject, mode: str) -> None:
+        if mode not in ("mirror", "turn"):
+            raise ValueError(f"mode must be 'mirror' or 'turn', got {mode!r}")
+        self.obj, self.mode = obj, mode
+
+    def _front(self, points: Tensor) -> Tensor:
+        back = points[:, :1] < 0
+        if self.mode == "mirror":
+            return torch.cat([points[:, :1].abs(), points[:, 1:]], dim=1)
+        return torch.where(back, torch.cat([-points[:, :2], points[:, 2:]], dim=1), points)
+
+    def sdf(self, points: Tensor) -> Tensor:
+        return self.obj.sdf(self._front(points))
+
+    def color(self, points: Tensor) -> Tensor:
+        return self.obj.color(self._front(points))
+
+
+JANUS_SCALE = 16  # views are compared at 16 x 16 pixels: features, not the renders' sharpness, decide
+JANUS_MARGIN = 0.05  # a back view counts as Janus when (d_true - d_janus) / (d_true + d_janus) exceeds this
+
+
 def janus_score(obj: ToyObject, cfg: RunConfig, render: Any, num_views: int = 5) -> float:
-    """Fraction of back views (azimuth 150..210) whose render is closer (L2) to the object's front than to
-    its back. 0 is a consistent object; near 1 is a Janus (multi-faced) one."""
-    cam = cfg.camera
+    """Fraction of back views (azimuth 150..210, elevation 15) that look more like the back of the object's
+    two-faced version than like its true back. 0 is a consistent object; near 1 is a Janus (multi-faced) one.
+
+    The hypotheses are rendered like the truth (the toy world's lighting): the true object, and its front half
+    copied onto its back, mirrored or turned (:class:`TwoFaced`; the closer of the two counts). Each image is
+    averaged down to 16 x 16 pixels (a blurry render of a two-faced object is still two-faced; a blurry render
+    of the true object is not) and compared in squared L2; a view is Janus when its relative margin
+    ``(d_true - d_janus) / (d_true + d_janus)`` exceeds 0.05, so a featureless blob, about as far from both,
+    does not count. Comparing with the front view itself (the earlier rule) mixed up lighting with features: the
+    back of a two-faced house is lit like the true back and matched it better than the front."""
     azimuth = torch.linspace(150.0, 210.0, num_views)
-    distance, fovy = float(np.mean(cam.distance_range)), float(np.mean(cam.fovy_range))
-    elevation = torch.full((num_views,), 15.0)
-    back_cameras = cameras_from_spherical(elevation, azimuth, torch.tensor(distance), torch.tensor(fovy))
-    front_cameras = cameras_from_spherical(elevation, azimuth - 180.0, torch.tensor(distance), torch.tensor(fovy))
+    distance, fovy = cfg.camera.framing()
+    cameras = cameras_from_spherical(torch.full((num_views,), 15.0), azimuth, torch.tensor(distance),
+                                     torch.tensor(fovy))
     res = cfg.eval.resolution
     background = tuple(cfg.render.background_color)
-    ours = render(back_cameras, res, res).rgb.cpu().clamp(0, 1)
-    back = render_toy(obj, back_cameras, res, res, background=background, supersample=2)["rgb"]
-    front = render_toy(obj, front_cameras, res, res, background=background, supersample=2)["rgb"]
 
-    def distance_to(images: torch.Tensor) -> torch.Tensor:
-        return ((ours - images) ** 2).flatten(1).mean(1)
+    def coarse(rgb: Tensor) -> Tensor:  # [B, H, W, 3] -> [B, 3 * 16 * 16]
+        pooled = torch.nn.functional.adaptive_avg_pool2d(rgb.permute(0, 3, 1, 2).float(), JANUS_SCALE)
+        return pooled.flatten(1)
 
-    to_front = torch.minimum(distance_to(front), distance_to(front.flip(2)))  # plain or mirrored front
-    return float((to_front < distance_to(back)).float().mean())
+    ours = coarse(render(cameras, res, res).rgb.detach().cpu().clamp(0, 1))
+
+    def distance_to(hypothesis: Any) -> Tensor:
+        rgb = render_toy(hypothesis, cameras, res, res, background=background, supersample=2)["rgb"]
+        return ((ours - coarse(rgb)) ** 2).mean(1)
+
+    to_true = distance_to(obj)
+    to_janus = torch.minimum(distance_to(TwoFaced(obj, "mirror")), distance_to(TwoFaced(obj, "turn")))
+    margin = (to_true - to_janus) / (to_true + to_janus).clamp_min(1e-12)
+    return float((margin > JANUS_MARGIN).float().mean())
 
 
 def true_mesh(obj: ToyObject, resolution: int = 128) -> trimesh.Trimesh:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dreamengine.config import RunConfig
@@ -50,7 +49,7 @@ def export_scene_file(scene: torch.nn.Module, background: torch.nn.Module, rende
         return write_splat_ply(scene.splat_tensors(), folder / "scene.ply")
     from dreamengine.export.scene_export import export_cameras, export_scene
 
-    cameras = export_cameras(float(np.mean(cfg.camera.distance_range)), float(np.mean(cfg.camera.fovy_range)))
+    cameras = export_cameras(*cfg.camera.framing())
 
     def render_opacity(cams: Any, resolution: int) -> torch.Tensor:
         return render_fixed(renderer, scene.render_inputs(), background, cams, resolution, resolution).opacity[..., 0]
@@ -104,7 +103,7 @@ def export_fidelity_of(glb: Path, render: Any, background: torch.nn.Module, cfg:
     """The exported file vs the scene's renders, from held-out views framed like training (64 px)."""
     from dreamengine.export.fidelity import export_fidelity, fidelity_cameras
 
-    cameras = fidelity_cameras(float(np.mean(cfg.camera.distance_range)), float(np.mean(cfg.camera.fovy_range)))
+    cameras = fidelity_cameras(*cfg.camera.framing())
     return export_fidelity(glb, render, cameras, 64, 64, background)
 
 

@@ -21,7 +21,9 @@ from dreamengine.config import (
     SCENE_CONFIGS,
     TEACHER_CONFIGS,
     DeepFloydIFTeacherConfig,
+    MVDreamTeacherConfig,
     StableDiffusionTeacherConfig,
+    ToyWorldMultiViewTeacherConfig,
     ToyWorldOracleConfig,
     ToyWorldTeacherConfig,
     config_to_yaml,
@@ -213,10 +215,15 @@ def test_scene_config_round_trips_and_rejects_bad_settings(name: str, mesh_file:
 def teacher_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random-weight diffusers folders for the real teachers (diffusers' dummy-component pattern)."""
     pytest.importorskip("diffusers")
+    from tests.tiny_mvdream import save_tiny_mvdream
     from tests.tiny_sd import save_tiny_if, save_tiny_sd
 
     base = tmp_path_factory.mktemp("teachers")
-    return {"stable-diffusion": save_tiny_sd(base / "sd"), "deepfloyd-if": save_tiny_if(base / "if")}
+    return {"stable-diffusion": save_tiny_sd(base / "sd"), "deepfloyd-if": save_tiny_if(base / "if"),
+            "mvdream": save_tiny_mvdream(base / "mvdream")["diffusers"]}
+
+
+TOY_TEACHERS = ("toyworld", "toyworld-oracle", "toyworld-multiview")  # no weights: no folders needed
 
 
 def teacher_config(name: str, folders: dict[str, Path]):
@@ -224,19 +231,34 @@ def teacher_config(name: str, folders: dict[str, Path]):
         return ToyWorldTeacherConfig(resolution=8, elevations=[0.0, 30.0], azimuth_step=90.0)
     if name == "toyworld-oracle":
         return ToyWorldOracleConfig(resolution=8)
+    if name == "toyworld-multiview":
+        return ToyWorldMultiViewTeacherConfig(resolution=8, elevations=[0.0, 30.0], azimuth_step=90.0)
     if name == "stable-diffusion":
         return StableDiffusionTeacherConfig(model=str(folders[name]))
+    if name == "mvdream":
+        return MVDreamTeacherConfig(model=str(folders[name]))
     return DeepFloydIFTeacherConfig(model=str(folders[name]))
 
 
+def build_test_teacher(name: str, request: pytest.FixtureRequest):
+    folders = request.getfixturevalue("teacher_folders") if name not in TOY_TEACHERS else {}
+    return TEACHERS[name].from_config(teacher_config(name, folders), CONTEXT)
+
+
 def test_every_teacher_has_a_test_config() -> None:
-    assert {"toyworld", "toyworld-oracle", "stable-diffusion", "deepfloyd-if"} == set(TEACHERS)
+    assert {"toyworld", "toyworld-oracle", "stable-diffusion", "deepfloyd-if", "toyworld-multiview",
+            "mvdream"} == set(TEACHERS)
+
+
+def group_overrides(name: str) -> list[str]:
+    """Camera settings a teacher needs: whole groups of views for a multi-view teacher."""
+    views = getattr(TEACHER_CONFIGS[name](), "views_per_group", 1)
+    return [f"camera.views_per_group={views}", f"camera.batch_size={views}"] if views > 1 else []
 
 
 @pytest.mark.parametrize("name", sorted(TEACHERS))
 def test_teacher_encodes_embeds_and_predicts_noise(name: str, request: pytest.FixtureRequest) -> None:
-    folders = request.getfixturevalue("teacher_folders") if not name.startswith("toyworld") else {}
-    teacher = TEACHERS[name].from_config(teacher_config(name, folders), CONTEXT)
+    teacher = build_test_teacher(name, request)
     abar = teacher.alphas_cumprod
     assert abar.shape == (teacher.num_train_timesteps,) and bool((abar[1:] < abar[:-1]).all())
     rgb = torch.rand(2, 3, 24, 24).requires_grad_()
@@ -248,18 +270,45 @@ def test_teacher_encodes_embeds_and_predicts_noise(name: str, request: pytest.Fi
     t = torch.tensor([10, 900])
     cameras = cameras_from_spherical(torch.tensor([0.0, 30.0]), torch.tensor([0.0, 90.0]), torch.tensor([2.5, 2.5]),
                                      torch.full((2,), 40.0))
-    eps = teacher.predict_noise(z.detach(), t, embeddings, cameras)
+    eps = teacher.predict_noise(z.detach(), t, embeddings, cameras if name == "toyworld-oracle" else None)
     assert eps.shape == z.shape and bool(torch.isfinite(eps).all()) and not eps.requires_grad
     assert teacher.decode(z.detach()).shape[:2] == (2, 3)
 
 
 @pytest.mark.parametrize("name", sorted(TEACHER_CONFIGS))
 def test_teacher_config_round_trips_and_rejects_unknown_keys(name: str, tmp_path: Path) -> None:
-    cfg = load_config("quickstart", [f"teacher.name={name}"], prompt="a red cube")
+    cfg = load_config("quickstart", [f"teacher.name={name}", *group_overrides(name)], prompt="a red cube")
     assert type(cfg.teacher) is TEACHER_CONFIGS[name]
     assert [f.name for f in fields(cfg.teacher)][0] == "name"
     path = tmp_path / "config.yaml"
     path.write_text(config_to_yaml(cfg))
     assert load_config(path) == cfg
     with pytest.raises(ConfigError, match="teacher.no_such_key"):
-        load_config("quickstart", [f"teacher.name={name}", "teacher.no_such_key=1"])
+        load_config("quickstart", [f"teacher.name={name}", "teacher.no_such_key=1", *group_overrides(name)])
+    if group_overrides(name):  # a multi-view teacher refuses cameras that are not drawn in its groups
+        with pytest.raises(ConfigError, match="camera.views_per_group"):
+            load_config("quickstart", [f"teacher.name={name}"])
+
+
+MULTI_VIEW_TEACHERS = sorted(name for name, config in TEACHER_CONFIGS.items()
+                             if getattr(config(), "views_per_group", 1) > 1)
+
+
+@pytest.mark.parametrize("name", MULTI_VIEW_TEACHERS)
+def test_multi_view_teacher_scores_whole_groups_jointly(name: str, request: pytest.FixtureRequest) -> None:
+    teacher = build_test_teacher(name, request)
+    views = teacher.views_per_group
+    cameras = CameraSampler(views_per_group=views).sample(2 * views, torch.Generator().manual_seed(0))
+    z = teacher.encode(torch.rand(2 * views, 3, 24, 24)).detach()
+    t = torch.full((2 * views,), 700)
+    unconditional = teacher.embed([""])  # the whole world: the images, not only the cameras, pick the sets
+    embeddings = unconditional.expand(2 * views, *([-1] * (unconditional.dim() - 1)))
+    eps = teacher.predict_noise(z, t, embeddings, cameras)
+    assert eps.shape == z.shape and bool(torch.isfinite(eps).all())
+    moved = z.clone()
+    moved[1] = moved[1] + 3.0 * torch.randn_like(moved[1])
+    eps_moved = teacher.predict_noise(moved, t, embeddings, cameras)
+    assert float((eps_moved[0] - eps[0]).abs().max()) > 0  # view 0 depends on view 1 of its group
+    assert torch.equal(eps_moved[views:], eps[views:]) or torch.allclose(eps_moved[views:], eps[views:], atol=1e-6)
+    with pytest.raises(ValueError, match=f"whole groups of {views} views"):
+        teacher.predict_noise(z[:views - 1], t[:views - 1], embeddings[:views - 1], cameras[:views - 1])

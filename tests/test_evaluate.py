@@ -58,6 +58,36 @@ def test_janus_score_tells_a_consistent_object_from_a_janus_one():
     assert janus_score(penguin, cfg, janus) == 1.0
 
 
+@pytest.mark.parametrize("name", ["a snowman", "a house", "a penguin", "a mug", "a car", "a duck"])
+def test_janus_score_finds_two_faced_objects_sharp_or_blurred_and_never_the_true_one(name):
+    """Physical Janus objects (the front half copied onto the back, mirrored or turned) score high, lit like the
+    truth; the true object scores 0, also blurred (a blurry render is not a two-faced one)."""
+    import torch
+
+    from dreamengine.core.render import RenderOut
+    from dreamengine.evaluate import TwoFaced, janus_score
+    from dreamengine.toyworld import render_toy
+
+    cfg = load_config("quickstart", ["eval.resolution=32"], prompt=name)
+    obj = parse_prompt(name)
+
+    def renders(shown, blur: int = 0):
+        def render(cameras, h, w):
+            gt = render_toy(shown, cameras, h, w, supersample=2)
+            rgb = gt["rgb"].permute(0, 3, 1, 2)
+            if blur:  # a (2 blur + 1)^2 box blur, like an over-smoothed SDS render
+                rgb = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(rgb, (blur,) * 4, mode="replicate"),
+                                                     2 * blur + 1, stride=1)
+            return RenderOut(rgb.permute(0, 2, 3, 1), gt["mask"], gt["depth"], None, None)
+        return render
+
+    assert janus_score(obj, cfg, renders(obj)) == 0.0
+    assert janus_score(obj, cfg, renders(obj, blur=1)) == 0.0
+    for mode in ("mirror", "turn"):
+        assert janus_score(obj, cfg, renders(TwoFaced(obj, mode))) == 1.0, mode
+    assert janus_score(obj, cfg, renders(TwoFaced(obj, "mirror"), blur=1)) >= 0.6
+
+
 def test_mean_saturation():
     import torch
 

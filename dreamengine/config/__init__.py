@@ -36,14 +36,16 @@ from dreamengine.config.scenes import SCENE_CONFIGS, DensifyConfig, GaussiansCon
 from dreamengine.config.teachers import (
     TEACHER_CONFIGS,
     DeepFloydIFTeacherConfig,
+    MVDreamTeacherConfig,
     StableDiffusionTeacherConfig,
+    ToyWorldMultiViewTeacherConfig,
     ToyWorldOracleConfig,
     ToyWorldTeacherConfig,
 )
 
 __all__ = ["DEFAULT_NAMES", "GUIDANCE_CONFIGS", "POLYMORPHIC_SECTIONS", "SCENE_CONFIGS", "TEACHER_CONFIGS",
            "CameraConfig", "CameraPhase", "DeepFloydIFTeacherConfig", "DensifyConfig", "EvalConfig", "ExportConfig",
-           "GaussiansConfig", "LossConfig", "MeshSceneConfig", "NeRFConfig", "OptimConfig", "PromptConfig",
-           "RenderConfig", "ReportConfig", "RunConfig", "StableDiffusionTeacherConfig", "ToyWorldOracleConfig",
-           "ToyWorldTeacherConfig",
-           "TrainerConfig", "available_configs", "config_hash", "config_to_yaml", "find_config", "load_config"]
+           "GaussiansConfig", "LossConfig", "MVDreamTeacherConfig", "MeshSceneConfig", "NeRFConfig", "OptimConfig",
+           "PromptConfig", "RenderConfig", "ReportConfig", "RunConfig", "StableDiffusionTeacherConfig",
+           "ToyWorldMultiViewTeacherConfig", "ToyWorldOracleConfig", "ToyWorldTeacherConfig", "TrainerConfig",
+           "available_configs", "config_hash", "config_to_yaml", "find_config", "load_config"]

@@ -137,4 +137,15 @@ def check_ranges(cfg: Any) -> None:
             raise ConfigError(f"{key} must be {description}, got {value!r}")
 
 
-__all__ = ["RULES", "check_ranges", "settings"]
+def check_view_groups(cfg: Any) -> None:
+    """A multi-view teacher (``teacher.views_per_group = n > 1``) scores whole groups of n views: the cameras must be
+    drawn in groups of n (``camera.views_per_group``; the batch sizes are multiples of it, see ``CameraConfig``)."""
+    group = int(getattr(cfg.teacher, "views_per_group", 1) or 1)
+    if group > 1 and cfg.camera.views_per_group != group:
+        raise ConfigError(f"teacher.name={cfg.teacher.name} denoises groups of {group} views: set "
+                          f"camera.views_per_group={group} and camera.batch_size to a multiple of {group} (got "
+                          f"camera.views_per_group={cfg.camera.views_per_group}, camera.batch_size="
+                          f"{cfg.camera.batch_size})")
+
+
+__all__ = ["RULES", "check_ranges", "check_view_groups", "settings"]

@@ -228,5 +228,25 @@ class ASDConfig:
         validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
 
 
+@dataclass
+class MVDreamSDSConfig:
+    """MVDream-threestudio's multiview-diffusion-guidance with configs/mvdream-sd21.yaml's values."""
+
+    name: str = "mvdream-sds"
+    guidance_scale: float = 50.0  # s in eps_u + s (eps_c - eps_u) (convention B)
+    recon_loss: bool = True  # x0-reconstruction form g = z - x0_hat (false: SDS g = (1 - abar_t)(eps^ - eps))
+    recon_std_rescale: float = 0.5  # r: x0_hat blended with x0_hat rescaled to the std of the unguided x0 (CFG rescale)
+    min_step_percent: Any = field(default_factory=lambda: [0, 0.98, 0.02, 8000])  # schedule: lower bound of t / T
+    max_step_percent: Any = field(default_factory=lambda: [0, 0.98, 0.5, 8000])  # schedule: upper bound of t / T
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.recon_std_rescale <= 1.0:
+            raise ConfigError(f"guidance.recon_std_rescale must be in [0, 1], got {self.recon_std_rescale}")
+        validate_schedule(self.min_step_percent, "guidance.min_step_percent")
+        validate_schedule(self.max_step_percent, "guidance.max_step_percent")
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+
+
 GUIDANCE_CONFIGS = {"sds": SDSConfig, "bsd": BSDConfig, "csm": CSMConfig, "ism": ISMConfig, "csd": CSDConfig,
-                    "nfsd": NFSDConfig, "asd": ASDConfig, "vsd": VSDConfig}
+                    "nfsd": NFSDConfig, "asd": ASDConfig, "vsd": VSDConfig, "mvdream-sds": MVDreamSDSConfig}

@@ -27,7 +27,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from dreamengine.config.checks import check_ranges
+from dreamengine.config.checks import check_ranges, check_view_groups
 from dreamengine.config.run import DEFAULT_NAMES, POLYMORPHIC_SECTIONS, RunConfig
 from dreamengine.errors import ConfigError
 
@@ -207,6 +207,7 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
     except OmegaConfBaseException as error:
         raise ConfigError(f"invalid config: {str(error).splitlines()[0]}") from None
     check_ranges(cfg)  # every number finite and in its range
+    check_view_groups(cfg)  # a multi-view teacher gets whole groups of views
     return cfg
 
 

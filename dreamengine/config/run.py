@@ -7,6 +7,7 @@ diffusion model (a test checks it). ``__post_init__`` methods validate values wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,11 @@ class CameraConfig:
     azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])  # degrees
     distance_range: list[float] = field(default_factory=lambda: [2.5, 2.5])  # scene units
     fovy_range: list[float] = field(default_factory=lambda: [40.0, 40.0])  # vertical fov, degrees
+    # views drawn together with one elevation, distance and fov, azimuths 360/n apart (MVDream: 4); every batch
+    # size must be a multiple of it
+    views_per_group: int = 1
+    # distance_range relative to the fov: a camera stands at d / tan(fovy / 2) (threestudio's relative_radius)
+    relative_distance: bool = False
 
     def __post_init__(self) -> None:
         starts = [phase.start for phase in self.phases]
@@ -49,6 +55,19 @@ class CameraConfig:
             if min(phase.height, phase.width, phase.batch_size) < 1:
                 raise ConfigError(f"camera sizes must be >= 1, got {phase.height}x{phase.width}, batch "
                                   f"{phase.batch_size}")
+            if self.views_per_group >= 1 and phase.batch_size % self.views_per_group:
+                raise ConfigError(f"camera.batch_size (and each phase's) must be a multiple of camera.views_per_group "
+                                  f"= {self.views_per_group}, got {phase.batch_size}")
+
+    def framing(self) -> tuple[float, float]:
+        """(distance in scene units, vertical fov in degrees) of the middle camera: the midpoints of
+        ``distance_range`` and ``fovy_range`` (the distance divided by tan(fovy / 2) when ``relative_distance``).
+        Previews, evaluation, export and the toy teacher's bank frame the object with it."""
+        fovy = 0.5 * (self.fovy_range[0] + self.fovy_range[1])
+        distance = 0.5 * (self.distance_range[0] + self.distance_range[1])
+        if self.relative_distance:
+            distance /= math.tan(math.radians(fovy) / 2.0)
+        return distance, fovy
 
     def size_at(self, step: int) -> tuple[int, int, int]:
         """(height, width, batch_size) used at ``step``: the last phase started by then, else the base sizes."""

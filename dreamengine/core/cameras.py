@@ -125,41 +125,77 @@ class CameraSampler:
 
     Ranges are ``(low, high)`` in degrees (angles) or scene units (distance). Elevation is sampled
     uniformly in angle; azimuth uniformly in ``azimuth_range``.
+
+    With ``views_per_group = n > 1`` (a multi-view teacher: MVDream's n = 4) the cameras come in groups of n
+    consecutive views that share one elevation, distance and field of view, with azimuths ``a + k span / n``
+    (k = 0..n-1, span = the width of ``azimuth_range``, ``a`` uniform in the first 1/n of the range), as
+    MVDream-threestudio's ``RandomMultiviewCameraIterableDataset.collate`` draws them: for the full circle,
+    ``a, a + 90, a + 180, a + 270``. With n = 1 the draws are the plain sampler's, in the same order.
+
+    With ``relative_distance`` the distances are relative to the field of view (threestudio's
+    ``relative_radius``): a camera stands at ``d / tan(fovy / 2)``, so the object fills the same part of the
+    image at any field of view.
     """
 
     def __init__(self, elevation_range: tuple[float, float] = (-10.0, 60.0),
                  azimuth_range: tuple[float, float] = (-180.0, 180.0),
                  distance_range: tuple[float, float] = (2.5, 2.5),
-                 fovy_range: tuple[float, float] = (40.0, 40.0)) -> None:
+                 fovy_range: tuple[float, float] = (40.0, 40.0), views_per_group: int = 1,
+                 relative_distance: bool = False) -> None:
         for name, (low, high) in (("elevation_range", elevation_range), ("azimuth_range", azimuth_range),
                                   ("distance_range", distance_range), ("fovy_range", fovy_range)):
             if low > high:
                 raise ValueError(f"camera.{name} must be (low, high) with low <= high, got ({low}, {high})")
+        if int(views_per_group) < 1:
+            raise ValueError(f"camera.views_per_group must be >= 1, got {views_per_group}")
         self.elevation_range = elevation_range
         self.azimuth_range = azimuth_range
         self.distance_range = distance_range
         self.fovy_range = fovy_range
+        self.views_per_group = int(views_per_group)
+        self.relative_distance = bool(relative_distance)
 
     @classmethod
     def from_config(cls, camera: Any) -> CameraSampler:
         """The sampler of a run's ``camera`` settings (a :class:`~dreamengine.config.CameraConfig`)."""
         return cls(tuple(camera.elevation_range), tuple(camera.azimuth_range), tuple(camera.distance_range),
-                   tuple(camera.fovy_range))
+                   tuple(camera.fovy_range), int(getattr(camera, "views_per_group", 1)),
+                   bool(getattr(camera, "relative_distance", False)))
+
+    def absolute_distance(self, distance: Tensor, fovy_deg: Tensor) -> Tensor:
+        """Scene-unit distances: ``distance`` itself, or ``distance / tan(fovy / 2)`` with relative distances."""
+        if not self.relative_distance:
+            return distance
+        return distance / torch.tan(torch.deg2rad(torch.as_tensor(fovy_deg, dtype=torch.float32)) / 2.0)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Cameras:
-        """Draw ``batch_size`` random cameras (CPU tensors; move them with ``.to``)."""
-        def uniform(bounds: tuple[float, float]) -> Tensor:
-            u = torch.rand(batch_size, generator=generator)
-            return bounds[0] + (bounds[1] - bounds[0]) * u
+        """Draw ``batch_size`` random cameras (CPU tensors; move them with ``.to``); with ``views_per_group``
+        n > 1, ``batch_size`` must be a multiple of n and each run of n consecutive cameras is one group."""
+        views = self.views_per_group
+        if batch_size % views:
+            raise ValueError(f"camera.batch_size ({batch_size}) must be a multiple of camera.views_per_group "
+                             f"({views}): a multi-view teacher scores whole groups of {views} views")
+        groups = batch_size // views
 
-        return cameras_from_spherical(uniform(self.elevation_range), uniform(self.azimuth_range),
-                                      uniform(self.distance_range), uniform(self.fovy_range))
+        def uniform(bounds: tuple[float, float]) -> Tensor:
+            u = torch.rand(groups, generator=generator)
+            return (bounds[0] + (bounds[1] - bounds[0]) * u).repeat_interleave(views)
+
+        elevation = uniform(self.elevation_range)
+        if views == 1:
+            azimuth = uniform(self.azimuth_range)
+        else:  # (u + k) / n of the range: one draw per group, the views evenly spread over the whole range
+            low, high = self.azimuth_range
+            steps = torch.rand(groups, 1, generator=generator) + torch.arange(views, dtype=torch.float32)
+            azimuth = low + (high - low) * steps.reshape(-1) / views
+        distance, fovy = uniform(self.distance_range), uniform(self.fovy_range)
+        return cameras_from_spherical(elevation, azimuth, self.absolute_distance(distance, fovy), fovy)
 
     def orbit(self, num_views: int, elevation_deg: float = 15.0, start_azimuth_deg: float = 0.0) -> Cameras:
         """``num_views`` cameras evenly spaced in azimuth at a fixed elevation, mid distance and fov."""
         azimuth = start_azimuth_deg + torch.arange(num_views, dtype=torch.float32) * (360.0 / num_views)
-        distance = 0.5 * (self.distance_range[0] + self.distance_range[1])
         fovy = 0.5 * (self.fovy_range[0] + self.fovy_range[1])
+        distance = float(self.absolute_distance(torch.tensor(0.5 * sum(self.distance_range)), torch.tensor(fovy)))
         return cameras_from_spherical(torch.full((num_views,), elevation_deg), azimuth,
                                       torch.full((num_views,), distance), torch.full((num_views,), fovy))
 

@@ -10,12 +10,13 @@ from dreamengine.guidance.bsd import BSDGuidance
 from dreamengine.guidance.csd import CSDGuidance
 from dreamengine.guidance.csm import CSMGuidance
 from dreamengine.guidance.ism import ISMGuidance
+from dreamengine.guidance.mvdream_sds import MVDreamSDSGuidance
 from dreamengine.guidance.nfsd import NFSDGuidance
 from dreamengine.guidance.sds import SDSGuidance
 from dreamengine.guidance.vsd import VSDGuidance
 
 GUIDANCES = {"sds": SDSGuidance, "bsd": BSDGuidance, "csm": CSMGuidance, "ism": ISMGuidance, "csd": CSDGuidance,
-             "nfsd": NFSDGuidance, "asd": ASDGuidance, "vsd": VSDGuidance}
+             "nfsd": NFSDGuidance, "asd": ASDGuidance, "vsd": VSDGuidance, "mvdream-sds": MVDreamSDSGuidance}
 
-__all__ = ["GUIDANCES", "ASDGuidance", "BSDGuidance", "CSDGuidance", "CSMGuidance", "ISMGuidance", "NFSDGuidance",
-           "SDSGuidance", "VSDGuidance"]
+__all__ = ["GUIDANCES", "ASDGuidance", "BSDGuidance", "CSDGuidance", "CSMGuidance", "ISMGuidance", "MVDreamSDSGuidance",
+           "NFSDGuidance", "SDSGuidance", "VSDGuidance"]

@@ -2,7 +2,8 @@
 threestudio/models/guidance/stable_diffusion_asd_guidance.py, configs/single-prompt_benchmark/asd_sd_nerf.yaml;
 guidance-math.md §5).
 
-The same noise eps is used at two timesteps, t and a later t + dt (t per batch element):
+The same noise eps is used at two timesteps, t and a later t + dt (t per batch element; per group of views, and
+dt with it, for a multi-view teacher):
 
     dt    = int(plus_ratio (t - min_step) U),  U ~ U(0, 1)  (U = 1 without plus_random)
     t2    = clamp(t + dt, 1, T - 1)
@@ -29,6 +30,7 @@ from dreamengine.guidance.base import (
     broadcast_to,
     cfg_convention_b,
     timestep_weight,
+    views_per_group,
 )
 
 
@@ -49,7 +51,10 @@ class ASDGuidance(ScoreDistillation):
         """g = w(t) (eps^(z_t) - eps(z_t2; e_c, t2)) with the same eps at t and at t2 = t + dt."""
         cfg, teacher, alphas_cumprod = self.cfg, self.teacher, self.teacher.alphas_cumprod
         min_step, _ = self.timestep_range(step)
-        uniform = torch.rand((z.shape[0],), generator=generator).to(z.device) if cfg.plus_random else None
+        group = views_per_group(teacher)  # a multi-view teacher's views share t, so they share t2 too
+        uniform = None
+        if cfg.plus_random:
+            uniform = torch.rand((z.shape[0] // group,), generator=generator).repeat_interleave(group).to(z.device)
         t2 = later_timesteps(t, min_step, cfg.plus_ratio, uniform, teacher.num_train_timesteps)
         z_t = add_noise(z, noise, t, alphas_cumprod)
         z_t2 = add_noise(z, noise, t2, alphas_cumprod)

@@ -5,7 +5,9 @@ One call of a guidance method, :meth:`ScoreDistillation.__call__`, in order:
 1. check that the method can use the conditioning (Perp-Neg negatives, cameras);
 2. ``z = teacher.encode(rgb)`` (differentiable: the gradient reaches the render through it);
 3. draw the timesteps ``t`` [B] (per element, or one shared by the batch for the LucidDreamer family) from the
-   method's range at this step, then the noise ``eps`` (with LucidDreamer's offset noise where configured);
+   method's range at this step, then the noise ``eps`` (with LucidDreamer's offset noise where configured). With
+   a multi-view teacher (``teacher.views_per_group = n > 1``) "per element" is per group of n views: the views
+   of one object are denoised jointly, at one noise level (:func:`views_per_group`);
 4. under ``no_grad``, the method's own :meth:`~ScoreDistillation.gradient` computes ``g`` (the teacher passes,
    weighting and the formula: the only part that differs between methods);
 5. :meth:`~ScoreDistillation.clean`: ``nan_to_num``, then the optional element-wise clamp ``grad_clip(step)``
@@ -36,7 +38,7 @@ from dreamengine.schedules import schedule_value
 __all__ = ["GuidanceOut", "LucidDreamerSchedule", "ScoreDistillation", "add_noise", "broadcast_to",
            "cfg_convention_a", "cfg_convention_b", "gradient_to_loss", "lucid_timestep_range", "offset_noise",
            "percent_timestep_range", "predict_noise_under", "sample_shared_timestep", "sample_timesteps",
-           "timestep_weight", "warmup_rate"]
+           "timestep_weight", "views_per_group", "warmup_rate"]
 
 
 # --------------------------------------------------------------------------------------------- formula pieces
@@ -92,17 +94,24 @@ def predict_noise_under(teacher: Teacher, x_t: Tensor, t: Int[Tensor, " B"], emb
     return eps.chunk(copies)
 
 
+def views_per_group(teacher: Teacher) -> int:
+    """n of a multi-view teacher (it denoises groups of n consecutive views jointly), 1 for the others."""
+    return int(getattr(teacher, "views_per_group", 1))
+
+
 # ------------------------------------------------------------------------------------------------- timesteps
 def sample_timesteps(batch_size: int, min_step: int, max_step: int, generator: torch.Generator | None,
-                     device: torch.device | str = "cpu") -> Int[Tensor, " B"]:
-    """Integer timesteps uniform in [min_step, max_step] inclusive, one per batch element, [B] long."""
-    t = torch.randint(min_step, max_step + 1, (batch_size,), generator=generator)
-    return t.to(device)
+                     device: torch.device | str = "cpu", group: int = 1) -> Int[Tensor, " B"]:
+    """Integer timesteps uniform in [min_step, max_step] inclusive, [B] long: one per batch element, or with
+    ``group = n`` one per run of n consecutive elements (the views of one object for a multi-view teacher)."""
+    t = torch.randint(min_step, max_step + 1, (batch_size // group,), generator=generator)
+    return t.repeat_interleave(group).to(device)
 
 
 def sample_shared_timestep(batch_size: int, min_step: int, max_step: int, generator: torch.Generator | None,
-                           device: torch.device | str = "cpu") -> Int[Tensor, " B"]:
-    """One integer timestep uniform in [min_step, max_step] for the whole batch (LucidDreamer), [B] long."""
+                           device: torch.device | str = "cpu", group: int = 1) -> Int[Tensor, " B"]:
+    """One integer timestep uniform in [min_step, max_step] for the whole batch (LucidDreamer), [B] long (``group``
+    is accepted for a uniform signature: every group shares the one t anyway)."""
     t = torch.randint(min_step, max_step + 1, (1,), generator=generator)
     return t.expand(batch_size).to(device)
 
@@ -205,9 +214,12 @@ class ScoreDistillation:
         """rgb [B, H, W, 3] in [0, 1] (differentiable) -> GuidanceOut with d loss / d z = g / B."""
         self.check_inputs(prompts, cameras)
         z = self.teacher.encode(rgb.permute(0, 3, 1, 2))
-        batch = z.shape[0]
+        batch, group = z.shape[0], views_per_group(self.teacher)
+        if batch % group:
+            raise ConfigError(f"the teacher denoises groups of {group} views, but the guidance got {batch} renders: "
+                              f"set camera.views_per_group={group} and camera.batch_size to a multiple of {group}")
         sample = sample_shared_timestep if self.shared_timestep else sample_timesteps
-        t = sample(batch, *self.timestep_range(step), generator, z.device)
+        t = sample(batch, *self.timestep_range(step), generator, z.device, group)
         noise = offset_noise(z.shape, self.noise_offset(), generator, z.dtype, z.device)
         with torch.no_grad():
             grad, extra = self.gradient(z.detach(), t, noise, prompts, cameras, step, generator)

@@ -45,12 +45,14 @@ from dreamengine.config.guidance import VSDConfig
 from dreamengine.core.cameras import Cameras
 from dreamengine.core.conditioning import PromptBatch
 from dreamengine.core.protocols import Teacher
+from dreamengine.errors import ConfigError
 from dreamengine.guidance.base import (
     ScoreDistillation,
     add_noise,
     broadcast_to,
     cfg_convention_b,
     predict_noise_under,
+    views_per_group,
 )
 from dreamengine.guidance.particle_score import build_score_model, camera_condition, training_target
 from dreamengine.teachers.stable_diffusion import to_epsilon
@@ -63,6 +65,11 @@ class VSDGuidance(ScoreDistillation):
     """Variational score distillation. Owns the particle score model phi and its AdamW optimizer."""
 
     def __init__(self, cfg: VSDConfig, teacher: Teacher, max_steps: int) -> None:
+        if views_per_group(teacher) > 1:
+            raise ConfigError("guidance.name=vsd does not work with a multi-view teacher: its particle score model "
+                              "(a LoRA with its own camera embedding, or a pixel UNet) scores one view at a time, so "
+                              "eps_teacher - eps_phi would compare a joint score with a single-view one. Use "
+                              "guidance.name=mvdream-sds or sds (or a single-view teacher for VSD)")
         super().__init__(cfg, teacher, max_steps)
         alpha = float(cfg.lora_alpha) if cfg.lora_alpha is not None else float(cfg.lora_rank)
         self.score_model = build_score_model(teacher, cfg.lora_rank, alpha, cfg.pixel_model_width)

@@ -6,11 +6,15 @@ teachers import diffusers only when they load a model.
 """
 
 from dreamengine.teachers.deepfloyd_if import DeepFloydIFTeacher
+from dreamengine.teachers.mvdream import MVDreamTeacher
 from dreamengine.teachers.stable_diffusion import StableDiffusionTeacher
 from dreamengine.teachers.toyworld import ToyWorldTeacher
+from dreamengine.teachers.toyworld_multiview import ToyWorldMultiViewTeacher
 from dreamengine.teachers.toyworld_oracle import ToyWorldOracle
 
 TEACHERS = {"toyworld": ToyWorldTeacher, "toyworld-oracle": ToyWorldOracle, "stable-diffusion": StableDiffusionTeacher,
-            "deepfloyd-if": DeepFloydIFTeacher}
+            "deepfloyd-if": DeepFloydIFTeacher, "toyworld-multiview": ToyWorldMultiViewTeacher,
+            "mvdream": MVDreamTeacher}
 
-__all__ = ["TEACHERS", "DeepFloydIFTeacher", "StableDiffusionTeacher", "ToyWorldOracle", "ToyWorldTeacher"]
+__all__ = ["TEACHERS", "DeepFloydIFTeacher", "MVDreamTeacher", "StableDiffusionTeacher", "ToyWorldMultiViewTeacher",
+           "ToyWorldOracle", "ToyWorldTeacher"]

@@ -172,7 +172,7 @@ class ToyWorldTeacher:
             if prompt.strip():
                 object_prompt, view = split_view(prompt)
                 if object_prompt.strip():
-                    selected = self.bank_object == self._object_position(parse_prompt(object_prompt), prompt)
+                    selected = self.bank_object == self.object_position(parse_prompt(object_prompt), prompt)
                 if view is not None:
                     with_view = selected & (self._bank_view == VIEWS.index(view))
                     selected = with_view if bool(with_view.any()) else selected
@@ -218,7 +218,8 @@ class ToyWorldTeacher:
         weights = torch.softmax(log_prior - distance / (2.0 * (1.0 - alpha))[:, None], dim=1)  # [B, N]
         return z, weights @ self.bank, alpha
 
-    def _object_position(self, obj: ToyObject, prompt: str) -> int:
+    def object_position(self, obj: ToyObject, prompt: str) -> int:
+        """Index of ``obj`` in this teacher's world; PromptError (naming ``prompt``) when the world leaves it out."""
         for index, candidate in enumerate(self.objects):
             if candidate.name == obj.name:
                 return index

@@ -64,3 +64,49 @@ def test_wrap_azimuth_and_direction_labels():
                                   torch.tensor([10.0, -60.0, 170.0, 100.0, 0.0]), torch.tensor(2.5),
                                   torch.tensor(40.0))
     assert direction_labels(cams) == ["front", "side", "back", "side", "overhead"]
+
+
+def test_single_views_draw_exactly_what_the_plain_sampler_drew():
+    """views_per_group = 1 keeps the generator's draw order (elevation, azimuth, distance, fovy)."""
+    sampler = CameraSampler((0.0, 30.0), (-90.0, 90.0), (2.0, 3.0), (30.0, 50.0), views_per_group=1)
+    cams = sampler.sample(6, torch.Generator().manual_seed(4))
+    u = torch.rand(24, generator=torch.Generator().manual_seed(4)).reshape(4, 6)
+    expected = cameras_from_spherical(30.0 * u[0], -90.0 + 180.0 * u[1], 2.0 + u[2], 30.0 + 20.0 * u[3])
+    assert torch.equal(cams.c2w, expected.c2w) and torch.equal(cams.fovy, expected.fovy)
+
+
+def test_groups_share_elevation_distance_and_fov_with_azimuths_a_quarter_turn_apart():
+    sampler = CameraSampler((0.0, 30.0), (-180.0, 180.0), (2.0, 3.0), (15.0, 60.0), views_per_group=4)
+    cams = sampler.sample(12, torch.Generator().manual_seed(0))
+    for group in range(3):
+        views = slice(4 * group, 4 * group + 4)
+        for values in (cams.elevation[views], cams.distance[views], cams.fovy[views]):
+            assert torch.allclose(values, values[0].expand(4))
+        first = float(cams.azimuth[4 * group])
+        assert -180.0 <= first < -90.0  # MVDream-threestudio: a = low + U * span / n
+        turned = wrap_azimuth(first + torch.tensor([0.0, 90.0, 180.0, 270.0]))
+        assert torch.allclose(cams.azimuth[views], turned, atol=1e-4)
+    assert len({round(float(e), 4) for e in cams.elevation}) == 3  # one draw per group
+    with pytest.raises(ValueError, match="multiple of camera.views_per_group"):
+        sampler.sample(6)
+
+
+def test_relative_distance_divides_by_the_half_fov_tangent():
+    sampler = CameraSampler((0.0, 0.0), (0.0, 0.0), (0.8, 1.0), (15.0, 60.0), relative_distance=True)
+    cams = sampler.sample(64, torch.Generator().manual_seed(2))
+    relative = cams.distance * torch.tan(cams.fovy / 2)
+    assert relative.min() >= 0.8 - 1e-5 and relative.max() <= 1.0 + 1e-5
+    assert cams.distance.max() > 3.0  # narrow fields of view stand far back
+    orbit = sampler.orbit(2)
+    assert torch.allclose(orbit.distance, torch.full((2,), 0.9 / math.tan(math.radians(37.5) / 2)))
+
+
+def test_camera_config_checks_groups_and_gives_the_framing():
+    from dreamengine.config import CameraConfig
+    from dreamengine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of camera.views_per_group"):
+        CameraConfig(batch_size=6, views_per_group=4)
+    config = CameraConfig(distance_range=[0.8, 1.0], fovy_range=[15.0, 60.0], relative_distance=True)
+    assert config.framing() == pytest.approx((0.9 / math.tan(math.radians(37.5) / 2), 37.5))
+    assert CameraConfig().framing() == (2.5, 40.0)

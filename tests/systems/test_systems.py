@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import time
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import dreamengine
+from dreamengine.config import load_config
 from dreamengine.errors import ConfigError
 from dreamengine.systems import load_system, packaged_systems, split_stage_overrides
 from dreamengine.systems.driver import plan_stages
@@ -34,14 +36,15 @@ def short_overrides(system: str) -> list[str]:
 
 def test_every_packaged_system_resolves(tmp_path: Path) -> None:
     names = packaged_systems()
-    for paper in ("dreamfusion", "gaussiandreamer", "luciddreamer", "placiddreamer", "tv3dg"):
+    for paper in ("dreamfusion", "gaussiandreamer", "luciddreamer", "placiddreamer", "tv3dg", "mvdream"):
         assert paper in names and f"{paper}-toy" in names, paper
+    multi_view = {"mvdream": "mvdream", "mvdream-toy": "toyworld-multiview"}
     for name in names:
         spec = load_system(name)
         assert spec.description and spec.paper and spec.stages, name
         configs = plan_stages(spec, "a red cube", [], tmp_path / name)
         assert len(configs) == len(spec.stages)
-        teacher = "toyworld" if name.endswith("-toy") else "stable-diffusion"
+        teacher = multi_view.get(name, "toyworld" if name.endswith("-toy") else "stable-diffusion")
         assert all(cfg.teacher.name == teacher for cfg in configs), name
 
 
@@ -54,6 +57,17 @@ def test_papers_defaults_reach_the_stage_configs(tmp_path: Path) -> None:
     dreamer = plan_stages(load_system("gaussiandreamer"), "a fox", [], tmp_path)[0]
     assert (dreamer.guidance.guidance_scale, dreamer.trainer.max_steps, dreamer.camera.batch_size) == (100.0, 1200, 4)
     assert dreamer.guidance.grad_clip == [0, 1.5, 2.0, 1000]
+    mvdream = plan_stages(load_system("mvdream"), "a fox", [], tmp_path)[0]  # MVDream-threestudio's mvdream-sd21.yaml
+    guidance, camera = mvdream.guidance, mvdream.camera
+    assert (mvdream.teacher.name, mvdream.teacher.checkpoint_file) == ("mvdream", "sd-v2.1-base-4view.pt")
+    assert (guidance.name, guidance.guidance_scale, guidance.recon_loss, guidance.recon_std_rescale) == \
+        ("mvdream-sds", 50.0, True, 0.5)
+    assert (guidance.min_step_percent, guidance.max_step_percent) == ([0, 0.98, 0.02, 8000], [0, 0.98, 0.5, 8000])
+    assert (camera.views_per_group, camera.batch_size, camera.height, camera.relative_distance) == (4, 8, 64, True)
+    assert (camera.phases[0].start, camera.phases[0].batch_size, camera.phases[0].height) == (5000, 4, 256)
+    assert (camera.elevation_range, camera.fovy_range, camera.distance_range) == ([0, 30], [15, 60], [0.8, 1.0])
+    assert not mvdream.prompt_processor.view_dependent and mvdream.render.num_samples == 512
+    assert mvdream.prompt_processor.negative_prompt.startswith("ugly, bad anatomy, blurry")
 
 
 def test_stage_overrides_and_previous_stage_init(tmp_path: Path) -> None:
@@ -111,6 +125,23 @@ def test_toy_system_runs_end_to_end_in_short(tmp_path: Path, system: str) -> Non
         assert (folder / "done.json").is_file() and (folder / "ckpt" / "last.pt").is_file()
     if any("gaussian" in stage.config for stage in spec.stages[-1:]):
         assert asset.splat is not None
+
+
+def test_mvdream_toy_runs_end_to_end_in_groups_of_four_views(tmp_path: Path) -> None:
+    """A short mvdream-toy run: 4 views per step from the multi-view toy teacher, evaluated with a Janus score."""
+    seen = []
+    asset = dreamengine.generate("a penguin", system="mvdream-toy", output_dir=tmp_path / "runs",
+                                 overrides=[*SHORT, "export.formats=[]", "report.turntable=false"],
+                                 callbacks=[seen.append])
+    assert [event.step for event in seen] == [1, 2, 3, 4]
+    assert asset.metrics is not None and 0.0 <= asset.metrics["mask_iou"] <= 1.0
+    assert 0.0 <= asset.metrics["janus_score"] <= 1.0
+    stage = asset.run_dir / "stages" / "01-nerf"
+    cfg = load_config(stage / "config.yaml")
+    assert (cfg.teacher.name, cfg.guidance.name, cfg.camera.views_per_group, cfg.camera.batch_size) == \
+        ("toyworld-multiview", "mvdream-sds", 4, 4)
+    log = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 4 and all(math.isfinite(record["grad_norm"]) for record in log)
 
 
 def test_callbacks_get_preview_images(tmp_path: Path) -> None:
