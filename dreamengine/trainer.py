@@ -220,7 +220,7 @@ class Trainer:
                 renderer.after_step(scene.render_inputs(), self.step)  # NeRF: occupancy grid refresh
                 if densify is not None:  # Gaussians: clone / split / prune
                     densify.step_post_backward(scene, self.optimizer, render.info, self.step)
-                scene.update_learning_rate(self.optimizer, self.step)  # Gaussians: the position lr schedule
+                scene.update_schedules(self.optimizer, self.step)  # Gaussians: position lr; NeRF: blob fade
         self.bad_steps = 0 if finite else self.bad_steps + 1
         terms = {"loss": float(loss.detach()), **guided.terms}
         terms.update({name: float(value.detach()) for name, value in regularizers.items()})

@@ -38,6 +38,7 @@ class NeRFConfig:
     density_bias: str = "blob_magic3d"  # blob_magic3d | blob_dreamfusion | none
     density_blob_scale: float = 10.0
     density_blob_std: float = 0.5
+    density_blob_fade_steps: int = 0  # fade the blob's positive part out over this many steps (0: keep it)
     # finite-difference step for normals, world units (threestudio's finite_difference_normal_eps)
     normal_eps: float = 0.01
 
@@ -90,6 +91,8 @@ class MeshSceneConfig:
     texture: str = "uv"  # uv: texture map on the mesh's UVs (xatlas UVs if it has none) | field: hash grid + MLP
     texture_resolution: int = 512  # uv: texels per side
     texture_activation: str = "sigmoid"  # uv: sigmoid (texels hold logits) | clamp (texels hold colors)
+    texture_levels: int = 1  # uv: a pyramid of this many maps (each half the last's size) summed: no SDS speckle
+    texture_level_lr: float = 0.5  # uv pyramid: each finer level's lr relative to the next coarser one's
     uv_padding: int = 4  # uv: texels between xatlas charts
     # field (a small hash grid over [-radius, radius]^3 and an MLP with one hidden layer)
     num_levels: int = 12

@@ -55,8 +55,8 @@ class Scene(Protocol):
         """Adam parameter groups (with learning rates) of the scene, and of ``background`` when given."""
         ...
 
-    def update_learning_rate(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        """Set scheduled learning rates for ``step`` (most scenes have none)."""
+    def update_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Set what the scene schedules by ``step``: learning rates, a NeRF's fading blob (most scenes: nothing)."""
         ...
 
     def regularizers(self) -> dict[str, Tensor]:

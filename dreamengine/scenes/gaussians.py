@@ -99,7 +99,7 @@ class GaussianScene(nn.Module):
                      background: nn.Module | None = None) -> list[dict[str, Any]]:
         """Adam groups, one parameter each, named as in :data:`PARAM_NAMES` (plus 'background' at
         ``optim.lr_background`` when a ``background`` with trainable parameters is given). Learning rates come
-        from the scene config; the 'means' rate starts at ``lr_means_init`` (see :meth:`update_learning_rate`).
+        from the scene config; the 'means' rate starts at ``lr_means_init`` (see :meth:`update_schedules`).
         'sh_rest' is included even when empty (degree 0) so that group indices do not depend on the degree."""
         cfg, optim = self.config, optim or OptimConfig()
         rates = {"means": cfg.lr_means_init, "scales": cfg.lr_scales, "quats": cfg.lr_quats,
@@ -115,7 +115,7 @@ class GaussianScene(nn.Module):
         t = min(max(step / cfg.lr_means_decay_steps, 0.0), 1.0)
         return math.exp((1.0 - t) * math.log(cfg.lr_means_init) + t * math.log(cfg.lr_means_final))
 
-    def update_learning_rate(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+    def update_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         """Set the 'means' group's learning rate for ``step`` (call once per step); returns it."""
         lr = self.means_learning_rate(step)
         for group in optimizer.param_groups:

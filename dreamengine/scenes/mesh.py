@@ -8,7 +8,12 @@ What a :class:`MeshScene` holds:
 * appearance, one of
   - ``texture: uv``: a texture map ``texture_logits`` [Ht, Wt, 3] on the mesh's UVs (``uv`` [T, 2] with their
     own ``uv_faces`` [F, 3]; xatlas UVs when the input has none). The color is ``sigmoid(logits)`` or, with
-    ``texture_activation: clamp``, the stored values clamped to [0, 1];
+    ``texture_activation: clamp``, the stored values clamped to [0, 1]. With ``texture_levels`` L > 1 the
+    logits are a pyramid: ``texture_logits`` plus L - 1 coarser maps (``texture_coarse``, half the size each,
+    starting at zero) upsampled bilinearly and added; the coarsest level trains at ``lr_texture`` and each finer
+    one at ``texture_level_lr`` times the next coarser one's. A coarse texel collects the gradient of the many
+    fine texels it covers, so the SDS noise that a single map writes into every texel as speckle averages out
+    there: flat colors form fast on the coarse levels while the slow fine level adds the detail;
   - ``texture: field``: a hash grid (:mod:`dreamengine.scenes.encoding`) and a tiny MLP evaluated at the
     surface points, ``sigmoid(mlp(encoding(x)))``.
   The appearance starts from the input's texture or vertex colors when it has them (resampled to
@@ -41,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import trimesh
 from torch import Tensor, nn
 
@@ -198,6 +204,10 @@ class MeshScene(nn.Module):
             if config.texture_activation == "sigmoid":
                 values = torch.logit(values)
             self.texture_logits = nn.Parameter(values.contiguous())  # [Ht, Wt, 3]
+            height, width = values.shape[:2]
+            self.texture_coarse = nn.ParameterList(  # [Ht / 2^l, Wt / 2^l, 3], l = 1 .. levels - 1
+                nn.Parameter(torch.zeros(max(1, height >> level), max(1, width >> level), 3))
+                for level in range(1, config.texture_levels))
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
@@ -259,10 +269,14 @@ class MeshScene(nn.Module):
 
     @property
     def texture(self) -> Tensor:
-        """The texture colors [Ht, Wt, 3] in [0, 1] ('uv' kind)."""
+        """The texture colors [Ht, Wt, 3] in [0, 1] ('uv' kind): the pyramid's levels summed, activated."""
+        values = self.texture_logits
+        for coarse in self.texture_coarse:
+            values = values + F.interpolate(coarse.permute(2, 0, 1)[None], size=values.shape[:2], mode="bilinear",
+                                            align_corners=False)[0].permute(1, 2, 0)
         if self.config.texture_activation == "sigmoid":
-            return torch.sigmoid(self.texture_logits)
-        return self.texture_logits.clamp(0.0, 1.0)
+            return torch.sigmoid(values)
+        return values.clamp(0.0, 1.0)
 
     def field_color(self, points: Tensor) -> Tensor:
         """The color field at world points [N, 3] -> [N, 3] in (0, 1) ('field' kind)."""
@@ -318,7 +332,12 @@ class MeshScene(nn.Module):
         cfg, optim = self.config, optim or OptimConfig()
         groups: list[dict[str, Any]] = []
         if cfg.optimize_texture and cfg.texture == "uv":
-            groups.append({"name": "texture", "params": [self.texture_logits], "lr": cfg.lr_texture})
+            # the coarsest level at lr_texture, each finer one at texture_level_lr times the next coarser one's
+            finest_lr = cfg.lr_texture * cfg.texture_level_lr ** (cfg.texture_levels - 1)
+            groups.append({"name": "texture", "params": [self.texture_logits], "lr": finest_lr})
+            groups += [{"name": f"texture_level{level}", "params": [param],
+                        "lr": finest_lr / cfg.texture_level_lr**level}
+                       for level, param in enumerate(self.texture_coarse, start=1)]
         elif cfg.optimize_texture:
             groups += [{"name": "encoding", "params": list(self.encoding.parameters()), "lr": cfg.lr_encoding},
                        {"name": "network", "params": list(self.network.parameters()), "lr": cfg.lr_network}]
@@ -326,7 +345,7 @@ class MeshScene(nn.Module):
             groups.append({"name": "offsets", "params": [self.offsets], "lr": cfg.lr_offsets})
         return groups + background_groups(background, optim.lr_background)
 
-    def update_learning_rate(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+    def update_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         """Constant learning rates."""
 
     def geometry_terms(self) -> dict[str, Tensor]:
@@ -425,6 +444,10 @@ def _validate(config: MeshSceneConfig) -> None:
     check_choice("scene.texture_activation", config.texture_activation, TEXTURE_ACTIVATIONS)
     if config.texture_resolution < 16:
         raise ConfigError(f"scene.texture_resolution must be >= 16, got {config.texture_resolution}")
+    if not 0.0 < config.texture_level_lr <= 1.0:
+        raise ConfigError(f"scene.texture_level_lr must be in (0, 1], got {config.texture_level_lr}")
+    if not 1 <= config.texture_levels <= 8:
+        raise ConfigError(f"scene.texture_levels must be in 1..8 (1: one texture map), got {config.texture_levels}")
     for key in ("radius", "fit_radius", "lr_texture", "lr_encoding", "lr_network", "lr_offsets", "init_fit_lr"):
         value = getattr(config, key)
         if not (math.isfinite(value) and value > 0):

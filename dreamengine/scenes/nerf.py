@@ -12,7 +12,11 @@ from a dense ball at the center and empty space near the boundary:
 * ``blob_dreamfusion``: ``scale * exp(-|x|^2 / (2 std^2))``
 * ``none``:             0
 
-Both biases are added before the activation, as threestudio does.
+Both biases are added before the activation, as threestudio does. With ``density_blob_fade_steps`` N > 0
+the blob's positive part (the dense ball) fades out linearly over the first N training steps, while its
+negative part (empty space near the boundary) stays: the field then has to hold every bit of density itself,
+so material the guidance never asked for (the ball that fills a torus's hole) disappears instead of staying
+as the initialization left it. Its weight ``blob_weight`` is a buffer, saved in checkpoints.
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class NeRFScene(nn.Module):
             per_level_scale=config.per_level_scale, backend=config.encoding_backend)
         # One MLP for both heads: output 0 is the raw density, outputs 1..3 the albedo logits.
         self.network = mlp(self.encoding.output_dim, config.hidden_dim, config.num_hidden_layers, 4)
+        self.register_buffer("blob_weight", torch.tensor(1.0))  # the blob's positive part's weight (fading)
+        self._register_load_state_dict_pre_hook(keep_blob_weight_of_old_checkpoints)
 
     def normalize(self, points: Tensor) -> Tensor:
         """World points [N, 3] in the bounding box -> [N, 3] in [0, 1] (the encoding clamps the rest)."""
@@ -82,11 +88,15 @@ class NeRFScene(nn.Module):
         """The pre-activation blob added to the raw density, [N, 3] -> [N]."""
         cfg = self.config
         if cfg.density_bias == "blob_magic3d":
-            return cfg.density_blob_scale * (1.0 - points.norm(dim=-1) / cfg.density_blob_std)
-        if cfg.density_bias == "blob_dreamfusion":
+            blob = cfg.density_blob_scale * (1.0 - points.norm(dim=-1) / cfg.density_blob_std)
+        elif cfg.density_bias == "blob_dreamfusion":
             squared_distance = (points * points).sum(-1)
-            return cfg.density_blob_scale * torch.exp(-squared_distance / (2.0 * cfg.density_blob_std**2))
-        return torch.zeros_like(points[..., 0])
+            blob = cfg.density_blob_scale * torch.exp(-squared_distance / (2.0 * cfg.density_blob_std**2))
+        else:
+            return torch.zeros_like(points[..., 0])
+        if cfg.density_blob_fade_steps == 0:
+            return blob
+        return blob.clamp(max=0.0) + self.blob_weight * blob.clamp(min=0.0)
 
     def _activate_density(self, pre_activation: Tensor) -> Tensor:
         if self.config.density_activation == "trunc_exp":
@@ -142,8 +152,10 @@ class NeRFScene(nn.Module):
         """The volume renderer marches the scene itself (it is a Field)."""
         return self
 
-    def update_learning_rate(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        """Constant learning rates."""
+    def update_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Constant learning rates; the blob's positive part fades over ``density_blob_fade_steps``."""
+        if self.config.density_blob_fade_steps > 0:
+            self.blob_weight.fill_(max(0.0, 1.0 - step / self.config.density_blob_fade_steps))
 
     def regularizers(self) -> dict[str, Tensor]:
         return {}
@@ -158,6 +170,11 @@ class NeRFScene(nn.Module):
     def export_albedo(self, resolution: int) -> Callable[[Tensor], Tensor]:
         """What texture baking evaluates: the albedo itself (point queries are fast for a NeRF)."""
         return self.albedo
+
+
+def keep_blob_weight_of_old_checkpoints(state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints written before the blob could fade have no ``blob_weight``: theirs was 1."""
+    state.setdefault(prefix + "blob_weight", torch.tensor(1.0))
 
 
 def background_groups(background: nn.Module | None, lr: float) -> list[dict[str, Any]]:

@@ -82,9 +82,9 @@ def test_param_groups_and_means_schedule() -> None:
     assert len({id(p) for p in params}) == len(params) == len(list(scene.parameters())) + len(
         list(background.parameters()))
     optimizer = torch.optim.Adam(groups)
-    assert scene.update_learning_rate(optimizer, 0) == pytest.approx(1e-3)
-    assert scene.update_learning_rate(optimizer, 50) == pytest.approx(1e-4)  # geometric midpoint
-    assert scene.update_learning_rate(optimizer, 500) == pytest.approx(1e-5)
+    assert scene.update_schedules(optimizer, 0) == pytest.approx(1e-3)
+    assert scene.update_schedules(optimizer, 50) == pytest.approx(1e-4)  # geometric midpoint
+    assert scene.update_schedules(optimizer, 500) == pytest.approx(1e-5)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
     assert optimizer.param_groups[1]["lr"] == cfg.lr_scales
 

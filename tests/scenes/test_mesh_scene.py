@@ -269,3 +269,39 @@ def test_normalize_centers_always_and_scales_only_a_mesh_that_does_not_fit_the_f
     tiny.apply_scale(0.01)
     grown = MeshScene.from_trimesh(tiny, replace(SMALL, normalize=True, fit_radius=0.75))
     assert float(grown.base_vertices.norm(dim=-1).max()) == pytest.approx(0.75, rel=1e-5)
+
+
+def noisy_fit_speckle(levels: int, steps: int = 150) -> tuple[float, float]:
+    """Fit a texture to a flat red under per-texel gradient noise (what SDS writes into a texture); return the
+    texture's spread over texels and its mean distance to red."""
+    scene = MeshScene.from_trimesh(trimesh.creation.box(extents=(0.8, 0.8, 0.8)),
+                                   replace(SMALL, texture_levels=levels, lr_texture=0.05))
+    optimizer = torch.optim.Adam(scene.param_groups(OptimConfig()))
+    generator = torch.Generator().manual_seed(0)
+    red = torch.tensor([0.9, 0.1, 0.1])
+    for _ in range(steps):
+        texture = scene.texture
+        noisy_target = red + 0.5 * torch.randn(texture.shape, generator=generator)
+        loss = ((texture - noisy_target) ** 2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    texture = scene.texture.detach()
+    return float(texture.std(dim=(0, 1)).mean()), float((texture.mean(dim=(0, 1)) - red).abs().max())
+
+
+def test_texture_pyramid_starts_as_the_single_map_and_averages_gradient_noise_out():
+    box = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+    single, pyramid = (MeshScene.from_trimesh(box, replace(SMALL, texture_levels=n)) for n in (1, 4))
+    torch.testing.assert_close(single.texture, pyramid.texture)
+    assert [tuple(p.shape) for p in pyramid.texture_coarse] == [(32, 32, 3), (16, 16, 3), (8, 8, 3)]
+    assert len(list(single.texture_coarse)) == 0 and "texture_coarse.0" not in single.state_dict()
+    speckle_single, bias_single = noisy_fit_speckle(1)
+    speckle_pyramid, bias_pyramid = noisy_fit_speckle(4)
+    assert bias_single < 0.1 and bias_pyramid < 0.1  # both reach the color
+    assert speckle_pyramid < 0.6 * speckle_single  # the pyramid's texels are far less noisy
+    groups = {g["name"]: g["lr"] for g in pyramid.param_groups(OptimConfig())}
+    assert groups == pytest.approx({"texture": 0.01 / 8, "texture_level1": 0.01 / 4, "texture_level2": 0.01 / 2,
+                                    "texture_level3": 0.01})
+    with pytest.raises(ConfigError, match="texture_levels"):
+        MeshScene.from_trimesh(box, replace(SMALL, texture_levels=0))

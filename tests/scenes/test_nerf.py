@@ -137,3 +137,25 @@ def test_light_positions_sit_in_the_distance_range_on_the_camera_side() -> None:
     assert (torch.nn.functional.cosine_similarity(lights, cameras.position) > 0).float().mean() > 0.8
     exact = sample_light_positions(cameras, torch.Generator().manual_seed(0), (1.0, 1.0), direction_noise=0.0)
     torch.testing.assert_close(exact, cameras.position / 2.5)
+
+
+def test_blob_fade_removes_the_dense_ball_but_keeps_the_empty_boundary_and_resumes() -> None:
+    points = torch.tensor([[0.0, 0.0, 0.0], [0.25, 0.0, 0.0], [0.0, 0.0, 0.9]])
+    kept = NeRFScene(NeRFConfig(density_blob_fade_steps=0))
+    fading = NeRFScene(NeRFConfig(density_blob_fade_steps=100))
+    blob = torch.tensor([10.0, 5.0, 10.0 * (1 - 0.9 / 0.5)])
+    torch.testing.assert_close(fading.density_bias(points), blob)  # step 0: the whole blob
+    optimizer = torch.optim.Adam(fading.param_groups(OptimConfig()))
+    fading.update_schedules(optimizer, 50)
+    torch.testing.assert_close(fading.density_bias(points), torch.tensor([5.0, 2.5, blob[2]]))
+    fading.update_schedules(optimizer, 150)
+    torch.testing.assert_close(fading.density_bias(points), torch.tensor([0.0, 0.0, blob[2]]))  # boundary stays
+    kept.update_schedules(optimizer, 150)
+    torch.testing.assert_close(kept.density_bias(points), blob)  # fade_steps 0: today's blob, always
+    # the weight is saved with the scene; a checkpoint from before it existed loads with weight 1
+    restored = NeRFScene(NeRFConfig(density_blob_fade_steps=100))
+    restored.load_state_dict(fading.state_dict())
+    torch.testing.assert_close(restored.density_bias(points), fading.density_bias(points))
+    old_state = {k: v for k, v in fading.state_dict().items() if k != "blob_weight"}
+    restored.load_state_dict(old_state)
+    assert float(restored.blob_weight) == 1.0
