@@ -12,13 +12,21 @@ from dreamengine.config.checks import settings as config_settings
 from dreamengine.errors import ConfigError
 
 
-def every_key() -> list[tuple[str, str]]:
-    """(section choice override, dotted key) for every key of every guidance, scene and teacher choice."""
-    keys = [("", key) for key, _ in config_settings(load_config("quickstart"))]
+def choice_overrides(section: str, name: str, registry: dict) -> tuple[str, ...]:
+    """The overrides that choose ``name`` for ``section``; a multi-view teacher also needs whole view groups."""
+    views = getattr(registry[name](), "views_per_group", 1) if section == "teacher" else 1
+    groups = (f"camera.views_per_group={views}", f"camera.batch_size={views}") if views > 1 else ()
+    return (f"{section}.name={name}", *groups)
+
+
+def every_key() -> list[tuple[tuple[str, ...], str]]:
+    """(section choice overrides, dotted key) for every key of every guidance, scene and teacher choice."""
+    keys: list[tuple[tuple[str, ...], str]] = [((), key) for key, _ in config_settings(load_config("quickstart"))]
     for section, registry in (("guidance", GUIDANCE_CONFIGS), ("scene", SCENE_CONFIGS), ("teacher", TEACHER_CONFIGS)):
         for name in registry:
-            chosen = load_config("quickstart", [f"{section}.name={name}"])
-            keys += [(f"{section}.name={name}", key) for key, _ in config_settings(chosen)
+            choice = choice_overrides(section, name, registry)
+            chosen = load_config("quickstart", list(choice))
+            keys += [(choice, key) for key, _ in config_settings(chosen)
                      if key.startswith(section + ".") and key != f"{section}.name"]
     return keys
 
@@ -46,9 +54,9 @@ def as_override(value: object) -> str:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(KEYS), values)
-def test_any_value_in_any_key_loads_or_says_why(choice: tuple[str, str], value: object) -> None:
+def test_any_value_in_any_key_loads_or_says_why(choice: tuple[tuple[str, ...], str], value: object) -> None:
     section_choice, key = choice
-    overrides = [item for item in (section_choice, f"{key}={as_override(value)}") if item]
+    overrides = [*section_choice, f"{key}={as_override(value)}"]
     try:
         cfg = load_config("quickstart", overrides, prompt="a red cube")
     except ConfigError as error:
