@@ -134,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                "RUN_DIR/metrics.json.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
 
+    ui = commands.add_parser("ui", help="a web page to start, watch, stop and resume runs (Gradio)",
+                             description="Serve a web page (Gradio; pip install 'dreamengine[ui]') to start runs, "
+                                         "watch their progress, previews and losses, stop (checkpointed) and resume "
+                                         "them, view the model and browse past runs. Each run works in its own "
+                                         "process, one at a time; the page serves files from --runs only.")
+    ui.add_argument("--runs", default="runs", help="the runs folder (default: runs)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for the network)")
+    ui.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    ui.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
+
     report = commands.add_parser("report", help="write RUN_DIR/report.html (3D viewer, turntable, curves, metrics)",
                                  description="Render a turntable video of RUN_DIR's last checkpoint (final/turntable"
                                              ".mp4 and .gif) and write RUN_DIR/report.html: the GLB in an interactive"
@@ -415,7 +426,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval,
+def cmd_ui(args: argparse.Namespace) -> int:
+    from dreamengine.ui.app import launch
+
+    print(f"DreamEngine UI on http://{args.host}:{args.port} (runs in {Path(args.runs).resolve()}); Ctrl-C stops",
+          flush=True)
+    launch(args.runs, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+COMMANDS = {"ui": cmd_ui, "generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval,
             "refine": cmd_refine, "batch": cmd_batch, "report": cmd_report, "systems": cmd_systems}
 
 if __name__ == "__main__":
