@@ -46,7 +46,8 @@ def settings_overrides(max_steps: Any, seed: Any, resolution: Any, batch_size: A
                        ("guidance.guidance_scale", guidance_scale), ("trainer.preview_every", preview_every)):
         if value is not None and value != "":
             number = float(value)
-            overrides.append(f"{key}={int(number) if number.is_integer() and key != 'guidance.guidance_scale' else number}")
+            whole = number.is_integer() and key != "guidance.guidance_scale"
+            overrides.append(f"{key}={int(number) if whole else number}")
     try:
         words = shlex.split(extra or "")
     except ValueError as error:

@@ -30,8 +30,8 @@ def progress_path(run_dir: Path) -> Path:
 class ProgressWriter:
     """A step callback (and system stage hook) that keeps ``RUN_DIR/ui/progress.json`` current.
 
-    The ETA is the remaining steps of the current stage times the mean seconds per step of this session's steps
-    in that stage (steps restored from a checkpoint do not count)."""
+    The ETA is the remaining steps of the current stage times the mean seconds per step since this session's
+    first step event in that stage (steps restored from a checkpoint do not count); None until a second event."""
 
     def __init__(self, run_dir: Path, every_seconds: float = 0.5) -> None:
         self.run_dir = run_dir
@@ -52,7 +52,7 @@ class ProgressWriter:
     def __call__(self, event: Any) -> None:
         now = time.perf_counter()
         if self._first is None or event.stage != self.state["stage"]:
-            self._first = (event.step - 1, now - 1e-9)
+            self._first = (event.step, now)
         done = event.step - self._first[0]
         rate = (now - self._first[1]) / done if done > 0 else None
         eta = None if rate is None else rate * (event.max_steps - event.step)
