@@ -41,6 +41,7 @@ from dreamengine.core.render import RenderOut, render_fixed
 from dreamengine.errors import TrainingError
 from dreamengine.runs import open_run_dir
 from dreamengine.schedules import schedule_value
+from dreamengine.tblog import TensorBoardLog, last_timings
 
 MAX_NONFINITE_GRADIENT = 0.5  # a guidance gradient more than half NaN/Inf (zeroed by nan_to_num) is a failed step
 
@@ -238,6 +239,7 @@ class Trainer:
         Each callback receives a :class:`StepEvent` after every step (a progress bar, a notebook, a GUI). If a
         callback raises, the run is checkpointed first, so nothing is lost."""
         tcfg = self.cfg.trainer
+        board = TensorBoardLog(self.run_dir, self.cfg, self.step) if self.cfg.logging.tensorboard else None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.step < tcfg.max_steps:
@@ -252,9 +254,13 @@ class Trainer:
                             "Lower the learning rates (optim.*) or the guidance scale, or set guidance.grad_clip.")
                 if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
                     self._log({"step": self.step, **terms})
+                    if board is not None:
+                        board.scalars(self.step, terms, self.optimizer, last_timings(self.timer.seconds))
                 preview = None
                 if tcfg.preview_every and self.step % tcfg.preview_every == 0:
                     preview = self.write_preview()
+                    if board is not None:
+                        board.preview(self.step, iio.imread(preview))
                 if tcfg.checkpoint_every and self.step % tcfg.checkpoint_every == 0:
                     self.save()
                 event = StepEvent(self.step, tcfg.max_steps, terms, self.stage, preview)
@@ -272,6 +278,8 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if board is not None:
+                board.close()
 
     def write_timings(self) -> None:
         """Median seconds per step of each stage (``guidance`` includes ``teacher``) to timings.json."""

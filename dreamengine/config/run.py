@@ -195,6 +195,17 @@ class ReportConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Extra training logs besides ``metrics.jsonl`` (see docs/architecture.md)."""
+
+    # TensorBoard event files in RUN_DIR/tensorboard/ (pip install 'dreamengine[tensorboard]'): every loss term,
+    # gradient norms, step timings and learning rates every trainer.log_every steps, the preview grids and the
+    # resolved config. `tensorboard --logdir runs` shows runs side by side.
+    tensorboard: bool = False
+    tensorboard_flush_seconds: float = 10.0  # how often the event file is flushed to disk (> 0)
+
+
+@dataclass
 class RunConfig:
     prompt: str = ""
     seed: int = 0
@@ -214,6 +225,7 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 POLYMORPHIC_SECTIONS = {"teacher": TEACHER_CONFIGS, "guidance": GUIDANCE_CONFIGS, "scene": SCENE_CONFIGS}
