@@ -15,7 +15,6 @@ run purges events after its checkpoint's step, as ``metrics.jsonl`` is truncated
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
