@@ -41,6 +41,8 @@ def run_stage(trainer: Trainer, callbacks: Sequence[Callable[[StepEvent], None]]
     metrics = evaluate_run(trainer.scene, trainer.background, trainer.renderer, cfg, run_dir)
     seconds = time.perf_counter() - start
     metrics["training"] = {"steps": trainer.step, "seconds_this_session": round(seconds, 2)}
+    if trainer.oom_shrinks:  # trainer.on_oom=shrink: the render sizes it lowered after out-of-memory errors
+        metrics["training"]["oom_shrinks"] = trainer.oom_shrinks
     write_json(run_dir / "metrics.json", metrics)
     report_after_training(run_dir, cfg, trainer.render_views, trainer.device)
     return StageResult(trainer.stage, run_dir, files, metrics, seconds)
