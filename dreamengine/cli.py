@@ -489,7 +489,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ui": cmd_ui, "doctor": cmd_doctor, "generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval,
+COMMANDS = {"ui": cmd_ui, "doctor": cmd_doctor, "generate": cmd_generate, "resume": cmd_resume, "export": cmd_export,
+            "eval": cmd_eval,
             "refine": cmd_refine, "batch": cmd_batch, "report": cmd_report, "systems": cmd_systems}
 
 if __name__ == "__main__":

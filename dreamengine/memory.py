@@ -140,7 +140,8 @@ def fits(total_gib: float, free_gib: float) -> bool:
 def suggest(k: Knobs, free_gib: float, max_changes: int = 12) -> tuple[list[str], float]:
     """Overrides (``key=value``) that bring the estimate under ``FIT_MARGIN x free_gib``, cheapest in quality
     first: teacher offload, half-precision weights, smaller batch, fewer samples per ray, smaller renders (never
-    below 64 px), and last a lower teacher resolution (latent teachers, never below 256 px). Returns (overrides, the estimate after them); the estimate may still not fit."""
+    below 64 px), and last a lower teacher resolution (latent teachers, never below 256 px). Returns (overrides,
+    the estimate after them); the estimate may still not fit."""
     changes: dict[str, str] = {}
     current = dataclasses.replace(k, sizes=list(k.sizes))
     for _ in range(max_changes):
