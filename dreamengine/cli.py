@@ -293,16 +293,18 @@ def execute_and_report(run: Any) -> int:
         asset = run.execute(callbacks)
     finally:
         progress.stop()
+    # the summary first (step timings, metrics), then where everything is
     for timings in sorted(run.run_dir.rglob("timings.json")):
         medians = json.loads(timings.read_text())
         steps = medians.pop("steps_timed", None)
         label = f"{timings.parent.name}: " if timings.parent != run.run_dir else ""
         stages = ", ".join(f"{k} {v:.4f}" for k, v in medians.items())
         print(f"{label}median seconds per step ({steps} steps): {stages}")
-    for path in asset.files:
-        print(f"wrote {path}")
     if asset.metrics and "mask_iou" in asset.metrics:
         print_metrics(asset.metrics)
+    report = run.run_dir / "report.html"
+    for path in [*asset.files, *([report] if report.is_file() and report not in asset.files else [])]:
+        print(f"wrote {path}")
     return 0
 
 

@@ -83,7 +83,7 @@ def run_job(job: dict[str, Any]) -> int:
         if job["action"] == "generate":
             run = prepare(job["prompt"], config=job.get("config"), system=job.get("system"),
                           overrides=job.get("overrides", []), run_dir=run_dir,
-                          argv=["dreamengine", "ui", "generate", job["prompt"], *job.get("overrides", [])])
+                          argv=["dreamengine", "generate", job["prompt"], *_choice(job), *job.get("overrides", [])])
         else:
             run = open_run(run_dir)
         writer = ProgressWriter(run_dir)
@@ -107,6 +107,13 @@ def run_job(job: dict[str, Any]) -> int:
             writer.write(force=True, state="failed", error=message)
         print(message, file=sys.stderr)
         return 1
+
+
+def _choice(job: dict[str, Any]) -> list[str]:
+    """The job's --config / --system as on a command line (recorded in the manifest; the report names it)."""
+    if job.get("system"):
+        return ["--system", str(job["system"])]
+    return ["--config", str(job["config"])] if job.get("config") else []
 
 
 def main(argv: list[str] | None = None) -> int:
