@@ -183,7 +183,8 @@ def splat_row() -> Row:
         scene.zero_grad()
         run(backend).rgb.sum().backward()
 
-    reference, fast = run("torch"), run(FAST)
+    with torch.no_grad():
+        reference, fast = run("torch"), run(FAST)
     rgb = (reference.rgb - fast.rgb).abs()
     alpha = (reference.opacity - fast.opacity).abs()
     ok = float(rgb.max()) < 0.02 and float(alpha.max()) < 0.02
@@ -204,7 +205,8 @@ def mesh_row() -> Row:
     def run(backend: str):
         return render_mesh(mesh, cams, size, size, background=background, backend=backend)
 
-    reference, fast = run("torch"), run(FAST)
+    with torch.no_grad():
+        reference, fast = run("torch"), run(FAST)
     rgb = (reference.rgb - fast.rgb).abs()
     interior = (reference.opacity > 0.999) & (fast.opacity > 0.999)
     inside = rgb[interior.expand_as(rgb)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -189,7 +190,8 @@ def fit_report(cfg_or_configs: Any, gpu_gib: float | None) -> tuple[list[str], b
         overrides, after = suggest(k, gpu_gib)
         verdict = "fits" if fits(after, gpu_gib) else "still does not fit"
         lines.append(head + f"; does NOT fit in {gpu_gib:.1f} GiB (with a {100 - FIT_MARGIN * 100:.0f} % margin)")
-        lines.append(f"  try: {' '.join(overrides) or '(nothing left to lower)'}  -> {after:.1f} GiB, {verdict}")
+        shown = " ".join(shlex.quote(item) for item in overrides)
+        lines.append(f"  try: {shown or '(nothing left to lower)'}  -> {after:.1f} GiB, {verdict}")
     return lines, all_fit
 
 

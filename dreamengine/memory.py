@@ -45,11 +45,14 @@ TEACHER_PARAMETERS = {
 }
 
 
+LATENT_TEACHERS = ("stable-diffusion", "mvdream")
+
+
 @dataclass
 class Knobs:
     """What the estimate reads from a config (the memory-relevant settings, flattened)."""
 
-    teacher: str  # toyworld | stable-diffusion | deepfloyd-if
+    teacher: str  # toyworld* | stable-diffusion | mvdream | deepfloyd-if
     model: str
     dtype_bytes: int  # bytes per teacher weight
     offload: bool
@@ -64,6 +67,8 @@ class Knobs:
     gaussians: int
     texels: int
     lora_samples: int  # VSD: renders repeated this many times for the LoRA step (0: no LoRA)
+    group: int = 1  # batches are multiples of this (camera.views_per_group: multi-view teachers)
+    starts: list[int] = dataclasses.field(default_factory=list)  # the step each camera phase starts at
 
 
 def knobs(cfg: Any) -> Knobs:
@@ -72,7 +77,7 @@ def knobs(cfg: Any) -> Knobs:
     model = str(getattr(teacher, "model", "") or "")
     dtype = str(getattr(teacher, "dtype", "float32"))
     dtype_bytes = 4 if dtype == "float32" else 2  # auto is float16 on CUDA
-    native = 64 if teacher.name == "deepfloyd-if" else 512 if teacher.name == "stable-diffusion" else 32
+    native = {"deepfloyd-if": 64, "stable-diffusion": 512, "mvdream": 256}.get(teacher.name, 32)
     resolution = int(getattr(teacher, "resolution", None) or native)
     sizes = [(cfg.camera.height, cfg.camera.width, cfg.camera.batch_size)]
     sizes += [(p.height, p.width, p.batch_size) for p in cfg.camera.phases]
@@ -88,15 +93,19 @@ def knobs(cfg: Any) -> Knobs:
     lora = int(getattr(cfg.guidance, "lora_n_timestamp_samples", 0)) if cfg.guidance.name == "vsd" else 0
     return Knobs(teacher=teacher.name, model=model, dtype_bytes=dtype_bytes,
                  offload=bool(getattr(teacher, "cpu_offload", False)), teacher_resolution=resolution,
-                 latent=teacher.name == "stable-diffusion", sizes=sizes, particles=cfg.trainer.n_particles,
+                 latent=teacher.name in LATENT_TEACHERS, sizes=sizes, particles=cfg.trainer.n_particles,
                  scene=scene.name, samples=int(cfg.render.num_samples), occupancy=bool(cfg.render.occupancy_grid),
-                 hash_entries=hash_entries, gaussians=gaussians, texels=texels, lora_samples=lora)
+                 hash_entries=hash_entries, gaussians=gaussians, texels=texels, lora_samples=lora,
+                 group=max(1, int(getattr(cfg.camera, "views_per_group", 1))),
+                 starts=[p.start for p in cfg.camera.phases])
 
 
 def teacher_parameters(k: Knobs) -> dict[str, int]:
     """Millions of parameters per part of the teacher (empty for the toy world)."""
     if k.teacher == "deepfloyd-if":
         return TEACHER_PARAMETERS["deepfloyd-if"]
+    if k.teacher == "mvdream":  # SD 2.1-base with multi-view attention (about the same size)
+        return TEACHER_PARAMETERS["stable-diffusion-2"]
     if k.teacher == "stable-diffusion":
         v1 = any(tag in k.model.lower() for tag in ("v1-", "v1.", "1-5", "1.5", "1-4", "sd-1", "sd1"))
         return TEACHER_PARAMETERS["stable-diffusion-v1" if v1 else "stable-diffusion-2"]
@@ -154,15 +163,15 @@ def suggest(k: Knobs, free_gib: float, max_changes: int = 12) -> tuple[list[str]
         elif teacher_parameters(current) and current.dtype_bytes == 4:
             current.dtype_bytes = 2
             changes["teacher.dtype"] = "float16"
-        elif max(b for _, _, b in current.sizes) > 1:
-            current.sizes = [(h, w, max(1, b // 2)) for h, w, b in current.sizes]
-            _set_sizes(changes, current.sizes)
+        elif max(b for _, _, b in current.sizes) > current.group:
+            current.sizes = [(h, w, smaller_batch(b, current.group)) for h, w, b in current.sizes]
+            _set_sizes(changes, current.sizes, current.starts)
         elif current.scene == "nerf" and current.samples > 64:
             current.samples = max(64, current.samples // 2)
             changes["render.num_samples"] = str(current.samples)
         elif max(max(h, w) for h, w, _ in current.sizes) > 64:
             current.sizes = [(max(64, _round8(h * 0.75)), max(64, _round8(w * 0.75)), b) for h, w, b in current.sizes]
-            _set_sizes(changes, current.sizes)
+            _set_sizes(changes, current.sizes, current.starts)
         elif current.latent and current.teacher_resolution > 256:  # last: the teacher sees fewer pixels
             current.teacher_resolution = max(256, current.teacher_resolution // 2 // 64 * 64)
             changes["teacher.resolution"] = str(current.teacher_resolution)
@@ -171,16 +180,22 @@ def suggest(k: Knobs, free_gib: float, max_changes: int = 12) -> tuple[list[str]
     return [f"{key}={value}" for key, value in changes.items()], estimate(current)["total"]
 
 
+def smaller_batch(batch: int, group: int = 1) -> int:
+    """About half of ``batch``, a multiple of ``group`` (multi-view teachers), at least ``group``."""
+    return max(group, batch // 2 // group * group)
+
+
 def _round8(value: float) -> int:
     return int(math.floor(value / 8) * 8)
 
 
-def _set_sizes(changes: dict[str, str], sizes: list[tuple[int, int, int]]) -> None:
+def _set_sizes(changes: dict[str, str], sizes: list[tuple[int, int, int]], starts: list[int]) -> None:
     h, w, b = sizes[0]
     changes.update({"camera.height": str(h), "camera.width": str(w), "camera.batch_size": str(b)})
     if len(sizes) > 1:
-        phases = ", ".join(f"{{height: {h}, width: {w}, batch_size: {b}}}" for h, w, b in sizes[1:])
-        changes["camera.phases"] = f"[{phases}] (keep each phase's start)"
+        phases = ", ".join(f"{{start: {s}, height: {h}, width: {w}, batch_size: {b}}}"
+                           for s, (h, w, b) in zip(starts, sizes[1:], strict=True))
+        changes["camera.phases"] = f"[{phases}]"
 
 
-__all__ = ["Knobs", "estimate", "estimate_config", "fits", "knobs", "suggest"]
+__all__ = ["Knobs", "estimate", "estimate_config", "fits", "knobs", "smaller_batch", "suggest"]

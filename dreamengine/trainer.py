@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import signal
 import time
 from collections import defaultdict
@@ -40,7 +41,7 @@ from dreamengine.core.cameras import Cameras, CameraSampler
 from dreamengine.core.files import atomic_write, write_json
 from dreamengine.core.render import RenderOut, render_fixed
 from dreamengine.errors import OutOfMemory, TrainingError
-from dreamengine.memory import knobs, suggest
+from dreamengine.memory import knobs, smaller_batch, suggest
 from dreamengine.runs import open_run_dir
 from dreamengine.schedules import schedule_value
 from dreamengine.tblog import TensorBoardLog, last_timings
@@ -299,8 +300,9 @@ class Trainer:
         camera = self.cfg.camera
         sizes = [(camera.height, camera.width, camera.batch_size)]
         sizes += [(p.height, p.width, p.batch_size) for p in camera.phases]
-        if max(b for _, _, b in sizes) > 1:
-            smaller = [(h, w, max(1, b // 2)) for h, w, b in sizes]
+        group = max(1, camera.views_per_group)
+        if max(b for _, _, b in sizes) > group:
+            smaller = [(h, w, smaller_batch(b, group)) for h, w, b in sizes]
         else:
             smaller = [(max(16, int(h * 0.75)), max(16, int(w * 0.75)), b) for h, w, b in sizes]
         if self.cfg.trainer.on_oom == "shrink" and smaller != sizes:
@@ -319,7 +321,8 @@ class Trainer:
         self.save()
         free = torch.cuda.mem_get_info()[0] / 1024**3 if torch.cuda.is_available() else 0.0
         overrides, after = suggest(knobs(self.cfg), free) if free else ([], 0.0)
-        lower = " ".join(overrides) or "camera.batch_size, camera.height/width, render.num_samples, teacher.cpu_offload"
+        lower = " ".join(shlex.quote(item) for item in overrides) or (
+            "camera.batch_size, camera.height/width, render.num_samples, teacher.cpu_offload")
         raise OutOfMemory(
             f"CUDA ran out of memory at step {self.step + 1}; the run was checkpointed at step {self.step}. Lower the "
             f"settings (estimated to fit: {lower}; see dreamengine doctor --config RUN_DIR/config.yaml), or set "
