@@ -487,6 +487,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     print(f"DreamEngine UI on http://{args.host}:{args.port} (runs in {Path(args.runs).resolve()}); Ctrl-C stops",
           flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
+        print("warning: the page has no login; anyone who can reach it can start runs and download their files",
+              file=sys.stderr, flush=True)
     launch(args.runs, host=args.host, port=args.port, share=args.share)
     return 0
 
