@@ -319,8 +319,9 @@ class Trainer:
                 atomic_write(self.run_dir / "config.yaml", config_to_yaml(self.cfg))
             return
         self.save()
-        free = torch.cuda.mem_get_info()[0] / 1024**3 if torch.cuda.is_available() else 0.0
-        overrides, after = suggest(knobs(self.cfg), free) if free else ([], 0.0)
+        # the GPU's whole memory: the run's own tensors (teacher weights, ...) are part of the estimate
+        total = torch.cuda.mem_get_info(self.device)[1] / 1024**3 if self.device.type == "cuda" else 0.0
+        overrides, _ = suggest(knobs(self.cfg), total) if total else ([], 0.0)
         lower = " ".join(shlex.quote(item) for item in overrides) or (
             "camera.batch_size, camera.height/width, render.num_samples, teacher.cpu_offload")
         raise OutOfMemory(
