@@ -20,8 +20,10 @@ from tests.report.test_report_browser import FLAGS, chromium  # noqa: F401 - the
 pytest.importorskip("gradio", reason="pip install 'dreamengine[ui]' installs gradio")
 
 # a toy run long enough to be stopped mid-way on a fast machine; a cheap export so the end comes quickly
-SETTINGS = [*(s for s in TINY if not s.startswith(("trainer.preview_every", "report."))), "trainer.log_every=1",
-            "export.appearance=vertex_colors", "report.turntable_frames=4", "report.turntable_size=16"]
+SETTINGS = [*(s for s in TINY if not s.startswith(("trainer.preview_every", "report.", "eval.", "export.resolution"))),
+            "trainer.log_every=1", "export.appearance=vertex_colors", "export.resolution=32", "eval.num_views=2",
+            "eval.resolution=16", "eval.elevations=[20]", "eval.overhead=false", "report.turntable_frames=4",
+            "report.turntable_size=16"]
 MAX_STEPS, PREVIEW_EVERY = 60, 5
 
 
