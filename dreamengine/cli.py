@@ -134,6 +134,32 @@ def build_parser() -> argparse.ArgumentParser:
                                                "RUN_DIR/metrics.json.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
 
+    doctor = commands.add_parser("doctor", help="what this machine can run; does a config fit its GPU",
+                                 description="Check the torch build and CUDA, each GPU's free memory, the CUDA "
+                                             "accelerators (imported and, on a GPU, one tiny op each), the diffusers "
+                                             "stack, models in the Hugging Face cache, free disk, and one toy training "
+                                             "step on the CPU. With --config or --system: the estimated peak GPU "
+                                             "memory of that config against the GPU (or --gpu-memory), and the "
+                                             "settings that would fit when it does not. Exit code 1 when a check "
+                                             "fails or the config does not fit.")
+    doctor_choice = doctor.add_mutually_exclusive_group()
+    doctor_choice.add_argument("--config", "-c", default=None, help="a packaged config name or a YAML path")
+    doctor_choice.add_argument("--system", "-s", default=None, help="a packaged system name or a YAML path")
+    doctor.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
+                        help="compare with a GPU of this many GiB (default: the free memory of cuda:0)")
+    doctor.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (with --config)")
+
+    ui = commands.add_parser("ui", help="a web page to start, watch, stop and resume runs (Gradio)",
+                             description="Serve a web page (Gradio; pip install 'dreamengine[ui]') to start runs, "
+                                         "watch their progress, previews and losses, stop (checkpointed) and resume "
+                                         "them, view the model and browse past runs. Each run works in its own "
+                                         "process, one at a time; the page serves files from --runs only.")
+    ui.add_argument("--runs", default="runs", help="the runs folder (default: runs)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for the network)")
+    ui.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    ui.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
+
     report = commands.add_parser("report", help="write RUN_DIR/report.html (3D viewer, turntable, curves, metrics)",
                                  description="Render a turntable video of RUN_DIR's last checkpoint (final/turntable"
                                              ".mp4 and .gif) and write RUN_DIR/report.html: the GLB in an interactive"
@@ -153,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse stops filling KEY=VALUE after an option (generate "a cat" --config x k=v): collect the rest
-    takes_overrides = args.command in ("generate", "refine", "batch")
+    takes_overrides = args.command in ("generate", "refine", "batch", "doctor")
     if extra and takes_overrides and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
@@ -267,16 +293,18 @@ def execute_and_report(run: Any) -> int:
         asset = run.execute(callbacks)
     finally:
         progress.stop()
+    # the summary first (step timings, metrics), then where everything is
     for timings in sorted(run.run_dir.rglob("timings.json")):
         medians = json.loads(timings.read_text())
         steps = medians.pop("steps_timed", None)
         label = f"{timings.parent.name}: " if timings.parent != run.run_dir else ""
         stages = ", ".join(f"{k} {v:.4f}" for k, v in medians.items())
         print(f"{label}median seconds per step ({steps} steps): {stages}")
-    for path in asset.files:
-        print(f"wrote {path}")
     if asset.metrics and "mask_iou" in asset.metrics:
         print_metrics(asset.metrics)
+    report = run.run_dir / "report.html"
+    for path in [*asset.files, *([report] if report.is_file() and report not in asset.files else [])]:
+        print(f"wrote {path}")
     return 0
 
 
@@ -415,7 +443,59 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "resume": cmd_resume, "export": cmd_export, "eval": cmd_eval,
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from dreamengine.config import load_config
+    from dreamengine.doctor import (
+        accelerator_checks,
+        cache_checks,
+        cpu_step_check,
+        disk_check,
+        fit_report,
+        stack_checks,
+        system_configs,
+        torch_checks,
+    )
+
+    if args.gpu_memory is not None and not args.gpu_memory > 0:
+        raise DreamEngineError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
+    if args.system is not None and args.overrides:
+        raise DreamEngineError("overrides go with --config (a system's stages keep their own settings here)")
+    configs = None  # load first: a bad config name is reported before the slow checks
+    if args.config is not None:
+        configs = load_config(args.config, args.overrides)
+    elif args.system is not None:
+        configs = system_configs(args.system)
+    checks, gpus = torch_checks()
+    checks += accelerator_checks(cuda=bool(gpus))
+    checks += stack_checks() + cache_checks() + [disk_check(Path("runs")), cpu_step_check()]
+    marks = {True: "ok  ", False: "FAIL", None: "--  "}
+    for check in checks:
+        print(f"{marks[check.ok]} {check.name:<20} {check.detail}")
+    failed = any(check.ok is False for check in checks)
+    if configs is not None:
+        gpu = args.gpu_memory if args.gpu_memory is not None else (gpus[0][1] if gpus else None)
+        lines, all_fit = fit_report(configs, gpu)
+        print()
+        for line in lines:
+            print(line)
+        failed = failed or not all_fit
+    return 1 if failed else 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from dreamengine.ui.app import launch
+
+    print(f"DreamEngine UI on http://{args.host}:{args.port} (runs in {Path(args.runs).resolve()}); Ctrl-C stops",
+          flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
+        print("warning: the page has no login; anyone who can reach it can start runs and download their files",
+              file=sys.stderr, flush=True)
+    launch(args.runs, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+COMMANDS = {"ui": cmd_ui, "doctor": cmd_doctor, "generate": cmd_generate, "resume": cmd_resume, "export": cmd_export,
+            "eval": cmd_eval,
             "refine": cmd_refine, "batch": cmd_batch, "report": cmd_report, "systems": cmd_systems}
 
 if __name__ == "__main__":

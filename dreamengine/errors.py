@@ -32,3 +32,7 @@ class TrainingError(DreamEngineError):
 
 class MeshFileError(DreamEngineError):
     """A mesh file that cannot be used as a scene (missing, not a mesh, empty, corrupt coordinates)."""
+
+
+class OutOfMemory(TrainingError):
+    """A CUDA out-of-memory error during a step (the run was checkpointed first)."""

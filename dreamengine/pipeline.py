@@ -41,8 +41,12 @@ def run_stage(trainer: Trainer, callbacks: Sequence[Callable[[StepEvent], None]]
     metrics = evaluate_run(trainer.scene, trainer.background, trainer.renderer, cfg, run_dir)
     seconds = time.perf_counter() - start
     metrics["training"] = {"steps": trainer.step, "seconds_this_session": round(seconds, 2)}
+    if trainer.oom_shrinks:  # trainer.on_oom=shrink: the render sizes it lowered after out-of-memory errors
+        metrics["training"]["oom_shrinks"] = trainer.oom_shrinks
     write_json(run_dir / "metrics.json", metrics)
-    report_after_training(run_dir, cfg, trainer.render_views, trainer.device)
+    report = report_after_training(run_dir, cfg, trainer.render_views, trainer.device)
+    turntable = run_dir / "final" / "turntable.mp4"
+    files += [p for p in (turntable, report) if p is not None and p.is_file() and p not in files]
     return StageResult(trainer.stage, run_dir, files, metrics, seconds)
 
 

@@ -8,8 +8,10 @@ with exactly the numbers an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shlex
 import signal
 import time
 from collections import defaultdict
@@ -34,13 +36,15 @@ from dreamengine.build import (
     resolve_device,
 )
 from dreamengine.checkpoint import load_checkpoint, mismatch, restore_scenes, save_checkpoint, scenes_state_dict
-from dreamengine.config import RunConfig, config_hash
+from dreamengine.config import RunConfig, config_hash, config_to_yaml
 from dreamengine.core.cameras import Cameras, CameraSampler
 from dreamengine.core.files import atomic_write, write_json
 from dreamengine.core.render import RenderOut, render_fixed
-from dreamengine.errors import TrainingError
+from dreamengine.errors import OutOfMemory, TrainingError
+from dreamengine.memory import knobs, smaller_batch, suggest
 from dreamengine.runs import open_run_dir
 from dreamengine.schedules import schedule_value
+from dreamengine.tblog import TensorBoardLog, last_timings
 
 MAX_NONFINITE_GRADIENT = 0.5  # a guidance gradient more than half NaN/Inf (zeroed by nan_to_num) is a failed step
 
@@ -157,6 +161,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.scenes, self.background)
         self.step = 0
         self.bad_steps = 0
+        self.oom_shrinks: list[dict[str, Any]] = []  # trainer.on_oom=shrink: each size change after an OOM
         self._stop_signal: str | None = None
 
     @classmethod
@@ -238,10 +243,15 @@ class Trainer:
         Each callback receives a :class:`StepEvent` after every step (a progress bar, a notebook, a GUI). If a
         callback raises, the run is checkpointed first, so nothing is lost."""
         tcfg = self.cfg.trainer
+        board = TensorBoardLog(self.run_dir, self.cfg, self.step) if self.cfg.logging.tensorboard else None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.step < tcfg.max_steps:
-                terms = self.train_step()
+                try:
+                    terms = self.train_step()
+                except torch.cuda.OutOfMemoryError:
+                    self.out_of_memory()  # raises OutOfMemory, or shrinks the renders and we go on
+                    continue
                 if self.bad_steps:
                     self._log({"step": self.step, "warning": "non-finite loss or gradient; step skipped", **terms})
                     if self.bad_steps >= tcfg.max_bad_steps:
@@ -252,9 +262,13 @@ class Trainer:
                             "Lower the learning rates (optim.*) or the guidance scale, or set guidance.grad_clip.")
                 if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
                     self._log({"step": self.step, **terms})
+                    if board is not None:
+                        board.scalars(self.step, terms, self.optimizer, last_timings(self.timer.seconds))
                 preview = None
                 if tcfg.preview_every and self.step % tcfg.preview_every == 0:
                     preview = self.write_preview()
+                    if board is not None:
+                        board.preview(self.step, iio.imread(preview))
                 if tcfg.checkpoint_every and self.step % tcfg.checkpoint_every == 0:
                     self.save()
                 event = StepEvent(self.step, tcfg.max_steps, terms, self.stage, preview)
@@ -272,6 +286,49 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if board is not None:
+                board.close()
+
+    def out_of_memory(self) -> None:
+        """After a CUDA out-of-memory error in a step: with ``trainer.on_oom=stop`` save the checkpoint and raise
+        :class:`OutOfMemory` naming the settings to lower (from :mod:`dreamengine.memory`) and the resume command;
+        with ``shrink`` halve the batch (else render at 3/4 the size, not below 16 px), record it in
+        metrics.jsonl, ``self.oom_shrinks`` and config.yaml (so a resume keeps the smaller sizes), and return."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        camera = self.cfg.camera
+        sizes = [(camera.height, camera.width, camera.batch_size)]
+        sizes += [(p.height, p.width, p.batch_size) for p in camera.phases]
+        group = max(1, camera.views_per_group)
+        if max(b for _, _, b in sizes) > group:
+            smaller = [(h, w, smaller_batch(b, group)) for h, w, b in sizes]
+        else:
+            smaller = [(max(16, int(h * 0.75)), max(16, int(w * 0.75)), b) for h, w, b in sizes]
+        if self.cfg.trainer.on_oom == "shrink" and smaller != sizes:
+            (h, w, b), phases = smaller[0], smaller[1:]
+            new_camera = dataclasses.replace(camera, height=h, width=w, batch_size=b, phases=[
+                dataclasses.replace(p, height=ph, width=pw, batch_size=pb)
+                for p, (ph, pw, pb) in zip(camera.phases, phases, strict=True)])
+            self.cfg = dataclasses.replace(self.cfg, camera=new_camera)
+            change = {"step": self.step, "from": [list(x) for x in sizes], "to": [list(x) for x in smaller]}
+            self.oom_shrinks.append(change)
+            self._log({"step": self.step, "warning": "CUDA out of memory: renders shrunk (height, width, batch "
+                       "per camera phase)", "oom_shrink": change})
+            if (self.run_dir / "config.yaml").is_file():
+                atomic_write(self.run_dir / "config.yaml", config_to_yaml(self.cfg))
+            return
+        self.save()
+        # the GPU's whole memory: the run's own tensors (teacher weights, ...) are part of the estimate
+        total = torch.cuda.mem_get_info(self.device)[1] / 1024**3 if self.device.type == "cuda" else 0.0
+        overrides, _ = suggest(knobs(self.cfg), total) if total else ([], 0.0)
+        lower = " ".join(shlex.quote(item) for item in overrides) or (
+            "camera.batch_size, camera.height/width, render.num_samples, teacher.cpu_offload")
+        raise OutOfMemory(
+            f"CUDA ran out of memory at step {self.step + 1}; the run was checkpointed at step {self.step}. Lower the "
+            f"settings (estimated to fit: {lower}; see dreamengine doctor --config RUN_DIR/config.yaml), or set "
+            f"trainer.on_oom=shrink to shrink the renders automatically. Edit {self.run_dir / 'config.yaml'} and "
+            f"continue with: dreamengine resume {self.run_dir}")
 
     def write_timings(self) -> None:
         """Median seconds per step of each stage (``guidance`` includes ``teacher``) to timings.json."""

@@ -25,6 +25,7 @@ from dreamengine.config.run import (
     CameraPhase,
     EvalConfig,
     ExportConfig,
+    LoggingConfig,
     LossConfig,
     OptimConfig,
     RenderConfig,
@@ -45,7 +46,7 @@ from dreamengine.config.teachers import (
 
 __all__ = ["DEFAULT_NAMES", "GUIDANCE_CONFIGS", "POLYMORPHIC_SECTIONS", "SCENE_CONFIGS", "TEACHER_CONFIGS",
            "CameraConfig", "CameraPhase", "DeepFloydIFTeacherConfig", "DensifyConfig", "EvalConfig", "ExportConfig",
-           "GaussiansConfig", "LossConfig", "MVDreamTeacherConfig", "MeshSceneConfig", "NeRFConfig", "OptimConfig",
-           "PromptConfig", "RenderConfig", "ReportConfig", "RunConfig", "StableDiffusionTeacherConfig",
+           "GaussiansConfig", "LoggingConfig", "LossConfig", "MVDreamTeacherConfig", "MeshSceneConfig", "NeRFConfig",
+           "OptimConfig", "PromptConfig", "RenderConfig", "ReportConfig", "RunConfig", "StableDiffusionTeacherConfig",
            "ToyWorldMultiViewTeacherConfig", "ToyWorldOracleConfig", "ToyWorldTeacherConfig", "TrainerConfig",
            "available_configs", "config_hash", "config_to_yaml", "find_config", "load_config"]

@@ -82,6 +82,7 @@ RULES: list[tuple[str, tuple[Check, str]]] = [
     ("eval.elevations", within(-89.9, 89.9)),
     ("eval.*", at_least(1)),
     ("report.*", at_least(0)),
+    ("logging.tensorboard_flush_seconds", above(0.0)),
 ]
 # schedule keys ([start_step, start_value, end_value, end_step] or [start_value, end_value, end_step]): only the
 # values get the key's range; the steps must be >= 0

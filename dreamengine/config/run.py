@@ -120,10 +120,15 @@ class TrainerConfig:
     checkpoint_every: int = 100  # write ckpt/last.pt every N steps (0: only at the end and on signals)
     max_bad_steps: int = 10  # stop after this many NaN/Inf steps in a row
     progress: bool = True  # show a progress bar on a terminal
+    # CUDA out of memory in a step: stop (checkpoint, print the settings to lower and the resume command, exit
+    # non-zero) | shrink (halve the batch, else render 3/4 the size; recorded in metrics and config.yaml; go on)
+    on_oom: str = "stop"
 
     def __post_init__(self) -> None:
         if self.n_particles < 1:
             raise ConfigError(f"trainer.n_particles must be >= 1, got {self.n_particles}")
+        if self.on_oom not in ("stop", "shrink"):
+            raise ConfigError(f"trainer.on_oom must be 'stop' or 'shrink', got {self.on_oom!r}")
 
 
 @dataclass
@@ -195,6 +200,17 @@ class ReportConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Extra training logs besides ``metrics.jsonl`` (see docs/architecture.md)."""
+
+    # TensorBoard event files in RUN_DIR/tensorboard/ (pip install 'dreamengine[tensorboard]'): every loss term,
+    # gradient norms, step timings and learning rates every trainer.log_every steps, the preview grids and the
+    # resolved config. `tensorboard --logdir runs` shows runs side by side.
+    tensorboard: bool = False
+    tensorboard_flush_seconds: float = 10.0  # how often the event file is flushed to disk (> 0)
+
+
+@dataclass
 class RunConfig:
     prompt: str = ""
     seed: int = 0
@@ -214,6 +230,7 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 POLYMORPHIC_SECTIONS = {"teacher": TEACHER_CONFIGS, "guidance": GUIDANCE_CONFIGS, "scene": SCENE_CONFIGS}

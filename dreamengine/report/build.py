@@ -32,28 +32,28 @@ def turntable_settings(cfg: Any, device: torch.device | str) -> tuple[int, int]:
 
 
 def report_run(run_dir: Path, cfg: Any, render: RenderFn | None, device: torch.device | str = "cpu",
-               frames: int | None = None, size: int | None = None) -> Path:
+               frames: int | None = None, size: int | None = None, announce: bool = True) -> Path:
     """Render the turntable with ``render`` (skipped when None) into ``run_dir/final``, then write the report.
-    ``frames`` and ``size`` override :func:`turntable_settings`."""
+    ``frames`` and ``size`` override :func:`turntable_settings`; ``announce`` prints the turntable's line."""
     if render is not None:
         default_frames, default_size = turntable_settings(cfg, device)
         frames, size = frames or default_frames, size or default_size
         start = time.perf_counter()
         make_turntable(render, CameraSampler.from_config(cfg.camera), run_dir / "final", frames, size)
-        print(f"wrote {run_dir / 'final' / 'turntable.mp4'} ({frames} frames at {size} px in "
-              f"{time.perf_counter() - start:.1f} s)", flush=True)
+        if announce:
+            print(f"wrote {run_dir / 'final' / 'turntable.mp4'} ({frames} frames at {size} px in "
+                  f"{time.perf_counter() - start:.1f} s)", flush=True)
     return write_report(run_dir)
 
 
 def report_after_training(run_dir: Path, cfg: Any, render: RenderFn, device: torch.device | str) -> Path | None:
     """Turntable (when ``report.turntable``) and report at the end of a run. A failure here prints a warning and
     returns None: the checkpoint, the exported model and the metrics are already on disk and must not be lost
-    over a report."""
+    over a report. Prints nothing else: the caller lists the files after its summary."""
     try:
-        path = report_run(run_dir, cfg, render if cfg.report.turntable else None, device)
+        path = report_run(run_dir, cfg, render if cfg.report.turntable else None, device, announce=False)
     except Exception as error:  # noqa: BLE001 (any failure, including bugs, only costs the report)
         print(f"warning: the run report was not written ({type(error).__name__}: {error}); the run's results are "
               f"saved. Retry with: dreamengine report {run_dir}", file=sys.stderr, flush=True)
         return None
-    print(f"wrote {path}", flush=True)
     return path

@@ -72,13 +72,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def config_name(command: list[str]) -> str:
-    """The ``--config`` of the recorded command line (``quickstart`` when ``generate`` had none)."""
+    """The ``--config`` of the recorded command line (the command's default when it had none: ``quickstart`` for
+    ``generate``, ``refine-toy`` for ``refine``)."""
     for index, arg in enumerate(command):
         if arg in ("--config", "-c") and index + 1 < len(command):
             return Path(command[index + 1]).name
         if arg.startswith("--config="):
             return Path(arg.split("=", 1)[1]).name
-    return "quickstart" if "generate" in command else "unknown"
+    defaults = {"generate": "quickstart", "refine": "refine-toy"}
+    return next((defaults[arg] for arg in command if arg in defaults), "unknown")
 
 
 def system_label(config: dict[str, Any]) -> str:

@@ -76,6 +76,8 @@ class DeepFloydIFTeacher(UNetLoraAdapter):
         self.lora_parameters: dict[str, torch.nn.Parameter] = {}  # VSD's LoRA, once added
         if cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device)
+        elif pipe.unet.dtype == self.dtype:  # loaded with torch_dtype: casting again makes diffusers warn
+            pipe.to(self.device)
         else:
             pipe.to(self.device, self.dtype)
         self.pipe, self.unet, self.text_encoder, self.tokenizer = pipe, pipe.unet, pipe.text_encoder, pipe.tokenizer

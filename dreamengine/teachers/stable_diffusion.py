@@ -376,6 +376,8 @@ class StableDiffusionTeacher(UNetLoraAdapter):
             part.eval()
         if cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device)
+        elif pipe.unet.dtype == self.dtype:  # loaded with torch_dtype: casting again makes diffusers warn
+            pipe.to(self.device)
         else:
             pipe.to(self.device, self.dtype)
         self.channels_last = bool(channels_last) and self.device.type == "cuda"  # no gain on CPUs
