@@ -136,8 +136,9 @@ class Trainer:
 
     With ``trainer.n_particles = P > 1`` the run optimizes P independent scenes of the same kind (VSD's
     particles, which share the guidance's score model): each step renders ``camera.batch_size`` views of every
-    particle and the guidance sees all P x B renders as one batch. The guidance loss is multiplied by P so that
-    each particle receives the gradient it would get alone (``gradient_to_loss`` divides by the batch size).
+    particle and the guidance sees all P x B renders as one batch. A guidance loss with ``reduction="mean"``
+    (``gradient_to_loss`` divides by the batch size) is multiplied by P so that each particle receives the
+    gradient it would get alone; a ``sum`` loss (``SpecifyGradient``'s g per sample) already does.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path, stage: str = "") -> None:
@@ -206,7 +207,8 @@ class Trainer:
         for scene in self.scenes:  # the scene's own (a mesh with trained vertices: smoothness)
             for name, value in scene.regularizers().items():
                 regularizers[name] = regularizers[name] + value if name in regularizers else value
-        loss = particles * guided.loss.to(rgb.device) + sum(regularizers.values())  # the teacher may sit elsewhere
+        scale = particles if guided.reduction == "mean" else 1  # each particle gets the gradient it would alone
+        loss = scale * guided.loss.to(rgb.device) + sum(regularizers.values())  # the teacher may sit elsewhere
 
         with self.timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)

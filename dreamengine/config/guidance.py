@@ -23,6 +23,9 @@ def validate_lucid_config(cfg: Any) -> None:
         raise ConfigError(f"guidance.warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if cfg.noise_offset < 0:
         raise ConfigError(f"guidance.noise_offset must be >= 0, got {cfg.noise_offset}")
+    if cfg.grad_injection not in GRAD_INJECTIONS:
+        raise ConfigError(f"guidance.grad_injection must be one of {', '.join(GRAD_INJECTIONS)}; "
+                          f"got {cfg.grad_injection!r}")
     for key in ("delta_t", "delta_t_start"):
         if hasattr(cfg, key) and getattr(cfg, key) < 0:
             raise ConfigError(f"guidance.{key} must be >= 0, got {getattr(cfg, key)}")
@@ -32,6 +35,9 @@ def validate_lucid_config(cfg: Any) -> None:
 
 
 WEIGHTINGS = ("sds", "uniform", "fantasia3d")
+# how g reaches the render: "sum" d loss / dz = g (LucidDreamer's and PlacidDreamer's SpecifyGradient), "mean"
+# d loss / dz = g / B (threestudio's MSE trick); at LucidDreamer's batch of 4 "mean" is a 4x weaker step
+GRAD_INJECTIONS = ("sum", "mean")
 
 
 @dataclass
@@ -114,6 +120,7 @@ class BSDConfig:
     max_step_percent: float = 0.5  # upper bound of t / T after the warm-up
     warmup_max_step_percent: float = 0.98  # upper bound of t / T at step 0
     noise_offset: float = 0.1  # offset-noise amplitude
+    grad_injection: str = "sum"  # one of GRAD_INJECTIONS (source: SpecifyGradient, g itself)
     grad_clip: Any = None  # schedule or null: element-wise clamp of g
 
     def __post_init__(self) -> None:
@@ -144,6 +151,7 @@ class ISMConfig:
     max_step_percent: float = 0.5  # upper bound of t / T after the warm-up
     warmup_max_step_percent: float = 0.98  # upper bound of t / T at step 0
     noise_offset: float = 0.1  # offset-noise amplitude of the start noise
+    grad_injection: str = "sum"  # one of GRAD_INJECTIONS (source: SpecifyGradient, g itself)
     grad_clip: Any = None  # schedule or null: element-wise clamp of g
 
     def __post_init__(self) -> None:
@@ -172,17 +180,19 @@ class CSDConfig:
     uncond_scale: Any = 0.0  # schedule: k_u, weight of eps(e_neg) (the negative prompt)
     null_scale: Any = -1.0  # schedule: k_n, weight of eps(e_0) (the empty prompt)
     noise_scale: Any = 0.0  # schedule: k_e, weight of the sampled noise eps
-    weighting: str = "uniform"  # one of WEIGHTINGS (IF NeRF stage: uniform; SD refine: sds)
+    perpneg_scale: Any = 0.0  # schedule: weight of Perp-Neg's perpendicular sum (with prompt_processor.perp_neg)
+    weighting: str = "uniform"  # one of WEIGHTINGS (IF guidance: its config's, uniform; SD code path: sds)
     min_step_percent: Any = 0.02  # schedule: lower bound of t / T
     max_step_percent: Any = 0.98  # schedule: upper bound of t / T
-    grad_normalize: bool = False  # divide g by its norm per sample
-    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+    # divide g (after the clamp) by the norm of the whole batch tensor (source: on in its IF guidance, off in SD's)
+    grad_normalize: bool = False
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g, before grad_normalize
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
-        for key in ("guidance_scale", "uncond_scale", "null_scale", "noise_scale", "min_step_percent",
-                    "max_step_percent"):
+        for key in ("guidance_scale", "uncond_scale", "null_scale", "noise_scale", "perpneg_scale",
+                    "min_step_percent", "max_step_percent"):
             validate_schedule(getattr(self, key), f"guidance.{key}")
         validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
 
