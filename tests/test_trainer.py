@@ -201,3 +201,17 @@ def test_a_gradient_that_is_all_nan_is_a_failed_step_not_a_zero_one(tmp_path: Pa
         assert torch.equal(value, before[key])
     logged = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(record["grad_nonfinite"] == 1.0 for record in logged)
+
+
+def test_optimizer_choice_adamw_with_weight_decay(tmp_path):
+    """optim.name=adamw builds torch's AdamW with the configured decoupled weight decay (ProlificDreamer and
+    ScaleDreamer); the default stays Adam without decay; an unknown name is a ConfigError."""
+    from dreamengine.errors import ConfigError
+
+    cfg = load_config("asd-toy", [*TINY, "optim.name=adamw", "optim.weight_decay=0.02"], prompt="a red cube")
+    optimizer = Trainer(cfg, tmp_path / "w").optimizer
+    assert type(optimizer) is torch.optim.AdamW and all(g["weight_decay"] == 0.02 for g in optimizer.param_groups)
+    plain = Trainer(load_config("asd-toy", TINY, prompt="a red cube"), tmp_path / "p").optimizer
+    assert type(plain) is torch.optim.Adam and all(g["weight_decay"] == 0.0 for g in plain.param_groups)
+    with pytest.raises(ConfigError, match="optim.name"):
+        load_config("asd-toy", ["optim.name=sgd"], prompt="a red cube")

@@ -223,6 +223,7 @@ class ASDConfig:
     guidance_scale: float = 7.5  # s in eps_u + s (eps_c - eps_u) (convention B)
     plus_ratio: float = 0.1  # dt is at most plus_ratio (t - min_step)
     plus_random: bool = True  # dt scaled by U(0, 1)
+    guidance_perp_neg: float = -0.5  # with prompt_processor.perp_neg: negative-view weights times -this (source)
     weighting: str = "sds"  # one of WEIGHTINGS
     min_step_percent: Any = field(default_factory=lambda: [0, 0.5, 0.02, 25000])  # schedule: lower bound of t / T
     max_step_percent: Any = field(default_factory=lambda: [0, 0.98, 0.5, 25000])  # schedule: upper bound of t / T

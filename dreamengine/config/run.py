@@ -91,15 +91,24 @@ class RenderConfig:
     occupancy_threshold: float = 0.01  # a cell is empty when its alpha per sample stays below this
 
 
+OPTIMIZERS = ("adam", "adamw")
+
+
 @dataclass
 class OptimConfig:
-    """Adam, one learning rate per parameter group."""
+    """Adam or AdamW, one learning rate per parameter group."""
 
+    name: str = "adam"  # adam | adamw (decoupled weight decay: ProlificDreamer's and ScaleDreamer's optimizer)
     lr_encoding: float = 0.01
     lr_network: float = 0.001
     lr_background: float = 0.001
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = 1e-15
+    weight_decay: float = 0.0  # adam: L2 added to the gradient; adamw: decoupled decay (torch's AdamW default 0.01)
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name must be one of {', '.join(OPTIMIZERS)}; got {self.name!r}")
 
 
 @dataclass

@@ -375,7 +375,7 @@ def test_asd_gradient_equals_formula(kind, plus_random, clip):
     low, high = int(1000 * (0.5 - 0.48 / 4) + 1e-6), int(1000 * (0.98 - 0.48 / 4) + 1e-6)  # 380, 860 at step 50
     t, noise = percent_draws(ctx, low, high)
     u = torch.rand(5, generator=ctx["gen"]) if plus_random else torch.ones(5)
-    t2 = (t + (cfg.plus_ratio * (t - low) * u).long()).clamp(1, 999)
+    t2 = (t + (torch.minimum(cfg.plus_ratio * (t - low), 999 - t) * u).long()).clamp(1, 999)
     assert bool((t2 >= t).all()) and bool((t2 - t <= cfg.plus_ratio * (t - low)).all()) and bool((t2 > t).any())
     abar, abar2 = per_sample(ctx["abar"][t]), per_sample(ctx["abar"][t2])
     z_t = abar.sqrt() * ctx["z"] + (1 - abar).sqrt() * noise
@@ -385,6 +385,50 @@ def test_asd_gradient_equals_formula(kind, plus_random, clip):
     if clip is not None:
         g = g.clamp(-clip, clip)
     assert torch.allclose(grad, as_render_grad(g), atol=1e-6, rtol=1e-4)
+
+
+def test_asd_later_timesteps_spread_over_the_rest_at_late_t():
+    """ScaleDreamer's effective get_t_plus clamps dt to 999 - t before U(0, 1): at t = 990 with a large dt bound,
+    t2 is uniform-ish over [990, 999]; clamping after the multiplication would put most draws on 999."""
+    from dreamengine.guidance.asd import later_timesteps
+
+    t = torch.full((4000,), 990)
+    u = torch.rand(4000, generator=torch.Generator().manual_seed(0))
+    t2 = later_timesteps(t, 20, 0.5, u, 1000)  # bound 0.5 * 970 = 485 >> 9
+    assert torch.equal(t2, t + (9 * u).long())
+    assert float((t2 == 999).float().mean()) < 0.02 and set(t2.tolist()) == set(range(990, 999))
+    assert torch.equal(later_timesteps(torch.tensor([100, 998]), 20, 0.1, None, 1000), torch.tensor([108, 999]))
+
+
+def test_asd_perp_neg_scales_negative_weights_by_minus_guidance_perp_neg():
+    from tests.test_prompts import TwoDimStubTeacher
+
+    teacher = TwoDimStubTeacher()
+    batch = 2
+    rgb = torch.rand(batch, 8, 8, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    cond, uncond = teacher.embed(["a cat, front", "a cat, side"]), teacher.embed(["ugly"] * batch)
+    prompts = PromptBatch(cond, uncond, ["p"] * batch)
+    prompts.neg = torch.stack([teacher.embed(["front eee", "side"]), teacher.embed(["side", "front view e"])])
+    prompts.neg_weights = torch.tensor([[-1.5, -0.3], [-0.2, -2.0]])
+    cfg = ASDConfig(guidance_scale=5.0, guidance_perp_neg=-0.5, plus_random=False, min_step_percent=0.02,
+                    max_step_percent=0.98)
+    out = ASDGuidance(cfg, teacher, 100)(rgb, prompts, None, 0, torch.Generator().manual_seed(SEED))
+    out.loss.backward()
+    gen = torch.Generator().manual_seed(SEED)
+    t = torch.randint(20, 981, (batch,), generator=gen)
+    z = 2.0 * rgb.detach().permute(0, 3, 1, 2) - 1.0
+    noise = torch.randn(z.shape, generator=gen)
+    t2 = (t + torch.minimum(0.1 * (t - 20), 999 - t).long()).clamp(1, 999)
+    abar, abar2 = per_sample(teacher.alphas_cumprod[t]), per_sample(teacher.alphas_cumprod[t2])
+    z_t, z_t2 = abar.sqrt() * z + (1 - abar).sqrt() * noise, abar2.sqrt() * z + (1 - abar2).sqrt() * noise
+    e_c, e_u = teacher.predict_noise(z_t, t, cond), teacher.predict_noise(z_t, t, uncond)
+    e_pos, perp = e_c - e_u, 0
+    for k in range(2):
+        e_k = teacher.predict_noise(z_t, t, prompts.neg[:, k]) - e_u
+        dot = (e_k * e_pos).sum(dim=(1, 2, 3), keepdim=True) / (e_pos * e_pos).sum(dim=(1, 2, 3), keepdim=True)
+        perp = perp + 0.5 * per_sample(prompts.neg_weights[:, k]) * (e_k - dot * e_pos)
+    g = (1 - abar) * (e_u + 5.0 * (e_pos + perp) - teacher.predict_noise(z_t2, t2, cond))
+    assert torch.allclose(rgb.grad, as_render_grad(g), atol=1e-6, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------ timestep helpers
