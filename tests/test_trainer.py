@@ -215,3 +215,25 @@ def test_optimizer_choice_adamw_with_weight_decay(tmp_path):
     assert type(plain) is torch.optim.Adam and all(g["weight_decay"] == 0.0 for g in plain.param_groups)
     with pytest.raises(ConfigError, match="optim.name"):
         load_config("asd-toy", ["optim.name=sgd"], prompt="a red cube")
+
+
+def test_random_background_augmentation(tmp_path):
+    """render.random_background_prob (threestudio's random_aug): with probability p a step's views each see one
+    random solid color; p = 0 draws nothing from the run's generator (runs stay bit-identical)."""
+    from dreamengine.core.background import RandomColorBackground
+
+    trainer = Trainer(load_config("csd-toy", [*TINY, "render.random_background_prob=1.0"], prompt="a red cube"),
+                      tmp_path / "aug")
+    state = trainer.generator.get_state()
+    backgrounds = trainer.training_backgrounds(2, 1)
+    gen = torch.Generator()
+    gen.set_state(state)
+    assert float(torch.rand((), generator=gen)) < 1.0
+    colors = torch.rand(1, 2, 3, generator=gen)
+    assert isinstance(backgrounds[0], RandomColorBackground)
+    out = backgrounds[0](torch.randn(2, 4, 5, 3))
+    assert torch.equal(out, colors[0].view(2, 1, 1, 3).expand(2, 4, 5, 3))
+    assert "skipped" not in trainer.train_step()
+    plain = Trainer(load_config("csd-toy", TINY, prompt="a red cube"), tmp_path / "plain")
+    before = plain.generator.get_state()
+    assert plain.training_backgrounds(2, 1) == [plain.background] and torch.equal(plain.generator.get_state(), before)

@@ -62,6 +62,7 @@ RULES: list[tuple[str, tuple[Check, str]]] = [
     ("scene.init_opacity", within(0.0, 1.0)),
     ("scene.*", at_least(0.0)),
     ("render.background_color", within(0.0, 1.0)),
+    ("render.random_background_prob", within(0.0, 1.0)),
     ("render.occupancy_threshold", at_least(0.0)),
     ("render.*", at_least(1)),
     ("optim.betas", within(0.0, 0.999999)),

@@ -84,6 +84,9 @@ class RenderConfig:
     shading: str = "albedo"  # albedo | diffuse | textureless
     background: str = "solid"  # solid | mlp
     background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    # threestudio's background random_aug: with this probability a training step's views each get a random solid
+    # background color instead of the background (source: 0.5 where used, e.g. ScaleDreamer, CSD); 0: off
+    random_background_prob: float = 0.0
     backend: str = "auto"  # auto | cuda | torch: CUDA accelerators (nerfacc, tiny-cuda-nn) when present
     occupancy_grid: bool = True  # skip samples in empty cells of a coarse grid (Instant-NGP); much faster
     occupancy_resolution: int = 32  # cells per side
