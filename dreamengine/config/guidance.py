@@ -104,6 +104,21 @@ class VSDConfig:
                               f"got {self.pixel_model_width}")
 
 
+@dataclass
+class DSDConfig(VSDConfig):
+    """VSD's settings (the same particle score model phi) plus DSD's domain weight (a reconstruction: see
+    dreamengine/guidance/dsd.py)."""
+
+    name: str = "dsd"
+    # schedule: lambda, the weight of the unconditional-image-domain term (eps_u - eps); 1 - lambda goes to the
+    # variational-domain term (eps_u - eps_phi). 1 is SDS (convention B), 0 is VSD
+    domain_weight: Any = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validate_schedule(self.domain_weight, "guidance.domain_weight")
+
+
 BSD_VARIANTS = ("standard", "auto")
 
 
@@ -259,5 +274,45 @@ class MVDreamSDSConfig:
         validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
 
 
+CDS_ANNEALS = ("sqrt", "linear")
+
+
+@dataclass
+class CDSConfig:
+    name: str = "cds"
+    guidance_scale: Any = field(default_factory=lambda: [0, 100.0, 50.0, 3000])  # schedule: s, CFG convention A
+    # t' (the ODE step's end), [start_step, start, end, end_step] or a number; annealed along ``anneal``
+    cur_steps: Any = field(default_factory=lambda: [0, 700, 100, 3000])
+    anneal: str = "sqrt"  # one of CDS_ANNEALS: how cur_steps moves (source perturb_indices: sqrt)
+    end_gap: int = 100  # t = t' + randint(end_gap, end_gap + perturb_factor)
+    perturb_factor: int = 200
+    min_step_percent: float = 0.1  # clamp of t' and t (source min_sigma_percent)
+    max_step_percent: float = 0.98  # clamp of t (t' <= this - end_gap) (source max_sigma_percent)
+    share_noise: bool = True  # one noise drawn once for the whole run and every view (the source's default)
+    recon_std_rescale: float = 0.0  # rescale the CFG x0's std toward the conditional x0's (0: off, the source's)
+    weighting: str = "uniform"  # one of WEIGHTINGS
+    grad_clip: Any = field(default_factory=lambda: [0, 2.0, 8.0, 3000])  # schedule or null: element-wise clamp
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
+        if self.anneal not in CDS_ANNEALS:
+            raise ConfigError(f"guidance.anneal must be one of {', '.join(CDS_ANNEALS)}; got {self.anneal!r}")
+        validate_schedule(self.guidance_scale, "guidance.guidance_scale")
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+        cur = self.cur_steps
+        if not (isinstance(cur, int | float) or (isinstance(cur, list | tuple) and len(cur) == 4)):
+            raise ConfigError(f"guidance.cur_steps must be a timestep or [start_step, start, end, end_step]; got {cur!r}")
+        if not 0.0 <= self.min_step_percent < self.max_step_percent <= 1.0:
+            raise ConfigError(f"guidance.min_step_percent < guidance.max_step_percent must hold, both in [0, 1]; got "
+                              f"{self.min_step_percent}, {self.max_step_percent}")
+        if self.end_gap < 0 or self.perturb_factor < 1:
+            raise ConfigError(f"guidance.end_gap must be >= 0 and guidance.perturb_factor >= 1; got {self.end_gap}, "
+                              f"{self.perturb_factor}")
+        if not 0.0 <= self.recon_std_rescale <= 1.0:
+            raise ConfigError(f"guidance.recon_std_rescale must be in [0, 1], got {self.recon_std_rescale}")
+
+
 GUIDANCE_CONFIGS = {"sds": SDSConfig, "bsd": BSDConfig, "csm": CSMConfig, "ism": ISMConfig, "csd": CSDConfig,
-                    "nfsd": NFSDConfig, "asd": ASDConfig, "vsd": VSDConfig, "mvdream-sds": MVDreamSDSConfig}
+                    "nfsd": NFSDConfig, "asd": ASDConfig, "vsd": VSDConfig, "mvdream-sds": MVDreamSDSConfig,
+                    "cds": CDSConfig, "dsd": DSDConfig}
