@@ -302,7 +302,8 @@ class CDSConfig:
         validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
         cur = self.cur_steps
         if not (isinstance(cur, int | float) or (isinstance(cur, list | tuple) and len(cur) == 4)):
-            raise ConfigError(f"guidance.cur_steps must be a timestep or [start_step, start, end, end_step]; got {cur!r}")
+            raise ConfigError("guidance.cur_steps must be a timestep or [start_step, start, end, end_step]; "
+                              f"got {cur!r}")
         if not 0.0 <= self.min_step_percent < self.max_step_percent <= 1.0:
             raise ConfigError(f"guidance.min_step_percent < guidance.max_step_percent must hold, both in [0, 1]; got "
                               f"{self.min_step_percent}, {self.max_step_percent}")

@@ -19,7 +19,8 @@ Choices made here (not from the paper; check its §III-C before relying on them)
 * Timesteps, interval annealing, offset noise and ``grad_scale = 0.1`` are LucidDreamer's (see ism.py).
 * The visual-prompt (IP-Adapter) branch of VPCSM and the Semantic-Geometry Calibration loss are left out.
 
-Injected as ISM's (``grad_injection: sum``, d loss / dz = g, LucidDreamer's ``SpecifyGradient``). Settings: :class:`dreamengine.config.guidance.CSMConfig`;
+Injected as ISM's (``grad_injection: sum``, d loss / dz = g, LucidDreamer's ``SpecifyGradient``).
+Settings: :class:`dreamengine.config.guidance.CSMConfig`;
 the deterministic x_t is :meth:`ISMGuidance.interval_points`, which this class inherits.
 """
 

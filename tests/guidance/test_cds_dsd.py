@@ -130,8 +130,7 @@ def test_dsd_gradient_equals_template(lam):
 
     from dreamengine.config.guidance import DSDConfig
     from dreamengine.guidance.dsd import DSDGuidance
-    from tests.guidance.test_vsd import LoRAStubTeacher, phi_formula, randomize_camera_embedding, stub_eps, \
-        stub_inputs
+    from tests.guidance.test_vsd import LoRAStubTeacher, phi_formula, randomize_camera_embedding, stub_eps, stub_inputs
 
     teacher = LoRAStubTeacher("epsilon")
     cfg = DSDConfig(guidance_scale=6.0, domain_weight=[0, lam, lam, 1], max_step_percent=[5, 0.98, 0.5, 6])
