@@ -160,6 +160,10 @@ class ISMConfig:
     annealing_intervals: bool = True  # anneal the interval from delta_t_start to delta_t with the warm-up rate
     xs_delta_t: int = 200  # stride of the inversion from ~0 to s
     xs_inv_steps: int = 5  # number of inversion steps to s
+    # the inversion starts no lower than this timestep (plus the steps offset). 0: the source's ~clean start. An
+    # exact teacher over a finite bank (the toy world) amplifies a render's distance to its nearest bank image
+    # by 1 / sqrt(1 - abar_t) at t ~ 0, so the toy configs start at 100 (bench/results/guidance.md)
+    inversion_floor: int = 0
     inverse_prompt: str = ""  # prompt of the inversion ("" = unconditional)
     warmup_steps: int = 1500  # steps over which the largest t anneals from 979 to 499
     min_step_percent: float = 0.02  # lower bound of t / T

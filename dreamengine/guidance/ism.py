@@ -16,7 +16,11 @@ Schedules (LucidDreamer): an index ``i ~ randint(20, 500 + int(480 r))`` (upper 
 ``t = i + steps_offset`` (the teacher's scheduler config: 1 for Stable Diffusion, 0 for the toy world), so every
 timestep here, ``t_min = steps_offset`` included, is shifted by it. ``delta = int(delta_t + r (delta_t_start -
 delta_t))`` when ``annealing_intervals``. The noise that brings z to the start of the inversion is
-``randn + noise_offset * randn(1, C, 1, 1)``.
+``randn + noise_offset * randn(1, C, 1, 1)``. ``inversion_floor`` (0 by default, as the source) raises the
+inversion's start to ``t_min + inversion_floor`` (when s is below it, the walk goes down to s instead): an exact
+teacher over a finite bank, the toy world, predicts ``eps = (x - a x0_nearest) / sqrt(1 - abar)`` at t ~ 0 and so
+multiplies a render's distance to its nearest bank image by ~35 (measured: x_s's implied noise has rms 12
+instead of 1 starting at t = 0, 1.1 starting at t = 100), which makes ISM and CSM over-saturated on the toy.
 
 Injection: ``grad_injection: sum`` (the default, LucidDreamer's ``SpecifyGradient``) hands g itself to the
 backward pass; ``mean`` gives threestudio's g / B, i.e. a 4x weaker step against the regularizers at
@@ -75,7 +79,8 @@ class ISMGuidance(LucidDreamerSchedule, ScoreDistillation):
         s_int = max(int(t[0]) - ism_interval(cfg, step), t_min)
         s = torch.full_like(t, s_int)
         e_inv = self.inverse_embedding.expand(z.shape[0], *self.inverse_embedding.shape[1:])
-        x_s = ddim_invert(teacher, z, noise, s_int, e_inv, cfg.xs_delta_t, cfg.xs_inv_steps, cameras, floor=t_min)
+        x_s = ddim_invert(teacher, z, noise, s_int, e_inv, cfg.xs_delta_t, cfg.xs_inv_steps, cameras,
+                          floor=t_min + cfg.inversion_floor)
         e_s = teacher.predict_noise(x_s, s, e_inv, cameras)
         return ddim_step(x_s, e_s, s, t, teacher.alphas_cumprod), e_s, s_int
 

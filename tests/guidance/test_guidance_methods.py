@@ -148,6 +148,29 @@ def test_lucid_family_injects_g_not_g_over_batch(guidance_cls, cfg_cls):
     assert torch.allclose(summed, 4.0 * mean, atol=1e-7, rtol=1e-5) and float(summed.abs().max()) > 0
 
 
+@pytest.mark.parametrize("floor,step", [(100, 60), (300, 90)])
+def test_ism_inversion_floor_starts_the_inversion_higher(floor, step):
+    """inversion_floor: start = max(s - stride n, floor); when s < floor the walk goes down from floor to s."""
+    cfg = ISMConfig(warmup_steps=100, grad_scale=1.0, xs_delta_t=150, xs_inv_steps=2, inversion_floor=floor)
+    grad, ctx = run(ISMGuidance, cfg, "nonlinear", step=step)
+    t, noise, r = lucid_draws(ctx, cfg, step)
+    eps, abar, z = ctx["eps"], ctx["abar"], ctx["z"]
+    e_inv = ctx["teacher"].embed([""] * 3)
+    s = max(t - int(cfg.delta_t + r * (cfg.delta_t_start - cfg.delta_t)), 0)
+    cur = max(s - 300, floor)
+    x = abar[cur].sqrt() * z + (1 - abar[cur]).sqrt() * noise
+    while cur != s:
+        nxt = min(cur + 150, s) if cur < s else max(cur - 150, s)
+        x = ddim_move(x, eps(x, torch.full((3,), cur), e_inv), cur, nxt, abar)
+        cur = nxt
+    e_s = eps(x, torch.full((3,), s), e_inv)
+    x_t = ddim_move(x, e_s, s, t, abar)
+    tt = torch.full((3,), t)
+    e_c, e_u = eps(x_t, tt, ctx["cond"]), eps(x_t, tt, ctx["uncond"])
+    g = ((1 - abar[t]) / abar[t]).sqrt() * (e_u + cfg.guidance_scale * (e_c - e_u) - e_s)
+    assert torch.allclose(grad, as_render_grad(g, "sum"), atol=1e-6, rtol=1e-4)
+
+
 class OffsetStubTeacher(NonlinearStubTeacher):
     steps_offset = 1  # as Stable Diffusion's scheduler config
 
