@@ -33,7 +33,7 @@ from dreamengine.scenes.gaussians import GaussianScene
 from dreamengine.teachers import TEACHERS
 from dreamengine.teachers.cache import reuse_or_build
 
-GUIDANCES_THAT_ADAPT_THE_TEACHER = ("vsd",)  # they attach trainable adapters to the teacher's network
+GUIDANCES_THAT_ADAPT_THE_TEACHER = ("vsd", "dsd")  # they attach trainable adapters to the teacher's network
 DENSIFIED_SCENES = ("gaussians",)  # scene types whose primitives are cloned, split and pruned during training
 
 
