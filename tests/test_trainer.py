@@ -237,3 +237,20 @@ def test_random_background_augmentation(tmp_path):
     plain = Trainer(load_config("csd-toy", TINY, prompt="a red cube"), tmp_path / "plain")
     before = plain.generator.get_state()
     assert plain.training_backgrounds(2, 1) == [plain.background] and torch.equal(plain.generator.get_state(), before)
+
+
+@pytest.mark.parametrize("reduction,factor", [("mean", 2.0), ("sum", 1.0)])
+def test_particles_scale_only_a_mean_reduced_guidance_loss(tmp_path, reduction, factor):
+    """With 2 particles a ``mean`` loss (g / B over the P x B batch) is doubled so each particle gets its own g / B;
+    a ``sum`` loss (SpecifyGradient's g per sample) is not."""
+    trainer = tiny_trainer(tmp_path, "trainer.max_steps=1", "trainer.n_particles=2", "loss.lambda_sparsity=0",
+                           "loss.lambda_opaque=0", "loss.lambda_orient=0")
+    seen = []
+
+    def replace(out):
+        seen.append(float(out.loss.detach()))
+        return GuidanceOut(loss=out.loss, terms=out.terms, reduction=reduction)
+
+    trainer.guidance = GuidanceSpy(trainer.guidance, after=replace)
+    terms = trainer.train_step()
+    assert terms["loss"] == pytest.approx(factor * seen[0], rel=1e-6)
