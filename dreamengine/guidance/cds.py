@@ -80,13 +80,14 @@ class CDSGuidance(ScoreDistillation):
         return min(max(annealed_target_step(self.cfg.cur_steps, self.cfg.anneal, step), low),
                    max(high - self.cfg.end_gap, low))
 
-    def draw_timesteps(self, batch: int, step: int, generator: torch.Generator | None,
-                       device: torch.device | str) -> Tensor:
-        """t [B] = clamp(t' + randint(end_gap, end_gap + perturb_factor), t_min, t_max), per element."""
+    def draw_timesteps(self, batch: int, step: int, generator: torch.Generator | None, device: torch.device | str,
+                       group: int = 1) -> Tensor:
+        """t [B] = clamp(t' + randint(end_gap, end_gap + perturb_factor), t_min, t_max), per element (per group of
+        ``group`` views for a multi-view teacher)."""
         low, high = self.step_bounds()
-        gap = torch.randint(self.cfg.end_gap, self.cfg.end_gap + self.cfg.perturb_factor, (batch,),
+        gap = torch.randint(self.cfg.end_gap, self.cfg.end_gap + self.cfg.perturb_factor, (batch // group,),
                             generator=generator)
-        return (self.target_step(step) + gap).clamp(low, high).to(device)
+        return (self.target_step(step) + gap).clamp(low, high).repeat_interleave(group).to(device)
 
     def draw_noise(self, shape: torch.Size, generator: torch.Generator | None, dtype: torch.dtype,
                    device: torch.device | str) -> Tensor:
