@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["sds", "vsd", "bsd", "csm", "ism", "csd", "nfsd", "asd"]
+METHODS = ["sds", "vsd", "bsd", "csm", "ism", "csd", "nfsd", "asd", "cds", "dsd"]
 PROMPTS = ["a red cube", "a blue torus", "a snowman", "a penguin"]
 
 

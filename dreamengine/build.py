@@ -33,7 +33,7 @@ from dreamengine.scenes.gaussians import GaussianScene
 from dreamengine.teachers import TEACHERS
 from dreamengine.teachers.cache import reuse_or_build
 
-GUIDANCES_THAT_ADAPT_THE_TEACHER = ("vsd",)  # they attach trainable adapters to the teacher's network
+GUIDANCES_THAT_ADAPT_THE_TEACHER = ("vsd", "dsd")  # they attach trainable adapters to the teacher's network
 DENSIFIED_SCENES = ("gaussians",)  # scene types whose primitives are cloned, split and pruned during training
 
 
@@ -113,7 +113,11 @@ def build_optimizer(cfg: RunConfig, scenes: list[Scene], background: Background)
     """Adam over every scene's parameter groups (the background's with the first scene's)."""
     groups = [group for index, scene in enumerate(scenes)
               for group in scene.param_groups(cfg.optim, background if index == 0 else None)]
-    return torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    if cfg.optim.name == "adamw":  # decoupled weight decay (ProlificDreamer, ScaleDreamer)
+        return torch.optim.AdamW(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                 weight_decay=cfg.optim.weight_decay)
+    return torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                            weight_decay=cfg.optim.weight_decay)
 
 
 # --------------------------------------------------------------------------------------- finished runs' scenes

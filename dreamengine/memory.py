@@ -90,7 +90,7 @@ def knobs(cfg: Any) -> Knobs:
     if scene.name == "gaussians":
         gaussians = max(int(getattr(scene, "num_points", 4096)), int(cfg.densify.max_gaussians))
     texels = int(getattr(scene, "texture_resolution", 0)) ** 2 if scene.name == "mesh" else 0
-    lora = int(getattr(cfg.guidance, "lora_n_timestamp_samples", 0)) if cfg.guidance.name == "vsd" else 0
+    lora = int(getattr(cfg.guidance, "lora_n_timestamp_samples", 0)) if cfg.guidance.name in ("vsd", "dsd") else 0
     return Knobs(teacher=teacher.name, model=model, dtype_bytes=dtype_bytes,
                  offload=bool(getattr(teacher, "cpu_offload", False)), teacher_resolution=resolution,
                  latent=teacher.name in LATENT_TEACHERS, sizes=sizes, particles=cfg.trainer.n_particles,

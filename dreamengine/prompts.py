@@ -10,6 +10,10 @@ Direction prompts: suffix style ``"a cat, side view"`` (threestudio's default) o
 ``"side view of a cat"`` (``"backside view of ..."`` for the back), or a full text per direction given in
 ``prompt_front`` / ``prompt_side`` / ``prompt_back`` / ``prompt_overhead``.
 
+Azimuth interpolation (``view_interpolation: true``, LucidDreamer's and PlacidDreamer's train.py): the
+conditional embedding is ``r front + (1 - r) side`` for ``|azimuth| < 90`` (``r = 1 - |azi|/90``) and
+``r side + (1 - r) back`` behind (``r = 2 - |azi|/90``), with no overhead label, instead of one direction's.
+
 Perp-Neg (``perp_neg: true``, guidance-math.md §6): the positive embedding interpolates the front/side or
 side/back embeddings by azimuth, and each view carries two negative embeddings with weights
 ``-f(r)``, ``f(r) = a exp(-b r) + c``; the guidance combines them with :mod:`dreamengine.guidance.perp_neg`.
@@ -60,6 +64,23 @@ def shifted_exp_decay(coefficients: list[float], r: Tensor) -> Tensor:
     return a * torch.exp(-b * r) + c
 
 
+def azimuth_mix(azimuth_deg: Tensor) -> tuple[Tensor, Tensor]:
+    """Azimuth-interpolated view embedding coefficients (LucidDreamer train.py, PlacidDreamer; Perp-Neg's positive).
+
+    Args: azimuth_deg [B] (any range; wrapped to (-180, 180]).
+    Returns: mix [B, 4] float64 over DIRECTIONS (front, side, back, overhead; overhead always 0) and r [B]:
+    |azi| < 90: r = 1 - |azi|/90, r front + (1 - r) side; otherwise r = 2 - |azi|/90, r side + (1 - r) back.
+    """
+    azimuth = wrap_azimuth(azimuth_deg.detach().double().cpu()).abs()
+    front_half = azimuth < 90.0
+    r = torch.where(front_half, 1.0 - azimuth / 90.0, 2.0 - azimuth / 90.0)
+    mix = torch.zeros(azimuth.shape[0], 4, dtype=torch.float64)
+    mix[:, 0] = torch.where(front_half, r, 0.0)
+    mix[:, 1] = torch.where(front_half, 1.0 - r, r)
+    mix[:, 2] = torch.where(front_half, 0.0, 1.0 - r)
+    return mix, r
+
+
 def perp_neg_weights(azimuth_deg: Tensor, overhead: Tensor, cfg: PromptConfig) -> tuple[Tensor, Tensor, Tensor]:
     """Perp-Neg's per-view mixing (guidance-math.md §6, threestudio's curves).
 
@@ -71,14 +92,8 @@ def perp_neg_weights(azimuth_deg: Tensor, overhead: Tensor, cfg: PromptConfig) -
     |azi| < 90: r = 1 - |azi|/90, positive r front + (1-r) side, negatives [front, side] with [-f_fs(r), -f_sf(1-r)].
     otherwise:  r = 2 - |azi|/90, positive r side + (1-r) back, negatives [side, front] with [-f_sb(r), -f_fsb(r)].
     """
-    azimuth = wrap_azimuth(azimuth_deg.detach().double().cpu()).abs()
-    front_half = azimuth < 90.0
-    r = torch.where(front_half, 1.0 - azimuth / 90.0, 2.0 - azimuth / 90.0)
-    batch = azimuth.shape[0]
-    pos_mix = torch.zeros(batch, 4, dtype=torch.float64)
-    pos_mix[:, 0] = torch.where(front_half, r, 0.0)
-    pos_mix[:, 1] = torch.where(front_half, 1.0 - r, r)
-    pos_mix[:, 2] = torch.where(front_half, 0.0, 1.0 - r)
+    pos_mix, r = azimuth_mix(azimuth_deg)
+    front_half = wrap_azimuth(azimuth_deg.detach().double().cpu()).abs() < 90.0
     front, side = DIRECTIONS.index("front"), DIRECTIONS.index("side")
     neg_index = torch.where(front_half[:, None], torch.tensor([front, side]), torch.tensor([side, front]))
     neg_weights = torch.stack([
@@ -190,6 +205,11 @@ class PromptProcessor:
         uncond = self.uncond_embedding.expand(len(cameras), *self.uncond_embedding.shape[1:])
         plain = self.plain_embedding.expand(len(cameras), *self.plain_embedding.shape[1:])
         table = self.cond_embeddings
+        if self.cfg.view_interpolation and not self.cfg.perp_neg:  # LucidDreamer: front/side/back by azimuth
+            mix, _ = azimuth_mix(cameras.azimuth)
+            flat = table.reshape(len(DIRECTIONS), -1)
+            cond = (mix.to(flat) @ flat).reshape(len(cameras), *table.shape[1:])
+            return PromptBatch(cond=cond, uncond=uncond, texts=texts, plain=plain)
         if not self.cfg.perp_neg:
             return PromptBatch(cond=table[index.to(table.device)], uncond=uncond, texts=texts, plain=plain)
         overhead = cameras.elevation.detach().cpu() > self.cfg.overhead_threshold
@@ -201,5 +221,5 @@ class PromptProcessor:
                            neg_weights=neg_weights.to(table.device, table.dtype), plain=plain)
 
 
-__all__ = ["DIRECTIONS", "EmbeddingCache", "PromptProcessor", "direction_prompts",
+__all__ = ["DIRECTIONS", "EmbeddingCache", "PromptProcessor", "azimuth_mix", "direction_prompts",
            "perp_neg_weights", "shifted_exp_decay", "view_prompt"]

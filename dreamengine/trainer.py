@@ -37,6 +37,7 @@ from dreamengine.build import (
 )
 from dreamengine.checkpoint import load_checkpoint, mismatch, restore_scenes, save_checkpoint, scenes_state_dict
 from dreamengine.config import RunConfig, config_hash, config_to_yaml
+from dreamengine.core.background import RandomColorBackground
 from dreamengine.core.cameras import Cameras, CameraSampler
 from dreamengine.core.files import atomic_write, write_json
 from dreamengine.core.render import RenderOut, render_fixed
@@ -136,8 +137,9 @@ class Trainer:
 
     With ``trainer.n_particles = P > 1`` the run optimizes P independent scenes of the same kind (VSD's
     particles, which share the guidance's score model): each step renders ``camera.batch_size`` views of every
-    particle and the guidance sees all P x B renders as one batch. The guidance loss is multiplied by P so that
-    each particle receives the gradient it would get alone (``gradient_to_loss`` divides by the batch size).
+    particle and the guidance sees all P x B renders as one batch. A guidance loss with ``reduction="mean"``
+    (``gradient_to_loss`` divides by the batch size) is multiplied by P so that each particle receives the
+    gradient it would get alone; a ``sum`` loss (``SpecifyGradient``'s g per sample) already does.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path, stage: str = "") -> None:
@@ -186,13 +188,24 @@ class Trainer:
         return self.renderers[0]
 
     # ----------------------------------------------------------------------------------------- one step
+    def training_backgrounds(self, batch: int, particles: int) -> list[torch.nn.Module]:
+        """The background of each particle's renders this step: the trained one, or, with probability
+        ``render.random_background_prob`` (one draw per step), a random solid color per view (threestudio's
+        ``random_aug``). Nothing is drawn from the generator when the probability is 0."""
+        prob = float(self.cfg.render.random_background_prob)
+        if prob <= 0.0 or float(torch.rand((), generator=self.generator)) >= prob:
+            return [self.background] * particles
+        colors = torch.rand(particles, batch, 3, generator=self.generator).to(self.device)
+        return [RandomColorBackground(colors[i]) for i in range(particles)]
+
     def train_step(self) -> dict[str, float]:
         """One optimization step. Returns the logged terms. Skips the update if the loss is not finite."""
         height, width, batch = self.cfg.camera.size_at(self.step)  # sizes may change at camera.phases
         particles = len(self.scenes)
         cameras = self.sampler.sample(batch * particles, self.generator).to(self.device)
+        backgrounds = self.training_backgrounds(batch, particles)
         with self.timer("render"):
-            renders = [renderer(scene.render_inputs(), self.background, cameras[i * batch:(i + 1) * batch], height,
+            renders = [renderer(scene.render_inputs(), backgrounds[i], cameras[i * batch:(i + 1) * batch], height,
                                 width, generator=self.generator, perturb=True)
                        for i, (scene, renderer) in enumerate(zip(self.scenes, self.renderers, strict=True))]
         rgb = renders[0].rgb if particles == 1 else torch.cat([render.rgb for render in renders])
@@ -206,7 +219,8 @@ class Trainer:
         for scene in self.scenes:  # the scene's own (a mesh with trained vertices: smoothness)
             for name, value in scene.regularizers().items():
                 regularizers[name] = regularizers[name] + value if name in regularizers else value
-        loss = particles * guided.loss.to(rgb.device) + sum(regularizers.values())  # the teacher may sit elsewhere
+        scale = particles if guided.reduction == "mean" else 1  # each particle gets the gradient it would alone
+        loss = scale * guided.loss.to(rgb.device) + sum(regularizers.values())  # the teacher may sit elsewhere
 
         with self.timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)

@@ -130,6 +130,22 @@ def test_perp_neg_prompt_batch_with_toy_view_prompts(toy_teacher):
 
 
 # ---------------------------------------------------------------------------------------- Perp-Neg combination
+@pytest.mark.parametrize("azimuth,front,side,back", [(0.0, 1, 0, 0), (45.0, 0.5, 0.5, 0), (-60.0, 1 / 3, 2 / 3, 0),
+                                                      (90.0, 0, 1, 0), (135.0, 0, 0.5, 0.5), (-150.0, 0, 1 / 3, 2 / 3),
+                                                      (180.0, 0, 0, 1), (300.0, 1 / 3, 2 / 3, 0)])
+def test_view_interpolation_mixes_front_side_back_by_azimuth(azimuth, front, side, back):
+    """LucidDreamer train.py: r = 1 - |azi|/90 -> r front + (1-r) side; behind, r = 2 - |azi|/90 -> r side +
+    (1-r) back; overhead is never used, even at high elevation."""
+    teacher = CountingTeacher()
+    cfg = PromptConfig(view_interpolation=True, cache_embeddings=False)
+    batch = PromptProcessor(teacher, "a cat", cfg)(cams([azimuth], elevation=80.0))
+    table = {d: teacher.embed([text])[0] for d, text in zip(DIRECTIONS, direction_prompts("a cat", cfg), strict=True)}
+    expected = front * table["front"] + side * table["side"] + back * table["back"]
+    assert torch.allclose(batch.cond[0], expected, atol=1e-5) and batch.neg is None
+    with pytest.raises(ConfigError, match="view_interpolation"):
+        PromptConfig(view_interpolation=True, view_dependent=False)
+
+
 def test_perp_neg_combination_equals_the_formula():
     gen = torch.Generator().manual_seed(0)
     eps_pos, eps_u = torch.randn(3, 4, 5, 5, generator=gen), torch.randn(3, 4, 5, 5, generator=gen)

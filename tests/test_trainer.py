@@ -201,3 +201,56 @@ def test_a_gradient_that_is_all_nan_is_a_failed_step_not_a_zero_one(tmp_path: Pa
         assert torch.equal(value, before[key])
     logged = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(record["grad_nonfinite"] == 1.0 for record in logged)
+
+
+def test_optimizer_choice_adamw_with_weight_decay(tmp_path):
+    """optim.name=adamw builds torch's AdamW with the configured decoupled weight decay (ProlificDreamer and
+    ScaleDreamer); the default stays Adam without decay; an unknown name is a ConfigError."""
+    from dreamengine.errors import ConfigError
+
+    cfg = load_config("asd-toy", [*TINY, "optim.name=adamw", "optim.weight_decay=0.02"], prompt="a red cube")
+    optimizer = Trainer(cfg, tmp_path / "w").optimizer
+    assert type(optimizer) is torch.optim.AdamW and all(g["weight_decay"] == 0.02 for g in optimizer.param_groups)
+    plain = Trainer(load_config("asd-toy", TINY, prompt="a red cube"), tmp_path / "p").optimizer
+    assert type(plain) is torch.optim.Adam and all(g["weight_decay"] == 0.0 for g in plain.param_groups)
+    with pytest.raises(ConfigError, match="optim.name"):
+        load_config("asd-toy", ["optim.name=sgd"], prompt="a red cube")
+
+
+def test_random_background_augmentation(tmp_path):
+    """render.random_background_prob (threestudio's random_aug): with probability p a step's views each see one
+    random solid color; p = 0 draws nothing from the run's generator (runs stay bit-identical)."""
+    from dreamengine.core.background import RandomColorBackground
+
+    trainer = Trainer(load_config("csd-toy", [*TINY, "render.random_background_prob=1.0"], prompt="a red cube"),
+                      tmp_path / "aug")
+    state = trainer.generator.get_state()
+    backgrounds = trainer.training_backgrounds(2, 1)
+    gen = torch.Generator()
+    gen.set_state(state)
+    assert float(torch.rand((), generator=gen)) < 1.0
+    colors = torch.rand(1, 2, 3, generator=gen)
+    assert isinstance(backgrounds[0], RandomColorBackground)
+    out = backgrounds[0](torch.randn(2, 4, 5, 3))
+    assert torch.equal(out, colors[0].view(2, 1, 1, 3).expand(2, 4, 5, 3))
+    assert "skipped" not in trainer.train_step()
+    plain = Trainer(load_config("csd-toy", TINY, prompt="a red cube"), tmp_path / "plain")
+    before = plain.generator.get_state()
+    assert plain.training_backgrounds(2, 1) == [plain.background] and torch.equal(plain.generator.get_state(), before)
+
+
+@pytest.mark.parametrize("reduction,factor", [("mean", 2.0), ("sum", 1.0)])
+def test_particles_scale_only_a_mean_reduced_guidance_loss(tmp_path, reduction, factor):
+    """With 2 particles a ``mean`` loss (g / B over the P x B batch) is doubled so each particle gets its own g / B;
+    a ``sum`` loss (SpecifyGradient's g per sample) is not."""
+    trainer = tiny_trainer(tmp_path, "trainer.max_steps=1", "trainer.n_particles=2", "loss.lambda_sparsity=0",
+                           "loss.lambda_opaque=0", "loss.lambda_orient=0")
+    seen = []
+
+    def replace(out):
+        seen.append(float(out.loss.detach()))
+        return GuidanceOut(loss=out.loss, terms=out.terms, reduction=reduction)
+
+    trainer.guidance = GuidanceSpy(trainer.guidance, after=replace)
+    terms = trainer.train_step()
+    assert terms["loss"] == pytest.approx(factor * seen[0], rel=1e-6)

@@ -51,6 +51,7 @@ RULES: list[tuple[str, tuple[Check, str]]] = [
     ("guidance.*_step_percent", within(0.0, 1.0)),
     ("guidance.camera_dropout", within(0.0, 1.0)),
     ("guidance.*_scale", ANY),  # CFG and method scales: any finite number (CSD's are signed)
+    ("guidance.guidance_perp_neg", ANY),  # ASD: signed (source -0.5)
     ("guidance.grad_clip", above(0.0)),
     ("guidance.lora_*", above(0.0)),
     ("guidance.*_lr", above(0.0)),
@@ -61,6 +62,7 @@ RULES: list[tuple[str, tuple[Check, str]]] = [
     ("scene.init_opacity", within(0.0, 1.0)),
     ("scene.*", at_least(0.0)),
     ("render.background_color", within(0.0, 1.0)),
+    ("render.random_background_prob", within(0.0, 1.0)),
     ("render.occupancy_threshold", at_least(0.0)),
     ("render.*", at_least(1)),
     ("optim.betas", within(0.0, 0.999999)),

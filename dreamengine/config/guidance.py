@@ -23,6 +23,9 @@ def validate_lucid_config(cfg: Any) -> None:
         raise ConfigError(f"guidance.warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if cfg.noise_offset < 0:
         raise ConfigError(f"guidance.noise_offset must be >= 0, got {cfg.noise_offset}")
+    if cfg.grad_injection not in GRAD_INJECTIONS:
+        raise ConfigError(f"guidance.grad_injection must be one of {', '.join(GRAD_INJECTIONS)}; "
+                          f"got {cfg.grad_injection!r}")
     for key in ("delta_t", "delta_t_start"):
         if hasattr(cfg, key) and getattr(cfg, key) < 0:
             raise ConfigError(f"guidance.{key} must be >= 0, got {getattr(cfg, key)}")
@@ -32,6 +35,9 @@ def validate_lucid_config(cfg: Any) -> None:
 
 
 WEIGHTINGS = ("sds", "uniform", "fantasia3d")
+# how g reaches the render: "sum" d loss / dz = g (LucidDreamer's and PlacidDreamer's SpecifyGradient), "mean"
+# d loss / dz = g / B (threestudio's MSE trick); at LucidDreamer's batch of 4 "mean" is a 4x weaker step
+GRAD_INJECTIONS = ("sum", "mean")
 
 
 @dataclass
@@ -98,6 +104,21 @@ class VSDConfig:
                               f"got {self.pixel_model_width}")
 
 
+@dataclass
+class DSDConfig(VSDConfig):
+    """VSD's settings (the same particle score model phi) plus DSD's domain weight (a reconstruction: see
+    dreamengine/guidance/dsd.py)."""
+
+    name: str = "dsd"
+    # schedule: lambda, the weight of the unconditional-image-domain term (eps_u - eps); 1 - lambda goes to the
+    # variational-domain term (eps_u - eps_phi). 1 is SDS (convention B), 0 is VSD
+    domain_weight: Any = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validate_schedule(self.domain_weight, "guidance.domain_weight")
+
+
 BSD_VARIANTS = ("standard", "auto")
 
 
@@ -114,6 +135,7 @@ class BSDConfig:
     max_step_percent: float = 0.5  # upper bound of t / T after the warm-up
     warmup_max_step_percent: float = 0.98  # upper bound of t / T at step 0
     noise_offset: float = 0.1  # offset-noise amplitude
+    grad_injection: str = "sum"  # one of GRAD_INJECTIONS (source: SpecifyGradient, g itself)
     grad_clip: Any = None  # schedule or null: element-wise clamp of g
 
     def __post_init__(self) -> None:
@@ -138,12 +160,17 @@ class ISMConfig:
     annealing_intervals: bool = True  # anneal the interval from delta_t_start to delta_t with the warm-up rate
     xs_delta_t: int = 200  # stride of the inversion from ~0 to s
     xs_inv_steps: int = 5  # number of inversion steps to s
+    # the inversion starts no lower than this timestep (plus the steps offset). 0: the source's ~clean start. An
+    # exact teacher over a finite bank (the toy world) amplifies a render's distance to its nearest bank image
+    # by 1 / sqrt(1 - abar_t) at t ~ 0, so the toy configs start at 100 (bench/results/guidance.md)
+    inversion_floor: int = 0
     inverse_prompt: str = ""  # prompt of the inversion ("" = unconditional)
     warmup_steps: int = 1500  # steps over which the largest t anneals from 979 to 499
     min_step_percent: float = 0.02  # lower bound of t / T
     max_step_percent: float = 0.5  # upper bound of t / T after the warm-up
     warmup_max_step_percent: float = 0.98  # upper bound of t / T at step 0
     noise_offset: float = 0.1  # offset-noise amplitude of the start noise
+    grad_injection: str = "sum"  # one of GRAD_INJECTIONS (source: SpecifyGradient, g itself)
     grad_clip: Any = None  # schedule or null: element-wise clamp of g
 
     def __post_init__(self) -> None:
@@ -172,17 +199,19 @@ class CSDConfig:
     uncond_scale: Any = 0.0  # schedule: k_u, weight of eps(e_neg) (the negative prompt)
     null_scale: Any = -1.0  # schedule: k_n, weight of eps(e_0) (the empty prompt)
     noise_scale: Any = 0.0  # schedule: k_e, weight of the sampled noise eps
-    weighting: str = "uniform"  # one of WEIGHTINGS (IF NeRF stage: uniform; SD refine: sds)
+    perpneg_scale: Any = 0.0  # schedule: weight of Perp-Neg's perpendicular sum (with prompt_processor.perp_neg)
+    weighting: str = "uniform"  # one of WEIGHTINGS (IF guidance: its config's, uniform; SD code path: sds)
     min_step_percent: Any = 0.02  # schedule: lower bound of t / T
     max_step_percent: Any = 0.98  # schedule: upper bound of t / T
-    grad_normalize: bool = False  # divide g by its norm per sample
-    grad_clip: Any = None  # schedule or null: element-wise clamp of g
+    # divide g (after the clamp) by the norm of the whole batch tensor (source: on in its IF guidance, off in SD's)
+    grad_normalize: bool = False
+    grad_clip: Any = None  # schedule or null: element-wise clamp of g, before grad_normalize
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
-        for key in ("guidance_scale", "uncond_scale", "null_scale", "noise_scale", "min_step_percent",
-                    "max_step_percent"):
+        for key in ("guidance_scale", "uncond_scale", "null_scale", "noise_scale", "perpneg_scale",
+                    "min_step_percent", "max_step_percent"):
             validate_schedule(getattr(self, key), f"guidance.{key}")
         validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
 
@@ -213,6 +242,7 @@ class ASDConfig:
     guidance_scale: float = 7.5  # s in eps_u + s (eps_c - eps_u) (convention B)
     plus_ratio: float = 0.1  # dt is at most plus_ratio (t - min_step)
     plus_random: bool = True  # dt scaled by U(0, 1)
+    guidance_perp_neg: float = -0.5  # with prompt_processor.perp_neg: negative-view weights times -this (source)
     weighting: str = "sds"  # one of WEIGHTINGS
     min_step_percent: Any = field(default_factory=lambda: [0, 0.5, 0.02, 25000])  # schedule: lower bound of t / T
     max_step_percent: Any = field(default_factory=lambda: [0, 0.98, 0.5, 25000])  # schedule: upper bound of t / T
@@ -248,5 +278,46 @@ class MVDreamSDSConfig:
         validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
 
 
+CDS_ANNEALS = ("sqrt", "linear")
+
+
+@dataclass
+class CDSConfig:
+    name: str = "cds"
+    guidance_scale: Any = field(default_factory=lambda: [0, 100.0, 50.0, 3000])  # schedule: s, CFG convention A
+    # t' (the ODE step's end), [start_step, start, end, end_step] or a number; annealed along ``anneal``
+    cur_steps: Any = field(default_factory=lambda: [0, 700, 100, 3000])
+    anneal: str = "sqrt"  # one of CDS_ANNEALS: how cur_steps moves (source perturb_indices: sqrt)
+    end_gap: int = 100  # t = t' + randint(end_gap, end_gap + perturb_factor)
+    perturb_factor: int = 200
+    min_step_percent: float = 0.1  # clamp of t' and t (source min_sigma_percent)
+    max_step_percent: float = 0.98  # clamp of t (t' <= this - end_gap) (source max_sigma_percent)
+    share_noise: bool = True  # one noise drawn once for the whole run and every view (the source's default)
+    recon_std_rescale: float = 0.0  # rescale the CFG x0's std toward the conditional x0's (0: off, the source's)
+    weighting: str = "uniform"  # one of WEIGHTINGS
+    grad_clip: Any = field(default_factory=lambda: [0, 2.0, 8.0, 3000])  # schedule or null: element-wise clamp
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
+        if self.anneal not in CDS_ANNEALS:
+            raise ConfigError(f"guidance.anneal must be one of {', '.join(CDS_ANNEALS)}; got {self.anneal!r}")
+        validate_schedule(self.guidance_scale, "guidance.guidance_scale")
+        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+        cur = self.cur_steps
+        if not (isinstance(cur, int | float) or (isinstance(cur, list | tuple) and len(cur) == 4)):
+            raise ConfigError("guidance.cur_steps must be a timestep or [start_step, start, end, end_step]; "
+                              f"got {cur!r}")
+        if not 0.0 <= self.min_step_percent < self.max_step_percent <= 1.0:
+            raise ConfigError(f"guidance.min_step_percent < guidance.max_step_percent must hold, both in [0, 1]; got "
+                              f"{self.min_step_percent}, {self.max_step_percent}")
+        if self.end_gap < 0 or self.perturb_factor < 1:
+            raise ConfigError(f"guidance.end_gap must be >= 0 and guidance.perturb_factor >= 1; got {self.end_gap}, "
+                              f"{self.perturb_factor}")
+        if not 0.0 <= self.recon_std_rescale <= 1.0:
+            raise ConfigError(f"guidance.recon_std_rescale must be in [0, 1], got {self.recon_std_rescale}")
+
+
 GUIDANCE_CONFIGS = {"sds": SDSConfig, "bsd": BSDConfig, "csm": CSMConfig, "ism": ISMConfig, "csd": CSDConfig,
-                    "nfsd": NFSDConfig, "asd": ASDConfig, "vsd": VSDConfig, "mvdream-sds": MVDreamSDSConfig}
+                    "nfsd": NFSDConfig, "asd": ASDConfig, "vsd": VSDConfig, "mvdream-sds": MVDreamSDSConfig,
+                    "cds": CDSConfig, "dsd": DSDConfig}

@@ -24,6 +24,9 @@ class PromptConfig:
     front_threshold: float = 45.0  # |azimuth| below this is a front view (degrees)
     back_threshold: float = 45.0  # |azimuth| above 180 minus this is a back view
     overhead_threshold: float = 60.0  # elevation above this is an overhead view
+    # LucidDreamer / PlacidDreamer: the conditional embedding interpolates front/side/back by azimuth
+    # (r front + (1-r) side, or r side + (1-r) back) instead of one direction's; overhead is not used
+    view_interpolation: bool = False
     perp_neg: bool = False  # Perp-Neg: interpolated positive + perpendicular negative views (guidance-math §6)
     perp_neg_f_fs: list[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])  # (a, b, c): a e^(-b r) + c
     perp_neg_f_sf: list[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])
@@ -40,6 +43,9 @@ class PromptConfig:
             if len(getattr(self, name)) != 3:
                 raise ConfigError(f"prompt_processor.{name} must be three numbers [a, b, c] of a exp(-b r) + c; "
                                   f"got {list(getattr(self, name))}")
+        if self.view_interpolation and not self.view_dependent:
+            raise ConfigError("prompt_processor.view_interpolation=true needs view-dependent prompts: set "
+                              "prompt_processor.view_dependent=true or view_interpolation=false")
         if self.perp_neg and not self.view_dependent:
             raise ConfigError("prompt_processor.perp_neg=true needs view-dependent prompts: set "
                               "prompt_processor.view_dependent=true or perp_neg=false")

@@ -84,6 +84,9 @@ class RenderConfig:
     shading: str = "albedo"  # albedo | diffuse | textureless
     background: str = "solid"  # solid | mlp
     background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    # threestudio's background random_aug: with this probability a training step's views each get a random solid
+    # background color instead of the background (source: 0.5 where used, e.g. ScaleDreamer, CSD); 0: off
+    random_background_prob: float = 0.0
     backend: str = "auto"  # auto | cuda | torch: CUDA accelerators (nerfacc, tiny-cuda-nn) when present
     occupancy_grid: bool = True  # skip samples in empty cells of a coarse grid (Instant-NGP); much faster
     occupancy_resolution: int = 32  # cells per side
@@ -91,15 +94,24 @@ class RenderConfig:
     occupancy_threshold: float = 0.01  # a cell is empty when its alpha per sample stays below this
 
 
+OPTIMIZERS = ("adam", "adamw")
+
+
 @dataclass
 class OptimConfig:
-    """Adam, one learning rate per parameter group."""
+    """Adam or AdamW, one learning rate per parameter group."""
 
+    name: str = "adam"  # adam | adamw (decoupled weight decay: ProlificDreamer's and ScaleDreamer's optimizer)
     lr_encoding: float = 0.01
     lr_network: float = 0.001
     lr_background: float = 0.001
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = 1e-15
+    weight_decay: float = 0.0  # adam: L2 added to the gradient; adamw: decoupled decay (torch's AdamW default 0.01)
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name must be one of {', '.join(OPTIMIZERS)}; got {self.name!r}")
 
 
 @dataclass

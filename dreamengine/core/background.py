@@ -46,6 +46,19 @@ class Background(nn.Module):
         return torch.sigmoid(self.network(unit))
 
 
+class RandomColorBackground(nn.Module):
+    """threestudio's ``random_aug``: one solid color per view, ``colors`` [B, 3], in place of the trained
+    background for a training step (directions [B, ...rays, 3] -> rgb [B, ...rays, 3])."""
+
+    def __init__(self, colors: Float[Tensor, "B 3"]) -> None:
+        super().__init__()
+        self.colors = colors
+
+    def forward(self, directions: Float[Tensor, "B *rays 3"]) -> Float[Tensor, "B *rays 3"]:
+        view = self.colors.to(directions).view(self.colors.shape[0], *([1] * (directions.dim() - 2)), 3)
+        return view.expand(*directions.shape[:-1], 3)
+
+
 def sample_light_positions(cameras: Cameras, generator: torch.Generator | None = None,
                            distance_range: tuple[float, float] = (0.8, 1.5),
                            direction_noise: float = 1.0) -> Float[Tensor, "B 3"]:
@@ -61,4 +74,4 @@ def sample_light_positions(cameras: Cameras, generator: torch.Generator | None =
     return (direction * distance).to(device=cameras.device, dtype=cameras.c2w.dtype)
 
 
-__all__ = ["BACKGROUND_MODES", "Background", "sample_light_positions"]
+__all__ = ["BACKGROUND_MODES", "Background", "RandomColorBackground", "sample_light_positions"]

@@ -111,6 +111,8 @@ class Teacher(Protocol):
 
     alphas_cumprod: Float[Tensor, " T"]  # cumulative product of (1 - beta_t), on the teacher's device
     num_train_timesteps: int  # T
+    # Optional: the scheduler config's steps_offset (SD: 1); LucidDreamer's timestep t is index + offset. A teacher
+    # without it counts as 0 (guidance.base.steps_offset).
 
     def encode(self, rgb: Float[Tensor, "B 3 H W"]) -> Tensor:
         """rgb in [0, 1] -> the diffusion space z (latents for SD, pixels in [-1, 1] for pixel models)."""
@@ -132,10 +134,16 @@ class Teacher(Protocol):
 
 @dataclass
 class GuidanceOut:
-    """``loss`` is a scalar whose gradient on the render is the method's gradient; ``terms`` are logs."""
+    """``loss`` is a scalar whose gradient on the render is the method's gradient; ``terms`` are logs.
+
+    ``reduction`` says how ``loss`` was formed from the method's per-sample gradient g on the B encoded renders:
+    ``mean`` (d loss / dz = g / B, threestudio's convention) or ``sum`` (d loss / dz = g, ``SpecifyGradient``).
+    The trainer needs it to give each of several particles the gradient it would get alone.
+    """
 
     loss: Tensor
     terms: dict[str, float] = field(default_factory=dict)
+    reduction: str = "mean"
 
 
 class Guidance(Protocol):

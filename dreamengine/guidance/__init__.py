@@ -7,8 +7,10 @@ live in :mod:`dreamengine.config.guidance`.
 
 from dreamengine.guidance.asd import ASDGuidance
 from dreamengine.guidance.bsd import BSDGuidance
+from dreamengine.guidance.cds import CDSGuidance
 from dreamengine.guidance.csd import CSDGuidance
 from dreamengine.guidance.csm import CSMGuidance
+from dreamengine.guidance.dsd import DSDGuidance
 from dreamengine.guidance.ism import ISMGuidance
 from dreamengine.guidance.mvdream_sds import MVDreamSDSGuidance
 from dreamengine.guidance.nfsd import NFSDGuidance
@@ -16,7 +18,8 @@ from dreamengine.guidance.sds import SDSGuidance
 from dreamengine.guidance.vsd import VSDGuidance
 
 GUIDANCES = {"sds": SDSGuidance, "bsd": BSDGuidance, "csm": CSMGuidance, "ism": ISMGuidance, "csd": CSDGuidance,
-             "nfsd": NFSDGuidance, "asd": ASDGuidance, "vsd": VSDGuidance, "mvdream-sds": MVDreamSDSGuidance}
+             "nfsd": NFSDGuidance, "asd": ASDGuidance, "vsd": VSDGuidance, "mvdream-sds": MVDreamSDSGuidance,
+             "cds": CDSGuidance, "dsd": DSDGuidance}
 
-__all__ = ["GUIDANCES", "ASDGuidance", "BSDGuidance", "CSDGuidance", "CSMGuidance", "ISMGuidance", "MVDreamSDSGuidance",
-           "NFSDGuidance", "SDSGuidance", "VSDGuidance"]
+__all__ = ["GUIDANCES", "ASDGuidance", "BSDGuidance", "CDSGuidance", "CSDGuidance", "CSMGuidance", "DSDGuidance",
+           "ISMGuidance", "MVDreamSDSGuidance", "NFSDGuidance", "SDSGuidance", "VSDGuidance"]

@@ -4,16 +4,19 @@ One call of a guidance method, :meth:`ScoreDistillation.__call__`, in order:
 
 1. check that the method can use the conditioning (Perp-Neg negatives, cameras);
 2. ``z = teacher.encode(rgb)`` (differentiable: the gradient reaches the render through it);
-3. draw the timesteps ``t`` [B] (per element, or one shared by the batch for the LucidDreamer family) from the
-   method's range at this step, then the noise ``eps`` (with LucidDreamer's offset noise where configured). With
-   a multi-view teacher (``teacher.views_per_group = n > 1``) "per element" is per group of n views: the views
-   of one object are denoised jointly, at one noise level (:func:`views_per_group`);
+3. :meth:`~ScoreDistillation.draw_timesteps`: the timesteps ``t`` [B] (per element, or one shared by the batch for
+   the LucidDreamer family) from the method's range at this step, then :meth:`~ScoreDistillation.draw_noise`: the
+   noise ``eps`` (with LucidDreamer's offset noise where configured; CDS's fixed noise). With a multi-view teacher
+   (``teacher.views_per_group = n > 1``) "per element" is per group of n views: the views of one object are
+   denoised jointly, at one noise level (:func:`views_per_group`);
 4. under ``no_grad``, the method's own :meth:`~ScoreDistillation.gradient` computes ``g`` (the teacher passes,
    weighting and the formula: the only part that differs between methods);
 5. :meth:`~ScoreDistillation.clean`: ``nan_to_num``, then the optional element-wise clamp ``grad_clip(step)``
    (``grad_nonfinite``, the fraction of ``g`` that was NaN or infinite, is logged: the trainer counts a step
    whose ``g`` was mostly non-finite as a failed step rather than a zero gradient);
-6. injection: ``loss = gradient_to_loss(z, g)``, so d loss / d z == g / B exactly;
+6. injection: ``loss = gradient_to_loss(z, g, reduction)``, so d loss / d z == g / B exactly (``mean``,
+   threestudio's MSE trick) or g (``sum``, LucidDreamer's and PlacidDreamer's ``SpecifyGradient``); the
+   reduction is reported in ``GuidanceOut.reduction`` so the trainer can scale particles correctly;
 7. :meth:`~ScoreDistillation.after_gradient` (VSD trains its score model here) and the logged terms.
 
 All random numbers come from the ``generator`` argument, in the order above, then whatever ``gradient`` and
@@ -35,21 +38,27 @@ from dreamengine.core.protocols import GuidanceOut, Teacher
 from dreamengine.errors import ConfigError
 from dreamengine.schedules import schedule_value
 
-__all__ = ["GuidanceOut", "LucidDreamerSchedule", "ScoreDistillation", "add_noise", "broadcast_to",
+__all__ = ["REDUCTIONS", "GuidanceOut", "LucidDreamerSchedule", "ScoreDistillation", "add_noise", "broadcast_to",
            "cfg_convention_a", "cfg_convention_b", "gradient_to_loss", "lucid_timestep_range", "offset_noise",
            "percent_timestep_range", "predict_noise_under", "sample_shared_timestep", "sample_timesteps",
-           "timestep_weight", "views_per_group", "warmup_rate"]
+           "steps_offset", "timestep_weight", "views_per_group", "warmup_rate"]
 
 
 # --------------------------------------------------------------------------------------------- formula pieces
-def gradient_to_loss(z: Tensor, grad: Tensor) -> Tensor:
-    """A scalar whose gradient with respect to ``z`` [B, ...] is exactly ``grad / B``.
+REDUCTIONS = ("mean", "sum")
+
+
+def gradient_to_loss(z: Tensor, grad: Tensor, reduction: str = "mean") -> Tensor:
+    """A scalar whose gradient with respect to ``z`` [B, ...] is exactly ``grad / B`` (``mean``) or ``grad``
+    (``sum``).
 
     The standard trick (threestudio): ``target = (z - grad).detach()``, ``0.5 * |z - target|^2 / B``.
-    Its value, ``0.5 |grad|^2 / B``, is only a log.
+    Its value, ``0.5 |grad|^2 / B``, is only a log. ``sum`` drops the ``/ B``: the gradient of LucidDreamer's
+    and PlacidDreamer's ``SpecifyGradient``, which hands ``grad`` itself to the backward pass.
     """
     target = (z - grad).detach()
-    return 0.5 * ((z - target) ** 2).sum() / z.shape[0]
+    loss = 0.5 * ((z - target) ** 2).sum()
+    return loss / z.shape[0] if reduction == "mean" else loss
 
 
 def add_noise(z: Tensor, noise: Tensor, t: Int[Tensor, " B"], alphas_cumprod: Float[Tensor, " T"]) -> Tensor:
@@ -137,17 +146,22 @@ def warmup_rate(step: int, warmup_steps: int) -> float:
 
 
 def lucid_timestep_range(step: int, warmup_steps: int, num_train_timesteps: int, min_percent: float = 0.02,
-                         max_percent: float = 0.5, warmup_max_percent: float = 0.98) -> tuple[int, int]:
-    """LucidDreamer's inclusive t range: ``t ~ randint(t_lo, t_hi + int(span * r))`` (upper bound exclusive).
+                         max_percent: float = 0.5, warmup_max_percent: float = 0.98,
+                         steps_offset: int = 0) -> tuple[int, int]:
+    """LucidDreamer's inclusive t range: ``t ~ randint(t_lo, t_hi + int(span * r))`` (upper bound exclusive),
+    shifted by the scheduler's ``steps_offset``.
 
-    With T = 1000 and the defaults, ``t_lo = 20``, ``t_hi = 500``, ``span = 480``, so the largest t anneals
-    from 979 at step 0 to 499 after ``warmup_steps`` (``r`` from :func:`warmup_rate`).
+    With T = 1000 and the defaults, ``t_lo = 20``, ``t_hi = 500``, ``span = 480``, so the largest index anneals
+    from 979 at step 0 to 499 after ``warmup_steps`` (``r`` from :func:`warmup_rate`). LucidDreamer draws an
+    *index* into its DDIM scheduler's timesteps, ``timesteps[i] = i + steps_offset`` (1 for Stable Diffusion's
+    scheduler config, 0 for the toy teacher), so the timestep itself is the index plus the offset.
     """
     low = int(num_train_timesteps * min_percent + 1e-6)
     high = int(num_train_timesteps * max_percent + 1e-6)
     span = int(num_train_timesteps * (warmup_max_percent - max_percent) + 1e-6)
     exclusive_top = high + int(span * warmup_rate(step, warmup_steps))
-    return low, max(exclusive_top - 1, low)
+    top = num_train_timesteps - 1
+    return min(low + steps_offset, top), min(max(exclusive_top - 1, low) + steps_offset, top)
 
 
 def offset_noise(shape: torch.Size, offset: float, generator: torch.Generator | None, dtype: torch.dtype,
@@ -168,13 +182,14 @@ class ScoreDistillation:
     """The shared ``__call__`` of every guidance method (see the module docstring for its steps).
 
     A method subclasses it and writes :meth:`gradient` (its formula); it may override :meth:`timestep_range`,
-    :meth:`clean`, set ``shared_timestep`` / ``supports_perp_neg``, and use :meth:`after_gradient` for work that
-    needs gradients of its own (VSD). ``cfg`` is the method's config dataclass (``dreamengine.config.guidance``):
-    the skeleton reads its ``name``, ``grad_clip`` and, for the default range, ``min/max_step_percent``.
+    :meth:`draw_timesteps`, :meth:`draw_noise`, :meth:`reduction`, :meth:`clean`, :meth:`check_inputs`, set
+    ``shared_timestep`` / ``supports_perp_neg``, and use :meth:`after_gradient` for work that needs gradients of its
+    own (VSD). ``cfg`` is the method's config dataclass (``dreamengine.config.guidance``): the skeleton reads its
+    ``name``, ``grad_clip`` and, for the default range, ``min/max_step_percent``.
     """
 
     shared_timestep = False  # one t for the whole batch (LucidDreamer's family) instead of one per element
-    supports_perp_neg = False  # the method combines Perp-Neg's negative views (only SDS does)
+    supports_perp_neg = False  # the method combines Perp-Neg's negative views (SDS, CSD, ASD)
 
     def __init__(self, cfg: Any, teacher: Teacher, max_steps: int) -> None:
         self.cfg = cfg
@@ -187,15 +202,31 @@ class ScoreDistillation:
         return percent_timestep_range(self.cfg.min_step_percent, self.cfg.max_step_percent, step,
                                       self.teacher.num_train_timesteps)
 
+    def draw_timesteps(self, batch: int, step: int, generator: torch.Generator | None, device: torch.device | str,
+                       group: int = 1) -> Int[Tensor, " B"]:
+        """t [B]: uniform in :meth:`timestep_range`, per element (per group of ``group`` views) or shared by the
+        batch (``shared_timestep``)."""
+        sample = sample_shared_timestep if self.shared_timestep else sample_timesteps
+        return sample(batch, *self.timestep_range(step), generator, device, group)
+
     def noise_offset(self) -> float:
         """Amplitude of LucidDreamer's per-channel offset noise (0: plain Gaussian noise)."""
         return 0.0
+
+    def draw_noise(self, shape: torch.Size, generator: torch.Generator | None, dtype: torch.dtype,
+                   device: torch.device | str) -> Tensor:
+        """eps [B, ...]: ``randn`` plus :meth:`noise_offset` times a per-channel offset (:func:`offset_noise`)."""
+        return offset_noise(shape, self.noise_offset(), generator, dtype, device)
+
+    def reduction(self) -> str:
+        """How g is injected (:func:`gradient_to_loss`): ``mean`` (d loss / dz = g / B, threestudio) by default."""
+        return "mean"
 
     def check_inputs(self, prompts: PromptBatch, cameras: Cameras | None) -> None:
         """Raise when the method cannot use this conditioning."""
         if prompts.neg is not None and not self.supports_perp_neg:
             raise ConfigError(f"guidance.name={self.cfg.name} does not support Perp-Neg: set "
-                              "prompt_processor.perp_neg=false or use guidance.name=sds")
+                              "prompt_processor.perp_neg=false or use guidance.name=sds, csd or asd")
 
     def gradient(self, z: Tensor, t: Int[Tensor, " B"], noise: Tensor, prompts: PromptBatch, cameras: Cameras | None,
                  step: int, generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
@@ -211,25 +242,25 @@ class ScoreDistillation:
     # ---- the skeleton
     def __call__(self, rgb: Float[Tensor, "B H W 3"], prompts: PromptBatch, cameras: Cameras | None, step: int,
                  generator: torch.Generator | None = None) -> GuidanceOut:
-        """rgb [B, H, W, 3] in [0, 1] (differentiable) -> GuidanceOut with d loss / d z = g / B."""
+        """rgb [B, H, W, 3] in [0, 1] (differentiable) -> GuidanceOut with d loss / d z = g / B (or g)."""
         self.check_inputs(prompts, cameras)
         z = self.teacher.encode(rgb.permute(0, 3, 1, 2))
         batch, group = z.shape[0], views_per_group(self.teacher)
         if batch % group:
             raise ConfigError(f"the teacher denoises groups of {group} views, but the guidance got {batch} renders: "
                               f"set camera.views_per_group={group} and camera.batch_size to a multiple of {group}")
-        sample = sample_shared_timestep if self.shared_timestep else sample_timesteps
-        t = sample(batch, *self.timestep_range(step), generator, z.device, group)
-        noise = offset_noise(z.shape, self.noise_offset(), generator, z.dtype, z.device)
+        t = self.draw_timesteps(batch, step, generator, z.device, group)
+        noise = self.draw_noise(z.shape, generator, z.dtype, z.device)
         with torch.no_grad():
             grad, extra = self.gradient(z.detach(), t, noise, prompts, cameras, step, generator)
             nonfinite = float((~torch.isfinite(grad)).float().mean())
             grad = self.clean(grad, step)
-        loss = gradient_to_loss(z, grad)
+        reduction = self.reduction()
+        loss = gradient_to_loss(z, grad, reduction)
         terms = {"t_mean": float(t.float().mean()), **extra, "grad_norm": float(grad.norm() / math.sqrt(batch)),
                  "grad_nonfinite": nonfinite}
         terms.update(self.after_gradient(z, prompts, cameras, generator))
-        return GuidanceOut(loss=loss, terms=terms)
+        return GuidanceOut(loss=loss, terms=terms, reduction=reduction)
 
     def clean(self, grad: Tensor, step: int) -> Tensor:
         """``nan_to_num``, then the element-wise clamp to ``[-c, c]``, ``c = grad_clip(step)``, when set."""
@@ -247,9 +278,16 @@ class ScoreDistillation:
         """Stateless: nothing to restore."""
 
 
+def steps_offset(teacher: Teacher) -> int:
+    """The teacher's scheduler ``steps_offset`` (Stable Diffusion's config: 1; the toy world and teachers without a
+    scheduler config: 0). LucidDreamer indexes its timesteps through it (:func:`lucid_timestep_range`)."""
+    return int(getattr(teacher, "steps_offset", 0))
+
+
 class LucidDreamerSchedule:
-    """LucidDreamer's timesteps and noise, shared by ISM, CSM and BSD (mix in before :class:`ScoreDistillation`):
-    one t per batch, ``t ~ randint(t_lo, t_hi + int(span r))`` (:func:`lucid_timestep_range`), offset noise."""
+    """LucidDreamer's timesteps, noise and injection, shared by ISM, CSM and BSD (mix in before
+    :class:`ScoreDistillation`): one t per batch, ``t ~ randint(t_lo, t_hi + int(span r)) + steps_offset``
+    (:func:`lucid_timestep_range`), offset noise, and ``grad_injection`` (``sum``: ``SpecifyGradient``'s g)."""
 
     shared_timestep = True
     cfg: Any
@@ -258,7 +296,10 @@ class LucidDreamerSchedule:
     def timestep_range(self, step: int) -> tuple[int, int]:
         cfg = self.cfg
         return lucid_timestep_range(step, cfg.warmup_steps, self.teacher.num_train_timesteps, cfg.min_step_percent,
-                                    cfg.max_step_percent, cfg.warmup_max_step_percent)
+                                    cfg.max_step_percent, cfg.warmup_max_step_percent, steps_offset(self.teacher))
 
     def noise_offset(self) -> float:
         return self.cfg.noise_offset
+
+    def reduction(self) -> str:
+        return self.cfg.grad_injection

@@ -14,8 +14,9 @@ convex hull, per sample (dot products over all of C, H, W):
   ``w = |eps_u - eps|_F sqrt(1 - abar_t) / auto_norm_divisor`` (Frobenius norm over the whole batch, 50).
 
 ``eps_u`` is the negative-prompt branch. Timesteps (``t ~ randint(20, 500 + int(480 r))``), offset noise and
-``grad_scale = 0.1`` are LucidDreamer's (see ism.py). Injected with ``gradient_to_loss`` (d loss / dz = g / B;
-the source's ``SpecifyGradient`` gives g). The DreamBooth LoRA of the source's teacher is not part of BSD.
+``grad_scale = 0.1`` are LucidDreamer's (see ism.py), and so is the injection: ``grad_injection: sum`` (default)
+gives d loss / dz = g, as the source's ``SpecifyGradient``; ``mean`` gives threestudio's g / B. The DreamBooth
+LoRA of the source's teacher is not part of BSD.
 Settings: :class:`dreamengine.config.guidance.BSDConfig`.
 """
 

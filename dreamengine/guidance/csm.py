@@ -5,8 +5,8 @@ Only the abstract and README are public (guidance-math.md §3c). The abstract wr
 deterministic noise addition process". The README names the module "Visual Prompt Interval Score
 Matching" and credits LucidDreamer, so the deterministic x_t is built exactly as in ISM:
 
-    s     = max(t - delta, 0)                                  one t for the whole batch
-    x_s   = DDIM-invert z from ~0 to s (stride ``xs_delta_t``, ``xs_inv_steps`` steps) with eps(.; e_inv)
+    s     = max(t - delta, t_min)                              one t for the whole batch (t_min: steps offset)
+    x_s   = DDIM-invert z from ~t_min to s (stride ``xs_delta_t``, ``xs_inv_steps`` steps) with eps(.; e_inv)
     x_t   = ddim_step(x_s, eps(x_s; e_inv, s), s -> t)         deterministic x_t (no fresh noise at t)
     g     = grad_scale * w(t) * gamma * (eps(x_t; e_c, t) - eps(x_t; e_u, t))
 
@@ -19,7 +19,8 @@ Choices made here (not from the paper; check its §III-C before relying on them)
 * Timesteps, interval annealing, offset noise and ``grad_scale = 0.1`` are LucidDreamer's (see ism.py).
 * The visual-prompt (IP-Adapter) branch of VPCSM and the Semantic-Geometry Calibration loss are left out.
 
-Injected with ``gradient_to_loss`` (d loss / dz = g / B). Settings: :class:`dreamengine.config.guidance.CSMConfig`;
+Injected as ISM's (``grad_injection: sum``, d loss / dz = g, LucidDreamer's ``SpecifyGradient``).
+Settings: :class:`dreamengine.config.guidance.CSMConfig`;
 the deterministic x_t is :meth:`ISMGuidance.interval_points`, which this class inherits.
 """
 

@@ -55,10 +55,12 @@ def ddim_walk(teacher: Teacher, x: Tensor, t_from: int, t_to: int, stride: int, 
 
 @torch.no_grad()
 def ddim_invert(teacher: Teacher, z: Tensor, noise: Tensor, t_to: int, embeddings: Tensor, stride: int,
-                num_steps: int, cameras: Cameras | None = None) -> Tensor:
-    """LucidDreamer's x_s: noise the clean z [B, ...] to ``start = max(t_to - stride * num_steps, 0)`` with
-    ``noise`` (a tiny amount at start = 0), then DDIM-invert it to ``t_to`` in at most ``num_steps`` steps."""
-    start = max(t_to - stride * num_steps, 0)
+                num_steps: int, cameras: Cameras | None = None, floor: int = 0) -> Tensor:
+    """LucidDreamer's x_s: noise the clean z [B, ...] to ``start = max(t_to - stride * num_steps, floor)`` with
+    ``noise`` (a tiny amount at the floor), then DDIM-invert it to ``t_to`` in at most ``num_steps`` steps.
+
+    ``floor`` is the smallest timestep, LucidDreamer's ``timesteps[0]`` = the scheduler's ``steps_offset``."""
+    start = max(t_to - stride * num_steps, floor)
     t_start = torch.full((z.shape[0],), start, dtype=torch.long, device=z.device)
     x = add_noise(z, noise, t_start, teacher.alphas_cumprod)
     return ddim_walk(teacher, x, start, t_to, stride, embeddings, cameras)

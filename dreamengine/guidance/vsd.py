@@ -66,10 +66,10 @@ class VSDGuidance(ScoreDistillation):
 
     def __init__(self, cfg: VSDConfig, teacher: Teacher, max_steps: int) -> None:
         if views_per_group(teacher) > 1:
-            raise ConfigError("guidance.name=vsd does not work with a multi-view teacher: its particle score model "
-                              "(a LoRA with its own camera embedding, or a pixel UNet) scores one view at a time, so "
-                              "eps_teacher - eps_phi would compare a joint score with a single-view one. Use "
-                              "guidance.name=mvdream-sds or sds (or a single-view teacher for VSD)")
+            raise ConfigError(f"guidance.name={cfg.name} does not work with a multi-view teacher: its particle "
+                              "score model (a LoRA with its own camera embedding, or a pixel UNet) scores one view at "
+                              "a time, so eps_teacher - eps_phi would compare a joint score with a single-view one. "
+                              "Use guidance.name=mvdream-sds or sds (or a single-view teacher for VSD)")
         super().__init__(cfg, teacher, max_steps)
         alpha = float(cfg.lora_alpha) if cfg.lora_alpha is not None else float(cfg.lora_rank)
         self.score_model = build_score_model(teacher, cfg.lora_rank, alpha, cfg.pixel_model_width)

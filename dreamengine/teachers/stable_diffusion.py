@@ -408,6 +408,9 @@ class StableDiffusionTeacher(UNetLoraAdapter):
         self._alphas64 = alphas_cumprod_from_scheduler(pipe.scheduler).to(self.device)
         self.alphas_cumprod = self._alphas64.float()  # [T]
         self.num_train_timesteps = int(self.alphas_cumprod.shape[0])
+        # diffusers' DDIM/PNDM timesteps are index + steps_offset (SD's scheduler config: 1); LucidDreamer's family
+        # indexes its timesteps through it (guidance/base.py lucid_timestep_range)
+        self.steps_offset = int(pipe.scheduler.config.get("steps_offset", 0))
         self.max_tokens = int(self.tokenizer.model_max_length)
         self.embedding_key = text_encoder_key(self.model, revision, self.max_tokens, self.text_encoder)
 

@@ -89,6 +89,7 @@ class ToyWorldTeacher:
     """
 
     num_train_timesteps: int = 1000
+    steps_offset: int = 0  # timesteps are their own indices (no scheduler config)
 
     def __init__(self, resolution: int = 32, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
                  elevations: tuple[float, ...] = (-15.0, 0.0, 15.0, 30.0, 45.0, 60.0, 75.0),

@@ -77,7 +77,7 @@ class TimestepSpy:
         return self._teacher.predict_noise(z_t, t, embeddings, cameras)
 
 
-@pytest.mark.parametrize("name", sorted(set(GUIDANCES) - {"vsd"}))
+@pytest.mark.parametrize("name", sorted(set(GUIDANCES) - {"vsd", "dsd"}))
 def test_guidance_methods_work_with_a_multi_view_teacher_one_timestep_per_group(name, teacher):
     cameras, prompts = batch(teacher, seed=2)
     spy = TimestepSpy(teacher)
@@ -94,8 +94,9 @@ def test_guidance_methods_work_with_a_multi_view_teacher_one_timestep_per_group(
 
 
 def test_vsd_refuses_a_multi_view_teacher_and_odd_batches_are_refused(teacher):
-    with pytest.raises(ConfigError, match="vsd does not work with a multi-view teacher"):
-        GUIDANCES["vsd"](GUIDANCE_CONFIGS["vsd"](), teacher, 100)
+    for name in ("vsd", "dsd"):  # DSD uses VSD's particle score model
+        with pytest.raises(ConfigError, match=f"{name} does not work with a multi-view teacher"):
+            GUIDANCES[name](GUIDANCE_CONFIGS[name](), teacher, 100)
     cameras, prompts = batch(teacher)
     guidance = GUIDANCES["sds"](GUIDANCE_CONFIGS["sds"](), teacher, 100)
     with pytest.raises(ConfigError, match="groups of 4 views.*camera.views_per_group=4"):

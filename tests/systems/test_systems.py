@@ -52,6 +52,8 @@ def test_papers_defaults_reach_the_stage_configs(tmp_path: Path) -> None:
     lucid = plan_stages(load_system("luciddreamer"), "a fox", [], tmp_path)[0]
     assert (lucid.scene.name, lucid.guidance.name, lucid.guidance.guidance_scale) == ("gaussians", "ism", 7.5)
     assert (lucid.guidance.grad_scale, lucid.guidance.xs_delta_t, lucid.camera.batch_size) == (0.1, 200, 4)
+    assert (lucid.camera.height, lucid.camera.elevation_range, lucid.densify.refine_start) == (512, [-15.0, 45.0], 100)
+    assert lucid.prompt_processor.view_interpolation and lucid.guidance.grad_injection == "sum"
     placid = plan_stages(load_system("placiddreamer"), "a fox", [], tmp_path)[0]
     assert (placid.guidance.name, placid.guidance.classifier_ratio) == ("bsd", 15.0)
     dreamer = plan_stages(load_system("gaussiandreamer"), "a fox", [], tmp_path)[0]
