@@ -36,6 +36,9 @@ def test_generate_export_eval_red_cube(tmp_path: Path):
     assert metrics["psnr"] > 14.0, metrics
     # the exported mesh against the true cube: measured volumetric IoU 0.748, Chamfer 0.048 at 400 steps
     assert metrics["mesh"]["volumetric_iou"] > 0.6 and metrics["mesh"]["chamfer"] < 0.08, metrics["mesh"]
+    # one closed surface with a cube's topology (seams welded; enclosed pockets of the density filled)
+    assert metrics["mesh"]["watertight"] and metrics["mesh"]["pieces"] == 1, metrics["mesh"]
+    assert metrics["mesh"]["euler_characteristic"] == metrics["mesh"]["true_euler_characteristic"] == 2
 
     glb = run_dir / "final" / "model.glb"
     assert len(trimesh.load(glb, force="mesh").faces) > 500  # loads with plain trimesh
