@@ -7,7 +7,18 @@ the full-length runs of every toy system take about as long again, so they run o
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (the README runs ``-n 2``) every worker, and every process it starts, uses one thread:
+    two workers on two cores instead of four threads fighting over them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -8,10 +8,12 @@ Chromium comes from Debian (``chromium``, ``chromium-driver``): installed with a
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -43,9 +45,14 @@ def chromium() -> Path:
         pytest.skip("headless Chromium is not installed and apt-get needs root: run "
                     "sudo apt-get install -y chromium chromium-driver")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    with open(Path(tempfile.gettempdir()) / "dreamengine-chromium-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers: one installs, the others wait and find it
+        if not CHROMIUM.exists():
+            for command in (["apt-get", "update", "-qq"],
+                            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
+                result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+                assert result.returncode == 0, (f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n"
+                                                f"{result.stderr[-2000:]}")
     assert CHROMIUM.exists(), "apt-get installed chromium, but /usr/bin/chromium is missing"
     return CHROMIUM
 
