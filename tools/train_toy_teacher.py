@@ -74,10 +74,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from dreamengine.core.cameras import cameras_from_spherical, direction_labels  # noqa: E402
 from dreamengine.toyworld import all_objects, render_toy  # noqa: E402
 from dreamengine.toyworld.objects import ToyObject  # noqa: E402
-
-from dreamengine.core.cameras import cameras_from_spherical, direction_labels  # noqa: E402
 
 RESOLUTION = 32
 SUPERSAMPLE = 2
