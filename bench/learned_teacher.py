@@ -14,7 +14,7 @@ Writes bench/results/learned_teacher.md with
    exported mesh's volumetric IoU; wall and CPU seconds of the whole command.
 
     OMP_NUM_THREADS=1 python bench/learned_teacher.py [--methods sds vsd ...] [--prompts "a red cube" ...]
-        [--sds-prompts ...] [--jobs 2] [--samples 2] [--sample-steps 50] [--workdir DIR] [key=value ...]
+        [--sds-prompts ...] [--exact] [--jobs 2] [--samples 2] [--sample-steps 50] [--workdir DIR] [key=value ...]
 
 ``--workdir`` keeps the run directories and reuses finished runs, so an interrupted table can be completed.
 Overrides after the options apply to every run (``trainer.max_steps=300`` to shorten them: the table says so).
@@ -45,18 +45,21 @@ LEARNED_OVERRIDES: dict[str, list[str]] = {
 }
 
 
+EXACT = "sds, exact teacher"  # the same prompts under quickstart (the exact toy teacher), for comparison
+
+
 def config_of(method: str) -> str:
-    return "learned-toy" if method == "sds" else f"{method}-toy"
+    return {"sds": "learned-toy", EXACT: "quickstart"}.get(method, f"{method}-toy")
 
 
 def run(method: str, prompt: str, overrides: list[str], workdir: Path) -> dict:
     """One ``dreamengine generate`` run -> its metrics.json plus wall / CPU seconds (cached in bench-row.json)."""
-    out = workdir / f"{method}-{prompt.replace(' ', '-')}"
+    out = workdir / f"{method.replace(', ', '-').replace(' ', '-')}-{prompt.replace(' ', '-')}"
     done = out / "bench-row.json"
     if done.is_file():
         return json.loads(done.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    extra = ([] if method == "sds" else TEACHER) + LEARNED_OVERRIDES.get(method, [])
+    extra = ([] if method in ("sds", EXACT) else TEACHER) + LEARNED_OVERRIDES.get(method, [])
     command = [sys.executable, "-m", "dreamengine.cli", "generate", prompt, "--config", config_of(method),
                f"output_dir={out}", "trainer.preview_every=0", "report.turntable=false", *extra, *overrides]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -126,6 +129,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--prompts", nargs="+", default=PROMPTS)
     parser.add_argument("--sds-prompts", nargs="*", default=SDS_PROMPTS, help="more prompts for SDS alone")
+    parser.add_argument("--exact", action="store_true", help="also SDS through the exact toy teacher (quickstart)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each uses OMP_NUM_THREADS threads)")
     parser.add_argument("--samples", type=int, default=2, help="samples per object for the sample quality (0: skip)")
     parser.add_argument("--sample-steps", type=int, default=50, help="DDPM steps per sample")
@@ -142,6 +146,8 @@ def main() -> None:
         # prompt-major, so an interrupted run has every method on the first prompt
         cases = [(m, p) for p in args.prompts for m in args.methods]
         cases += [("sds", p) for p in args.sds_prompts if "sds" in args.methods and p not in args.prompts]
+        if args.exact:
+            cases += [(EXACT, p) for p in [*args.prompts, *args.sds_prompts]]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             rows = list(pool.map(lambda case: run(*case, args.overrides, workdir), cases))
     for r in rows:
