@@ -159,3 +159,11 @@ def test_learned_toy_config_runs_end_to_end_and_is_evaluated(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["object"] == "a red cube" and 0.0 <= metrics["mask_iou"] <= 1.0
     assert (run_dir / "final" / "model.glb").is_file()
+
+
+def test_loading_casts_nothing_twice(capfd):
+    """The pipeline is loaded in the teacher's dtype, so moving it to the device casts nothing (diffusers warns
+    on every dtype cast after loading, which read as a problem on every learned-toy run)."""
+    teacher = DeepFloydIFTeacher("builtin:toy-learned", device="cpu")
+    assert teacher.unet.dtype == torch.float32 and teacher.text_encoder.dtype == torch.float32
+    assert "should be kept in float32" not in capfd.readouterr().err
