@@ -42,6 +42,10 @@ TEACHER = ["teacher.name=deepfloyd-if", "teacher.model=builtin:toy-learned"]
 # Per-method changes to the <method>-toy settings for the learned teacher (see the notes in the results file).
 LEARNED_OVERRIDES: dict[str, list[str]] = {
     "vsd": ["guidance.lora_lr=1e-3"],  # the LoRA must follow the renders within 600 steps (threestudio: 1e-4 / 25k)
+    # ISM and CSM invert the DDIM trajectory every step (xs_inv_steps=5: about 3x SDS's teacher time); on the shared
+    # 2-core machine they ran at half length, their t annealing shortened to match
+    "ism": ["trainer.max_steps=300", "guidance.warmup_steps=200"],
+    "csm": ["trainer.max_steps=300", "guidance.warmup_steps=200"],
 }
 
 
