@@ -122,18 +122,19 @@ def cell(value: float | None, fmt: str) -> str:
 
 
 def guidance_table(rows: list[dict]) -> list[str]:
-    lines = ["| method | prompt | mask IoU | mask IoU @20 deg | PSNR dB | mesh vol. IoU | wall s | CPU s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | prompt | mask IoU | mask IoU @20 deg | PSNR dB | texture noise (truth) | mesh vol. IoU | "
+             "mesh Euler (truth) | wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | {r['prompt']} | failed: {r['error']} | | | | {r['wall']:.0f} | "
+            lines.append(f"| {r['method']} | {r['prompt']} | failed: {r['error']} | | | | | | {r['wall']:.0f} | "
                          f"{r['cpu']:.0f} |")
             continue
-        band = r.get("bands", {}).get("20", {})
+        band, mesh = r.get("bands", {}).get("20", {}), r.get("mesh", {})
         lines.append(f"| {r['method']} | {r['prompt']} | {cell(r.get('mask_iou'), '.3f')} | "
                      f"{cell(band.get('mask_iou'), '.3f')} | {cell(r.get('psnr'), '.2f')} | "
-                     f"{cell(r.get('mesh', {}).get('volumetric_iou'), '.3f')} | {r['wall']:.0f} | "
-                     f"{cell(r['cpu'], '.0f')} |")
+                     f"{cell(r.get('texture_noise'), '.3f')} ({cell(r.get('true_texture_noise'), '.3f')}) | "
+                     f"{cell(mesh.get('volumetric_iou'), '.3f')} | {mesh.get('euler_characteristic', '-')} "
+                     f"({mesh.get('true_euler_characteristic', '-')}) | {r['wall']:.0f} | {cell(r['cpu'], '.0f')} |")
     return lines
 
 
