@@ -151,7 +151,7 @@ def test_learned_toy_config_runs_end_to_end_and_is_evaluated(tmp_path):
                       "render.num_samples=16", "trainer.max_steps=4", "trainer.preview_every=0",
                       "trainer.checkpoint_every=0", "trainer.progress=false", "export.resolution=32",
                       "eval.resolution=32", "eval.num_views=4", "report.turntable=false",
-                      f"prompt_processor.cache_dir={tmp_path / 'cache'}"], tmp_path, timeout=300)
+                      f"prompt_processor.cache_dir={tmp_path / 'cache'}"], tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
