@@ -14,7 +14,8 @@ Writes bench/results/learned_teacher.md with
    exported mesh's volumetric IoU; wall and CPU seconds of the whole command.
 
     OMP_NUM_THREADS=1 python bench/learned_teacher.py [--methods sds vsd ...] [--prompts "a red cube" ...]
-        [--sds-prompts ...] [--exact] [--jobs 2] [--samples 2] [--sample-steps 50] [--workdir DIR] [key=value ...]
+        [--sds-prompts ...] [--exact] [--jobs 2] [--samples 2] [--sample-steps 50] [--quality JSON]
+        [--workdir DIR] [key=value ...]
 
 ``--workdir`` keeps the run directories and reuses finished runs, so an interrupted table can be completed.
 Overrides after the options apply to every run (``trainer.max_steps=300`` to shorten them: the table says so).
@@ -66,7 +67,9 @@ def run(method: str, prompt: str, overrides: list[str], workdir: Path) -> dict:
     finished = sorted(out.glob("*/metrics.json"))
     if finished:  # a run finished outside this script (same command): adopt it, wall time from its files
         metrics_file = finished[-1]
-        wall = metrics_file.stat().st_mtime - (metrics_file.parent / "config.yaml").stat().st_mtime
+        run_dir = metrics_file.parent  # re-exported and evaluated later (recover.log): its training time only
+        end = run_dir / "ckpt" / "last.pt" if (run_dir / "recover.log").is_file() else metrics_file
+        wall = end.stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
         row = {"method": method, "prompt": prompt, "wall": wall, "cpu": None, "overrides": extra,
                **json.loads(metrics_file.read_text())}
         done.write_text(json.dumps(row))
@@ -148,13 +151,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2, help="samples per object for the sample quality (0: skip)")
     parser.add_argument("--sample-steps", type=int, default=50, help="DDPM steps per sample")
     parser.add_argument("--sample-guidance", type=float, default=7.5)
+    parser.add_argument("--quality", help="read the sample quality from this evaluate --json file instead")
     parser.add_argument("--workdir", help="keep the run directories here (default: a temporary folder)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "learned_teacher.md"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
     training = training_summary(MODEL / "training-log.txt")
-    quality = sample_quality(args.samples, args.sample_steps, args.sample_guidance) if args.samples else None
+    if args.quality:  # a JSON written by ``tools/train_toy_teacher.py evaluate --json``
+        quality = json.loads(Path(args.quality).read_text())
+    else:
+        quality = sample_quality(args.samples, args.sample_steps, args.sample_guidance) if args.samples else None
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         # prompt-major, so an interrupted run has every method on the first prompt
