@@ -128,6 +128,7 @@ def sample(teacher: DeepFloydIFTeacher, prompts: list[str], guidance: float, ste
     return x.float()
 
 
+@pytest.mark.slow
 def test_samples_are_recognisably_the_prompted_object(teacher):
     """20 samples (5 shapes x 4 colors, CFG 7.5, 15 DDPM steps) classified by their nearest ground-truth render
     among 20 random views of each of the 20 candidate objects: most get both color and shape right."""
@@ -142,6 +143,7 @@ def test_samples_are_recognisably_the_prompted_object(teacher):
     assert sum(shape_ok) >= 16
 
 
+@pytest.mark.slow
 def test_learned_toy_config_runs_end_to_end_and_is_evaluated(tmp_path):
     """``--config learned-toy`` finds the shipped model with no path from the user, trains, exports and writes
     the toy-world evaluation (a few steps: this checks the plumbing, the benchmark measures quality)."""
