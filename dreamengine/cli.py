@@ -31,7 +31,8 @@ GENERATE_HELP = """\
 Optimize a scene for PROMPT, then export it to RUN_DIR/final/model.glb and (for toy-world prompts)
 evaluate it. A run directory is created under output_dir (default: runs/) and printed first.
 
-Settings come from a config (default: quickstart) and KEY=VALUE overrides, for example:
+Settings come from a config (default: quickstart; list them with: dreamengine configs) and KEY=VALUE
+overrides, for example:
   dreamengine generate "a blue torus" trainer.max_steps=400 camera.height=48 seed=3
   dreamengine generate "a snowman" --config gaussian-toy guidance.guidance_scale=20
 Or name a system, a paper's multi-stage pipeline (list them with: dreamengine systems):
@@ -118,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("systems", help="list the packaged systems (papers' pipelines)",
                         description="List every packaged system with its stages and the paper it follows. Run one "
                                     "with: dreamengine generate PROMPT --system NAME")
+
+    commands.add_parser("configs", help="list the packaged configs (--config NAME)",
+                        description="List every packaged config with the first line of its YAML header. Use one "
+                                    "with: dreamengine generate PROMPT --config NAME")
 
     export = commands.add_parser("export", help="write a run's mesh as GLB, OBJ or PLY (or its Gaussians)",
                                  description="Extract a mesh from RUN_DIR's last checkpoint and write "
@@ -419,6 +424,19 @@ def cmd_systems(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    from dreamengine.config import available_configs, find_config
+
+    names = available_configs()
+    width = max(len(name) for name in names) + 2
+    print("Configs (use one with: dreamengine generate PROMPT --config NAME; its YAML file documents it):\n")
+    for name in names:
+        header = next((line.lstrip("# ").strip() for line in find_config(name).read_text().splitlines()
+                       if line.startswith("#")), "")
+        print(f"{name:<{width}}{header}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dreamengine.build import load_run
     from dreamengine.core.render import render_fixed
@@ -496,7 +514,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 COMMANDS = {"ui": cmd_ui, "doctor": cmd_doctor, "generate": cmd_generate, "resume": cmd_resume, "export": cmd_export,
             "eval": cmd_eval,
-            "refine": cmd_refine, "batch": cmd_batch, "report": cmd_report, "systems": cmd_systems}
+            "refine": cmd_refine, "batch": cmd_batch, "report": cmd_report, "systems": cmd_systems,
+            "configs": cmd_configs}
 
 if __name__ == "__main__":
     sys.exit(main())

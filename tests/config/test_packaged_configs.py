@@ -89,7 +89,10 @@ def value_at(cfg, dotted: str):
 def test_every_packaged_config_loads(name):
     cfg = load_config(name, prompt="a red cube")
     assert cfg.prompt == "a red cube"
-    if name.endswith("-toy"):
+    if name == "learned-toy":  # the toy world through the shipped learned model (no user path)
+        assert (cfg.teacher.name, cfg.teacher.model, cfg.guidance.name) == ("deepfloyd-if", "builtin:toy-learned",
+                                                                            "sds")
+    elif name.endswith("-toy"):
         assert cfg.teacher.name.startswith("toyworld")  # toyworld or toyworld-multiview (mvdream-toy)
         method = name[: -len("-toy")]
         if method in GUIDANCE_CONFIGS:  # <method>-toy configs are named after their guidance
@@ -110,3 +113,21 @@ def test_sd_config_holds_its_sources_defaults(name):
     assert cfg.device == "auto"
     for key, expected in SOURCE_DEFAULTS[name].items():
         assert value_at(cfg, key) == expected, key
+
+
+def test_learned_toy_is_the_quickstart_but_for_its_teacher_and_guidance_settings():
+    """learned-toy.yaml copies quickstart.yaml (configs cannot inherit): everything but the teacher section and
+    the guidance settings tuned for the learned teacher must stay equal, so a quickstart fix reaches it too."""
+    import dataclasses
+
+    quick = dataclasses.asdict(load_config("quickstart", prompt="a red cube"))
+    learned = dataclasses.asdict(load_config("learned-toy", prompt="a red cube"))
+    tuned = {"guidance_scale", "min_step_percent", "max_step_percent"}  # bench/results/learned_teacher.md
+    for section in quick:
+        if section == "teacher":
+            continue
+        if section == "guidance":
+            assert {k: v for k, v in quick[section].items() if k not in tuned} == \
+                {k: v for k, v in learned[section].items() if k not in tuned}
+            continue
+        assert quick[section] == learned[section], f"learned-toy.yaml's {section} section differs from quickstart's"
