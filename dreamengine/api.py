@@ -20,21 +20,29 @@ import dataclasses
 import json
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dreamengine.build import build_reference, teacher_context
 from dreamengine.config import RunConfig, load_config
 from dreamengine.errors import DreamEngineError
+from dreamengine.images import read_image
 from dreamengine.pipeline import run_stage
 from dreamengine.runs import init_run_dir, is_system_run, plan_run_dir
 from dreamengine.scenes.mesh import read_mesh_file
-from dreamengine.systems import load_system
+from dreamengine.systems import load_system, split_stage_overrides, stage_config
 from dreamengine.systems.driver import plan_stages, run_system, stage_dir, write_system_run
+from dreamengine.teachers.toy_image import ToyImageTeacher, ToyMatch
 from dreamengine.trainer import StepEvent, Trainer
 
 Callback = Callable[[StepEvent], None]
+
+TOY_IMAGE_SYSTEM = "zero123-toy"  # --image with no --system/--config: a toy-world render goes here
+DEFAULT_IMAGE_SYSTEM = "stable-zero123"  # ... and any other image here
+TOY_MATCH_RMS = 0.15  # an image whose nearest toy bank view differs by less (RMS, [0, 1] units) is a toy render
 
 
 @dataclass
@@ -79,18 +87,27 @@ class Run:
         return Asset(self.run_dir, result.files, result.metrics)
 
 
-def prepare(prompt: str, *, config: str | Path | None = None, system: str | None = None,
-            overrides: Sequence[str] = (), output_dir: str | Path | None = None, export: bool = True,
-            argv: Sequence[str] | None = None, run_dir: str | Path | None = None) -> Run:
+def prepare(prompt: str = "", *, image: str | Path | None = None, config: str | Path | None = None,
+            system: str | None = None, overrides: Sequence[str] = (), output_dir: str | Path | None = None,
+            export: bool = True, argv: Sequence[str] | None = None, run_dir: str | Path | None = None) -> Run:
     """Validate the settings, build the first stage's trainer (teacher, scene, ...), then create the run
     directory with its resolved config(s) and manifest. Nothing is written when anything is wrong.
 
+    With ``image`` (image-to-3D), the image is checked first and never modified: a copy goes into
+    ``RUN_DIR/input/`` and the run's ``image.path`` points at it (:func:`image_run_settings` picks the system and,
+    for the toy teacher, the object and view the image shows; the prompt is then optional).
     The run directory is ``output_dir/<prompt slug>-<time>`` unless ``run_dir`` names it (it must not exist)."""
+    input_file = None
+    if image is None and system is not None and _first_config(config, system, list(overrides), prompt).image.sample:
+        image = sample_visual_prompt(_first_config(config, system, list(overrides), prompt))  # VP3D
+    if image is not None:
+        input_file = Path(image).expanduser()
+        prompt, config, system, overrides = image_run_settings(prompt, input_file, config, system, overrides)
     overrides = _checked_overrides(prompt, overrides, output_dir)
     command = list(argv if argv is not None else sys.argv)
     if system is None:
         cfg = load_config(config if config is not None else "quickstart", overrides, prompt=prompt)
-        return _start_single(cfg, run_dir, command, export)
+        return _start_single(cfg, run_dir, command, export, input_file=input_file, input_key="image")
     if config is not None:
         raise DreamEngineError("pass either a config or a system, not both: a system names its stages' configs "
                                "(override their keys with key=value, or STAGE:key=value for one stage)")
@@ -99,16 +116,113 @@ def prepare(prompt: str, *, config: str | Path | None = None, system: str | None
     run_dir = Path(run_dir) if run_dir is not None else plan_run_dir(_with_output_dir(first, overrides))
     configs = plan_stages(spec, prompt, overrides, run_dir)
     trainer = Trainer(configs[0], stage_dir(run_dir, 0, spec.stages[0].name), stage=spec.stages[0].name)
-    init_run_dir(run_dir, configs[0], command, _teacher_info(trainer), write_config=False)
+    extra = None
+    if input_file is not None:  # every stage's recorded config reads the run's own copy of the image
+        copy = run_dir.resolve() / "input" / input_file.name  # absolute: stages and resumes read it from anywhere
+        configs = [_with_input(cfg, "image", copy) if cfg.image.path else cfg for cfg in configs]
+        trainer.cfg = configs[0]
+        extra = {"input": str(input_file)}
+    init_run_dir(run_dir, configs[0], command, _teacher_info(trainer), write_config=False, extra=extra)
     write_system_run(run_dir, spec, prompt, configs)
+    if input_file is not None:
+        _copy_input(input_file, run_dir)
     return Run(run_dir, trainer, system=True, export=export)
 
 
-def generate(prompt: str, *, config: str | Path | None = None, system: str | None = None,
-             overrides: Sequence[str] = (), callbacks: Sequence[Callback] = (),
+def generate(prompt: str = "", *, image: str | Path | None = None, config: str | Path | None = None,
+             system: str | None = None, overrides: Sequence[str] = (), callbacks: Sequence[Callback] = (),
              output_dir: str | Path | None = None) -> Asset:
-    """Text prompt -> trained scene -> exported asset (see the module docstring)."""
-    return prepare(prompt, config=config, system=system, overrides=overrides, output_dir=output_dir).execute(callbacks)
+    """Text prompt (or reference image, ``image=``, with an optional prompt) -> trained scene -> exported asset
+    (see the module docstring)."""
+    return prepare(prompt, image=image, config=config, system=system, overrides=overrides,
+                   output_dir=output_dir).execute(callbacks)
+
+
+def image_run_settings(prompt: str, image: Path, config: str | Path | None, system: str | None,
+                       overrides: Sequence[str]) -> tuple[str, str | Path | None, str | None, list[str]]:
+    """(prompt, config, system, overrides) of an image-to-3D run.
+
+    The image is read first (missing, corrupt, too small: :class:`~dreamengine.errors.ImageFileError`). With neither
+    a system nor a config, a toy-world render goes to :data:`TOY_IMAGE_SYSTEM` and any other image to
+    :data:`DEFAULT_IMAGE_SYSTEM`. When the run's teacher is the toy image teacher, the object and view it
+    recognizes become ``image.object`` (what ``dreamengine eval`` measures against) and the reference camera
+    (``image.elevation_deg`` / ``azimuth_deg``, unless given); the prompt defaults to the object's name. Other
+    image runs without a prompt are named after the file."""
+    read_image(image)
+    overrides = [*overrides, f"image.path='{image}'"]
+    match = None
+    if system is None and config is None:
+        match = _toy_match(_first_config(None, TOY_IMAGE_SYSTEM, overrides, prompt))
+        system = TOY_IMAGE_SYSTEM if match.rms <= TOY_MATCH_RMS else DEFAULT_IMAGE_SYSTEM
+    first = _first_config(config, system, overrides, prompt)
+    if first.teacher.name != "toyworld-image":
+        return prompt.strip() or f"the object in {image.name}", config, system, overrides
+    match = match or _toy_match(first)
+    if match.rms > TOY_MATCH_RMS:
+        warnings.warn(f"{image} does not look like a toy-world render (its nearest toy view differs by RMS "
+                      f"{match.rms:.3f} > {TOY_MATCH_RMS}); the toy teacher treats it as {match.object}", stacklevel=2)
+    given = {item.partition("=")[0].strip() for item in overrides}
+    found = {"image.object": f"'{match.object}'", "image.elevation_deg": f"{match.elevation:g}",
+             "image.azimuth_deg": f"{match.azimuth:g}"}
+    overrides += [f"{key}={value}" for key, value in found.items() if key not in given]
+    return prompt.strip() or match.object, config, system, overrides
+
+
+def sample_visual_prompt(cfg: RunConfig) -> Path:
+    """VP3D's visual prompt: an image sampled for ``cfg.prompt`` (with the view phrase ``image.sample_view``) from the
+    text prior's teacher (``text_prior.teacher``, framed like the run), by the DDIM / ancestral loop with the run's
+    seed; written as ``visual-prompt.png`` in a temporary folder (the run keeps a copy in ``RUN_DIR/input/``)."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dreamengine.config import TEACHER_CONFIGS
+    from dreamengine.prompts import view_prompt
+    from dreamengine.teachers import TEACHERS
+    from dreamengine.teachers.sampling import ddim_sample
+
+    if not cfg.prompt.strip():
+        raise DreamEngineError("a sampled visual prompt (image.sample=true) needs a text prompt")
+    device = torch.device("cpu")
+    name = cfg.text_prior.teacher
+    teacher_cfg = TEACHER_CONFIGS[name]()
+    if cfg.text_prior.model is not None and hasattr(teacher_cfg, "model"):
+        teacher_cfg = dataclasses.replace(teacher_cfg, model=cfg.text_prior.model)
+    teacher = TEACHERS[name].from_config(teacher_cfg, teacher_context(cfg, device))
+    text = view_prompt(cfg.prompt, cfg.image.sample_view)
+    cond, uncond = teacher.embed([text]), teacher.embed([""])
+    probe = teacher.encode(torch.zeros(1, 3, 8, 8))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    z = ddim_sample(teacher, cond, uncond, tuple(probe.shape), num_steps=cfg.image.sample_steps,
+                    guidance_scale=cfg.text_prior.guidance_scale if name != "toyworld" else 1.0, generator=generator)
+    rgb = teacher.decode(z)[0].permute(1, 2, 0).clamp(0, 1).numpy()
+    path = Path(tempfile.mkdtemp(prefix="dreamengine-vp3d-")) / "visual-prompt.png"
+    Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8), "RGB").save(path)
+    return path
+
+
+def _first_config(config: str | Path | None, system: str | None, overrides: list[str], prompt: str) -> RunConfig:
+    """The config of the run (or of the system's first stage) with ``overrides``, before any image detection."""
+    text = prompt.strip() or "image"
+    if system is None:
+        return load_config(config if config is not None else "quickstart", overrides, prompt=text)
+    spec = load_system(system)
+    return stage_config(spec, 0, text, split_stage_overrides(spec, overrides)[spec.stages[0].name])
+
+
+def _toy_match(cfg: RunConfig) -> ToyMatch:
+    """The toy object and view the run's reference image shows, as the toy image teacher of ``cfg`` sees it."""
+    import torch
+
+    from dreamengine.config import TEACHER_CONFIGS
+
+    device = torch.device("cpu")
+    teacher_cfg = cfg.teacher if cfg.teacher.name == "toyworld-image" else TEACHER_CONFIGS["toyworld-image"]()
+    teacher = ToyImageTeacher.from_config(teacher_cfg, teacher_context(cfg, device))
+    reference = build_reference(cfg, device)
+    return teacher.identify(reference.image.rgb.permute(2, 0, 1))
 
 
 def prepare_refine(mesh: str | Path, prompt: str, *, config: str | Path = "refine-toy", overrides: Sequence[str] = (),
@@ -148,27 +262,40 @@ def resume(run_dir: str | Path, callbacks: Sequence[Callback] = ()) -> Asset:
 
 def _checked_overrides(prompt: str, overrides: Sequence[str], output_dir: str | Path | None) -> list[str]:
     if not prompt.strip():
-        raise DreamEngineError('the prompt is empty: give a text prompt, e.g. dreamengine generate "a red cube"')
+        raise DreamEngineError('the prompt is empty: give a text prompt, e.g. dreamengine generate "a red cube", '
+                               "or a reference image: dreamengine generate --image REF.png")
     return [*overrides, *([f"output_dir='{output_dir}'"] if output_dir is not None else [])]
 
 
 def _start_single(cfg: RunConfig, run_dir: str | Path | None, command: list[str], export: bool = True,
-                  input_file: Path | None = None) -> Run:
+                  input_file: Path | None = None, input_key: str = "scene") -> Run:
     """Build the trainer (everything is validated before the disk is touched), then create the run directory with
-    its config and manifest. With ``input_file`` (refine), the file is copied to ``RUN_DIR/input/`` and the
-    recorded config's ``scene.init_path`` points at the copy."""
+    its config and manifest. With ``input_file`` (refine's mesh, generate's reference image), the file is copied
+    to ``RUN_DIR/input/`` and the recorded config (``scene.init_path`` or ``image.path``) points at the copy."""
     run_dir = Path(run_dir) if run_dir is not None else plan_run_dir(cfg)
     trainer = Trainer(cfg, run_dir)
     extra = None
     if input_file is not None:
-        copy = run_dir / "input" / input_file.name
-        trainer.cfg = dataclasses.replace(cfg, scene=dataclasses.replace(cfg.scene, init_path=str(copy)))
+        folder = run_dir.resolve() if input_key == "image" else run_dir  # refine records the path as given
+        trainer.cfg = _with_input(cfg, input_key, folder / "input" / input_file.name)
         extra = {"input": str(input_file)}
     init_run_dir(run_dir, trainer.cfg, command, _teacher_info(trainer), extra=extra)
     if input_file is not None:
-        (run_dir / "input").mkdir()
-        shutil.copy2(input_file, run_dir / "input" / input_file.name)
+        _copy_input(input_file, run_dir)
     return Run(run_dir, trainer, system=False, export=export)
+
+
+def _with_input(cfg: RunConfig, section: str, copy: Path) -> RunConfig:
+    """``cfg`` reading its input file from ``copy``: ``scene.init_path`` (refine) or ``image.path`` (image-to-3D)."""
+    if section == "scene":
+        return dataclasses.replace(cfg, scene=dataclasses.replace(cfg.scene, init_path=str(copy)))
+    return dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, path=str(copy)))
+
+
+def _copy_input(input_file: Path, run_dir: Path) -> None:
+    """The user's file, copied byte for byte (never modified) to ``RUN_DIR/input/``."""
+    (run_dir / "input").mkdir(exist_ok=True)
+    shutil.copy2(input_file, run_dir / "input" / input_file.name)
 
 
 def _with_output_dir(cfg: Any, overrides: list[str]) -> Any:
@@ -190,4 +317,5 @@ def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-__all__ = ["Asset", "Callback", "Run", "generate", "open_run", "prepare", "prepare_refine", "refine", "resume"]
+__all__ = ["DEFAULT_IMAGE_SYSTEM", "TOY_IMAGE_SYSTEM", "Asset", "Callback", "Run", "generate", "image_run_settings",
+           "open_run", "prepare", "prepare_refine", "refine", "resume", "sample_visual_prompt"]

@@ -10,6 +10,7 @@ random initial weights come from the global generator seeded with the run's seed
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,14 @@ import torch
 from torch import Tensor
 
 from dreamengine.checkpoint import load_checkpoint, restore_scenes
-from dreamengine.config import RunConfig
+from dreamengine.config import GUIDANCE_CONFIGS, TEACHER_CONFIGS, PromptConfig, RunConfig
 from dreamengine.core.background import Background
+from dreamengine.core.cameras import Cameras, cameras_from_spherical
 from dreamengine.core.protocols import Guidance, Renderer, Scene, Teacher, TeacherContext
 from dreamengine.core.render import render_fixed
 from dreamengine.errors import ConfigError, DreamEngineError, TrainingError
 from dreamengine.guidance import GUIDANCES
+from dreamengine.images import ReferenceImage, load_reference_image
 from dreamengine.prompts import PromptProcessor
 from dreamengine.renderers import RENDERERS
 from dreamengine.runs import open_run_dir, trained_run_dir
@@ -58,13 +61,82 @@ def teacher_context(cfg: RunConfig, device: torch.device) -> TeacherContext:
                           device=device)
 
 
-def build_teacher(cfg: RunConfig, device: torch.device) -> Teacher:
+def build_teacher(cfg: RunConfig, device: torch.device, reference: ReferenceView | None = None) -> Teacher:
     """``TEACHERS[teacher.name].from_config``; a batch worker keeps it loaded between runs that share it
-    (:mod:`dreamengine.teachers.cache`), unless the guidance adapts the teacher's network (VSD)."""
+    (:mod:`dreamengine.teachers.cache`), unless the guidance adapts the teacher's network (VSD) or the teacher is
+    conditioned on this run's reference image. An image-conditioned teacher gets ``reference`` (image-to-3D)."""
     context = teacher_context(cfg, device)
     teacher_class = TEACHERS[cfg.teacher.name]
-    return reuse_or_build(repr((cfg.teacher, context)), lambda: teacher_class.from_config(cfg.teacher, context),
-                          shareable=cfg.guidance.name not in GUIDANCES_THAT_ADAPT_THE_TEACHER)
+    image_conditioned = getattr(teacher_class, "image_conditioned", False)
+    if image_conditioned and reference is None:
+        raise ConfigError(f"teacher.name={cfg.teacher.name} is conditioned on a reference image: give one with "
+                          "dreamengine generate --image REF.png (image.path)")
+    teacher = reuse_or_build(repr((cfg.teacher, context)), lambda: teacher_class.from_config(cfg.teacher, context),
+                             shareable=cfg.guidance.name not in GUIDANCES_THAT_ADAPT_THE_TEACHER
+                             and not image_conditioned)
+    if image_conditioned and reference is not None:
+        camera = reference.cameras
+        teacher.set_reference(reference.image.rgb.permute(2, 0, 1), float(camera.elevation[0]),
+                              float(camera.azimuth[0]), float(camera.distance[0]))
+    elif reference is not None and getattr(cfg.teacher, "ip_adapter", None):  # a visual prompt (IP-Adapter)
+        teacher.set_visual_prompt(reference.image.rgb.permute(2, 0, 1))
+    return teacher
+
+
+# ------------------------------------------------------------------------------------------------ reference
+@dataclass
+class ReferenceView:
+    """Image-to-3D: the reference image (framed at the training render size) and the camera it is seen from."""
+
+    image: ReferenceImage  # tensors on the run's device
+    cameras: Cameras  # [1], on the run's device
+
+
+def reference_camera(cfg: RunConfig) -> Cameras:
+    """The reference camera [1]: ``image.elevation_deg`` / ``azimuth_deg`` (0 when null), framed like the middle
+    camera (``camera.framing()``; threestudio's default_camera_distance / default_fovy_deg)."""
+    elevation = cfg.image.elevation_deg if cfg.image.elevation_deg is not None else 0.0
+    azimuth = cfg.image.azimuth_deg if cfg.image.azimuth_deg is not None else 0.0
+    distance, fovy = cfg.camera.framing()
+    return cameras_from_spherical(torch.tensor([float(elevation)]), torch.tensor([float(azimuth)]),
+                                  torch.tensor([float(distance)]), torch.tensor([float(fovy)]))
+
+
+@dataclass
+class TextPrior:
+    """Magic123's 2D prior: a text teacher, its view-dependent prompts and its SDS (``text_prior``)."""
+
+    teacher: Teacher
+    prompts: PromptProcessor
+    guidance: Guidance
+
+
+def build_text_prior(cfg: RunConfig, device: torch.device) -> TextPrior | None:
+    """The text prior of ``text_prior`` (None when its weight is 0 throughout): ``text_prior.teacher`` with its
+    default settings (``model`` for Stable Diffusion), the run's prompt and SDS with the prior's scale and t range."""
+    prior = cfg.text_prior
+    if prior.weight == 0 or prior.weight == 0.0:
+        return None
+    teacher_cfg = TEACHER_CONFIGS[prior.teacher]()
+    if prior.model is not None and hasattr(teacher_cfg, "model"):
+        teacher_cfg = dataclasses.replace(teacher_cfg, model=prior.model)
+    teacher = TEACHERS[prior.teacher].from_config(teacher_cfg, teacher_context(cfg, device))
+    guidance_cfg = GUIDANCE_CONFIGS["sds"](guidance_scale=prior.guidance_scale, min_step_percent=prior.min_step_percent,
+                                           max_step_percent=prior.max_step_percent)
+    return TextPrior(teacher, PromptProcessor(teacher, cfg.prompt, PromptConfig()),
+                     GUIDANCES["sds"](guidance_cfg, teacher, cfg.trainer.max_steps))
+
+
+def build_reference(cfg: RunConfig, device: torch.device) -> ReferenceView | None:
+    """The run's reference view (``image.path``), or None for a text-only run. Bad images raise ImageFileError."""
+    if not cfg.image.path:
+        return None
+    image = load_reference_image(cfg.image.path, cfg.camera.height, cfg.camera.width,
+                                 tuple(cfg.render.background_color), cfg.image.mask, cfg.image.background_tolerance,
+                                 cfg.image.recenter, cfg.image.fill)
+    moved = dataclasses.replace(image, rgb=image.rgb.to(device), mask=image.mask.to(device),
+                                foreground=image.foreground.to(device))
+    return ReferenceView(moved, reference_camera(cfg).to(device))
 
 
 def build_prompts(cfg: RunConfig, teacher: Teacher) -> PromptProcessor:
@@ -175,6 +247,7 @@ def gaussians_from_nerf_run(scene_cfg: Any, sh_degree: int, resolution: int = 64
     return gaussians_at(points, colors, scene_cfg, sh_degree)
 
 
-__all__ = ["DENSIFIED_SCENES", "GUIDANCES_THAT_ADAPT_THE_TEACHER", "build_background", "build_densifiers",
-           "build_guidance", "build_optimizer", "build_prompts", "build_scene", "build_scenes", "build_teacher",
-           "gaussians_from_nerf_run", "load_run", "load_scenes", "resolve_device", "teacher_context"]
+__all__ = ["DENSIFIED_SCENES", "GUIDANCES_THAT_ADAPT_THE_TEACHER", "ReferenceView", "TextPrior", "build_background",
+           "build_densifiers", "build_guidance", "build_optimizer", "build_prompts", "build_reference", "build_scene",
+           "build_scenes", "build_teacher", "build_text_prior", "gaussians_from_nerf_run", "load_run", "load_scenes",
+           "reference_camera", "resolve_device", "teacher_context"]

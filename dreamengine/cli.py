@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from dreamengine.errors import DreamEngineError
 
 EXIT_USER_ERROR = 2
+OVERRIDE_LIKE = re.compile(r"^[A-Za-z_][\w.:-]*=")  # key=value (or STAGE:key=value), not a prompt
 EXIT_INTERRUPTED = 130
 
 DESCRIPTION = """\
@@ -39,6 +41,12 @@ Or name a system, a paper's multi-stage pipeline (list them with: dreamengine sy
   dreamengine generate "a snowman" --system dreamgaussian-toy
   dreamengine generate "a snowman" --system dreamgaussian-toy seed=3 texture:trainer.max_steps=100
 (KEY=VALUE applies to every stage, STAGE:KEY=VALUE to one stage.)
+Image-to-3D: a reference image instead of (or with) the prompt. Its alpha channel is the object's mask (an RGB
+image needs a plain background, or rembg installed); the reference view is fitted to it and every other view is
+guided by an image-conditioned teacher (Zero123 family). Without --system, a toy-world render goes to zero123-toy
+and any other image to stable-zero123:
+  dreamengine generate --image toy_render.png
+  dreamengine generate --image chair.png "a wooden chair" --system magic123
 Unknown keys and wrong types are reported before any work starts. Ctrl-C saves a checkpoint;
 continue with: dreamengine resume RUN_DIR
 """
@@ -77,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="text prompt -> trained scene -> GLB", description=GENERATE_HELP,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    generate.add_argument("prompt", metavar="PROMPT", help='what to make, e.g. "a red cube" (quote it)')
+    generate.add_argument("prompt", metavar="PROMPT", nargs="?", default="",
+                          help='what to make, e.g. "a red cube" (quote it); optional with --image')
+    generate.add_argument("--image", "-i", default=None, metavar="PATH",
+                          help="image-to-3D: a reference image (PNG/JPEG/WebP; RGBA, or RGB on a plain background); "
+                               "never modified, a copy is kept in RUN_DIR/input/")
     choice = generate.add_mutually_exclusive_group()
     choice.add_argument("--config", "-c", default=None,
                         help="a packaged config name (quickstart) or a path to a YAML file (default: quickstart)")
@@ -214,10 +226,18 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from dreamengine.api import prepare
 
-    run = prepare(args.prompt, config=args.config, system=args.system, overrides=args.overrides,
+    prompt, overrides = args.prompt or "", list(args.overrides)
+    if args.image is not None and OVERRIDE_LIKE.match(prompt):  # generate --image x.png key=value: no prompt
+        prompt, overrides = "", [prompt, *overrides]
+    if not prompt.strip() and args.image is None:
+        raise DreamEngineError('give a PROMPT or a reference image: dreamengine generate "a red cube", or '
+                               "dreamengine generate --image REF.png")
+    run = prepare(prompt, image=args.image, config=args.config, system=args.system, overrides=overrides,
                   export=not args.no_export)
     run.on_stage = announce_stage
     print(f"run directory: {run.run_dir}", flush=True)
+    if args.image is not None:
+        print(f"reference image: {args.image} (copied to {run.run_dir / 'input'})", flush=True)
     return execute_and_report(run)
 
 

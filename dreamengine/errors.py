@@ -36,3 +36,7 @@ class MeshFileError(DreamEngineError):
 
 class OutOfMemory(TrainingError):
     """A CUDA out-of-memory error during a step (the run was checkpointed first)."""
+
+
+class ImageFileError(DreamEngineError):
+    """A reference image that cannot be used (missing, corrupt, too small, no object found in it)."""

@@ -45,6 +45,13 @@ def toy_object(prompt: str) -> ToyObject | None:
         return None
 
 
+def truth_name(cfg: RunConfig) -> str:
+    """What a run is measured against: the toy object its reference image shows (``image.object``, image-to-3D)
+    or else the prompt."""
+    image = getattr(cfg, "image", None)
+    return image.object if image is not None and image.object else cfg.prompt
+
+
 def held_out_cameras(cfg: RunConfig) -> Cameras:
     """``eval.num_views`` azimuths per elevation of ``eval.elevations``, halfway between the teacher bank's
     views (never trained on exactly), then one view from above when ``eval.overhead``."""
@@ -65,7 +72,7 @@ def band_name(elevation: float) -> str:
 
 def evaluate_renders(cfg: RunConfig, render: Any) -> dict[str, Any]:
     """Compare ``render(cameras, H, W) -> RenderOut`` with ground truth on the held-out views."""
-    obj = parse_prompt(cfg.prompt)  # PromptError for a prompt outside the toy world
+    obj = parse_prompt(truth_name(cfg))  # PromptError for a prompt outside the toy world
     cameras = held_out_cameras(cfg)
     res = cfg.eval.resolution
     out: RenderOut = render(cameras, res, res)
@@ -96,7 +103,8 @@ def evaluate_renders(cfg: RunConfig, render: Any) -> dict[str, Any]:
     }
     if obj.asymmetric:
         summary["janus_score"] = janus_score(obj, cfg, render)
-    return {"prompt": cfg.prompt, "object": obj.name, "views": len(cameras), "resolution": res, **summary,
+    source = {"image": cfg.image.path} if getattr(cfg, "image", None) is not None and cfg.image.path else {}
+    return {"prompt": cfg.prompt, "object": obj.name, **source, "views": len(cameras), "resolution": res, **summary,
             "bands": bands, "per_view": per_view}
 
 

@@ -16,7 +16,7 @@ from dreamengine.config import RunConfig
 from dreamengine.core.files import write_json
 from dreamengine.core.render import render_fixed
 from dreamengine.errors import ExportError
-from dreamengine.evaluate import evaluate_renders, mesh_metrics, toy_object
+from dreamengine.evaluate import evaluate_renders, mesh_metrics, toy_object, truth_name
 from dreamengine.export import load_mesh
 
 MESH_FORMATS = ("glb", "obj", "ply")
@@ -88,7 +88,7 @@ def evaluate_run(scene: torch.nn.Module, background: torch.nn.Module, renderer: 
 
     results: dict[str, Any] = {"prompt": cfg.prompt}
     glb = run_dir / "final" / "model.glb"
-    obj = toy_object(cfg.prompt)
+    obj = toy_object(truth_name(cfg))  # image-to-3D: the object the reference image shows
     if obj is not None:  # the toy world knows the truth: whatever the teacher was (exact, learned, multi-view)
         results = evaluate_renders(cfg, render)
         if glb.is_file():

@@ -31,8 +31,10 @@ from dreamengine.build import (
     build_guidance,
     build_optimizer,
     build_prompts,
+    build_reference,
     build_scenes,
     build_teacher,
+    build_text_prior,
     resolve_device,
 )
 from dreamengine.checkpoint import load_checkpoint, mismatch, restore_scenes, save_checkpoint, scenes_state_dict
@@ -154,12 +156,14 @@ class Trainer:
         self.timer = StageTimer()
 
         self.sampler = CameraSampler.from_config(cfg.camera)
-        teacher = build_teacher(cfg, self.device)
+        self.reference = build_reference(cfg, self.device)  # image-to-3D: the reference image and its camera
+        teacher = build_teacher(cfg, self.device, self.reference)
         self.teacher = TimedTeacher(teacher, self.timer)
         self.prompts = build_prompts(cfg, teacher)
         self.scenes, self.background, self.renderers = build_scenes(cfg, self.device)
         self.densifiers = build_densifiers(cfg, self.scenes)
         self.guidance = build_guidance(cfg, self.teacher)
+        self.text_prior = build_text_prior(cfg, self.device)  # Magic123: a text teacher's SDS beside the image's
         self.optimizer = build_optimizer(cfg, self.scenes, self.background)
         self.step = 0
         self.bad_steps = 0
@@ -220,7 +224,27 @@ class Trainer:
             for name, value in scene.regularizers().items():
                 regularizers[name] = regularizers[name] + value if name in regularizers else value
         scale = particles if guided.reduction == "mean" else 1  # each particle gets the gradient it would alone
-        loss = scale * guided.loss.to(rgb.device) + sum(regularizers.values())  # the teacher may sit elsewhere
+        guidance_weight = 1.0
+        if self.reference is not None:  # image-to-3D: the guidance's weight, and the reference view fitted to the image
+            image_cfg = self.cfg.image
+            guidance_weight = schedule_value(image_cfg.lambda_guidance, self.step)
+            fit = max(schedule_value(image_cfg.lambda_rgb, self.step), schedule_value(image_cfg.lambda_mask, self.step))
+            if fit > 0:  # threestudio's zero123 system
+                with self.timer("reference"):
+                    for name, value in self.reference_losses().items():
+                        regularizers[name] = regularizers[name] + value if name in regularizers else value
+        # the teacher may sit on another device than the render
+        loss = scale * guidance_weight * guided.loss.to(rgb.device) + sum(regularizers.values())
+        text_terms: dict[str, float] = {}
+        if self.text_prior is not None:  # Magic123's 2D prior: the text teacher's SDS on the same renders
+            with self.timer("text_prior"):
+                prior = self.text_prior
+                text_guided = prior.guidance(rgb, prior.prompts(cameras), cameras, self.step, self.generator)
+            text_weight = schedule_value(self.cfg.text_prior.weight, self.step)
+            text_scale = particles if text_guided.reduction == "mean" else 1
+            loss = loss + text_scale * text_weight * text_guided.loss.to(rgb.device)
+            text_terms = {"text_prior_loss": float(text_guided.loss.detach()),
+                          "text_prior_grad_norm": text_guided.terms.get("grad_norm", 0.0)}
 
         with self.timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)
@@ -241,7 +265,7 @@ class Trainer:
                     densify.step_post_backward(scene, self.optimizer, render.info, self.step)
                 scene.update_schedules(self.optimizer, self.step)  # Gaussians: position lr; NeRF: blob fade
         self.bad_steps = 0 if finite else self.bad_steps + 1
-        terms = {"loss": float(loss.detach()), **guided.terms}
+        terms = {"loss": float(loss.detach()), **guided.terms, **text_terms}
         terms.update({name: float(value.detach()) for name, value in regularizers.items()})
         for scene in self.scenes:  # e.g. the number of Gaussians, summed over particles
             for name, value in scene.log_terms().items():
@@ -249,6 +273,29 @@ class Trainer:
         if not finite:
             terms["skipped"] = 1.0
         return terms
+
+    def reference_losses(self) -> dict[str, Tensor]:
+        """Each particle rendered from the reference camera against the reference image, weighted:
+        ``ref_rgb`` = lambda_rgb MSE(render, image over the render's background), ``ref_mask`` = lambda_mask
+        MSE(opacity, mask) (threestudio's zero123 system)."""
+        reference, image_cfg = self.reference, self.cfg.image
+        height, width = reference.image.mask.shape[:2]
+        cameras = reference.cameras
+        _, directions = cameras.rays(height, width)
+        with torch.no_grad():
+            background = self.background(directions)[0]  # [H, W, 3] what the render composites over
+        target_rgb = reference.image.composite(background)
+        losses: dict[str, Tensor] = {}
+        for scene, renderer in zip(self.scenes, self.renderers, strict=True):
+            out = renderer(scene.render_inputs(), self.background, cameras, height, width, generator=self.generator,
+                           perturb=True)
+            terms = {"ref_rgb": schedule_value(image_cfg.lambda_rgb, self.step)
+                     * torch.nn.functional.mse_loss(out.rgb[0], target_rgb),
+                     "ref_mask": schedule_value(image_cfg.lambda_mask, self.step)
+                     * torch.nn.functional.mse_loss(out.opacity[0], reference.image.mask)}
+            for name, value in terms.items():
+                losses[name] = losses[name] + value if name in losses else value
+        return losses
 
     # ------------------------------------------------------------------------------------------ the loop
     def fit(self, callbacks: Sequence[Callable[[StepEvent], None]] = ()) -> None:

@@ -23,9 +23,11 @@ from dreamengine.config import (
     DeepFloydIFTeacherConfig,
     MVDreamTeacherConfig,
     StableDiffusionTeacherConfig,
+    ToyImageTeacherConfig,
     ToyWorldMultiViewTeacherConfig,
     ToyWorldOracleConfig,
     ToyWorldTeacherConfig,
+    Zero123TeacherConfig,
     config_to_yaml,
     load_config,
 )
@@ -216,14 +218,14 @@ def teacher_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     """Tiny random-weight diffusers folders for the real teachers (diffusers' dummy-component pattern)."""
     pytest.importorskip("diffusers")
     from tests.tiny_mvdream import save_tiny_mvdream
-    from tests.tiny_sd import save_tiny_if, save_tiny_sd
+    from tests.tiny_sd import save_tiny_if, save_tiny_sd, save_tiny_zero123
 
     base = tmp_path_factory.mktemp("teachers")
     return {"stable-diffusion": save_tiny_sd(base / "sd"), "deepfloyd-if": save_tiny_if(base / "if"),
-            "mvdream": save_tiny_mvdream(base / "mvdream")["diffusers"]}
+            "mvdream": save_tiny_mvdream(base / "mvdream")["diffusers"], "zero123": save_tiny_zero123(base / "zero123")}
 
 
-TOY_TEACHERS = ("toyworld", "toyworld-oracle", "toyworld-multiview")  # no weights: no folders needed
+TOY_TEACHERS = ("toyworld", "toyworld-oracle", "toyworld-multiview", "toyworld-image")  # no weights: no folders needed
 
 
 def teacher_config(name: str, folders: dict[str, Path]):
@@ -231,6 +233,10 @@ def teacher_config(name: str, folders: dict[str, Path]):
         return ToyWorldTeacherConfig(resolution=8, elevations=[0.0, 30.0], azimuth_step=90.0)
     if name == "toyworld-oracle":
         return ToyWorldOracleConfig(resolution=8)
+    if name == "toyworld-image":
+        return ToyImageTeacherConfig(resolution=8, elevations=[0.0, 30.0], azimuth_step=90.0)
+    if name == "zero123":
+        return Zero123TeacherConfig(model=str(folders[name]), resolution=64)
     if name == "toyworld-multiview":
         return ToyWorldMultiViewTeacherConfig(resolution=8, elevations=[0.0, 30.0], azimuth_step=90.0)
     if name == "stable-diffusion":
@@ -247,7 +253,7 @@ def build_test_teacher(name: str, request: pytest.FixtureRequest):
 
 def test_every_teacher_has_a_test_config() -> None:
     assert {"toyworld", "toyworld-oracle", "stable-diffusion", "deepfloyd-if", "toyworld-multiview",
-            "mvdream"} == set(TEACHERS)
+            "mvdream", "toyworld-image", "zero123"} == set(TEACHERS)
 
 
 def group_overrides(name: str) -> list[str]:
@@ -270,7 +276,10 @@ def test_teacher_encodes_embeds_and_predicts_noise(name: str, request: pytest.Fi
     t = torch.tensor([10, 900])
     cameras = cameras_from_spherical(torch.tensor([0.0, 30.0]), torch.tensor([0.0, 90.0]), torch.tensor([2.5, 2.5]),
                                      torch.full((2,), 40.0))
-    eps = teacher.predict_noise(z.detach(), t, embeddings, cameras if name == "toyworld-oracle" else None)
+    if getattr(teacher, "image_conditioned", False):  # conditioned on a reference image and the target cameras
+        teacher.set_reference(torch.rand(3, 24, 24), elevation=0.0, azimuth=0.0, distance=2.5)
+    needs_cameras = name == "toyworld-oracle" or getattr(teacher, "image_conditioned", False)
+    eps = teacher.predict_noise(z.detach(), t, embeddings, cameras if needs_cameras else None)
     assert eps.shape == z.shape and bool(torch.isfinite(eps).all()) and not eps.requires_grad
     assert teacher.decode(z.detach()).shape[:2] == (2, 3)
 

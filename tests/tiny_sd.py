@@ -166,3 +166,90 @@ def save_tiny_if(folder: Path, seed: int = 0) -> Path:
                       safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return Path(folder)
+
+
+def save_tiny_zero123(folder: Path, seed: int = 0) -> Path:
+    """A tiny random-weight Zero123 in the diffusers layout of kxic/zero123-xl: an 8-channel UNet, the tiny VAE, a
+    2-layer CLIP vision encoder with projection, a DDIM scheduler and ``cc_projection`` (Linear(32 + 4 -> 32))."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=8,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
+                                norm_num_groups=8, attention_head_dim=(2, 4))
+    vae = AutoencoderKL(block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3, layers_per_block=1,
+                        latent_channels=4, norm_num_groups=8, sample_size=64,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, projection_dim=TEXT_DIM, num_hidden_layers=2, num_attention_heads=4,
+        image_size=32, patch_size=8))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    projection = torch.nn.Linear(TEXT_DIM + 4, TEXT_DIM)
+    folder = Path(folder)
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    encoder.save_pretrained(folder / "image_encoder")
+    scheduler.save_pretrained(folder / "scheduler")
+    (folder / "cc_projection").mkdir(parents=True, exist_ok=True)
+    (folder / "cc_projection" / "config.json").write_text(
+        f'{{"_class_name": "CCProjection", "in_channel": {TEXT_DIM + 4}, "out_channel": {TEXT_DIM}}}')
+    save_file({"projection.weight": projection.weight.detach().contiguous(),
+               "projection.bias": projection.bias.detach().contiguous()},
+              str(folder / "cc_projection" / "diffusion_pytorch_model.safetensors"))
+    (folder / "model_index.json").write_text('{"_class_name": "Zero1to3StableDiffusionPipeline"}')
+    return folder
+
+
+def tiny_ip_adapter(unet, image_embed_dim: int = TEXT_DIM, seed: int = 0) -> dict:
+    """Random IP-Adapter weights for ``unet`` in the layout diffusers' ``load_ip_adapter`` reads (its dummy
+    image-projection pattern): ``image_proj`` (proj: image embedding -> 4 tokens of cross_attention_dim, norm) and
+    ``ip_adapter`` (``{k}.to_k_ip.weight`` / ``{k}.to_v_ip.weight`` for the k-th cross-attention, k = 1, 3, 5, ...)."""
+    generator = torch.Generator().manual_seed(seed)
+    cross = int(unet.config.cross_attention_dim)
+    tokens = 4
+    image_proj = {"proj.weight": torch.randn(tokens * cross, image_embed_dim, generator=generator) * 0.1,
+                  "proj.bias": torch.zeros(tokens * cross), "norm.weight": torch.ones(cross),
+                  "norm.bias": torch.zeros(cross)}
+    blocks = list(unet.config.block_out_channels)
+    ip_adapter, key = {}, 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = blocks[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(blocks))[int(name[len("up_blocks.")])]
+        else:
+            hidden = blocks[int(name[len("down_blocks.")])]
+        ip_adapter[f"{key}.to_k_ip.weight"] = torch.randn(hidden, cross, generator=generator) * 0.1
+        ip_adapter[f"{key}.to_v_ip.weight"] = torch.randn(hidden, cross, generator=generator) * 0.1
+        key += 2
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
+def tiny_image_encoder(projection_dim: int = TEXT_DIM, seed: int = 0):
+    """A 2-layer CLIP vision encoder with projection (32 px images)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, projection_dim=projection_dim, num_hidden_layers=2,
+        num_attention_heads=4, image_size=32, patch_size=8))
+
+
+def save_tiny_ip_adapter(folder: Path, unet, seed: int = 0) -> Path:
+    """``tiny_ip_adapter`` saved as h94/IP-Adapter lays it out: ``models/ip-adapter_sd15.safetensors`` (keys
+    ``image_proj.*`` and ``ip_adapter.*``) and ``models/image_encoder/`` (a tiny CLIP vision encoder)."""
+    from safetensors.torch import save_file
+
+    weights = tiny_ip_adapter(unet, seed=seed)
+    flat = {f"{part}.{key}": value.contiguous() for part, values in weights.items() for key, value in values.items()}
+    models = Path(folder) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    save_file(flat, str(models / "ip-adapter_sd15.safetensors"))
+    tiny_image_encoder(seed=seed).save_pretrained(models / "image_encoder")
+    return Path(folder)

@@ -39,14 +39,17 @@ from dreamengine.config.teachers import (
     DeepFloydIFTeacherConfig,
     MVDreamTeacherConfig,
     StableDiffusionTeacherConfig,
+    ToyImageTeacherConfig,
     ToyWorldMultiViewTeacherConfig,
     ToyWorldOracleConfig,
     ToyWorldTeacherConfig,
+    Zero123TeacherConfig,
 )
 
 __all__ = ["DEFAULT_NAMES", "GUIDANCE_CONFIGS", "POLYMORPHIC_SECTIONS", "SCENE_CONFIGS", "TEACHER_CONFIGS",
            "CameraConfig", "CameraPhase", "DeepFloydIFTeacherConfig", "DensifyConfig", "EvalConfig", "ExportConfig",
            "GaussiansConfig", "LoggingConfig", "LossConfig", "MVDreamTeacherConfig", "MeshSceneConfig", "NeRFConfig",
            "OptimConfig", "PromptConfig", "RenderConfig", "ReportConfig", "RunConfig", "StableDiffusionTeacherConfig",
-           "ToyWorldMultiViewTeacherConfig", "ToyWorldOracleConfig", "ToyWorldTeacherConfig", "TrainerConfig",
-           "available_configs", "config_hash", "config_to_yaml", "find_config", "load_config"]
+           "ToyImageTeacherConfig", "ToyWorldMultiViewTeacherConfig", "ToyWorldOracleConfig", "ToyWorldTeacherConfig",
+           "TrainerConfig", "Zero123TeacherConfig", "available_configs", "config_hash", "config_to_yaml", "find_config",
+           "load_config"]

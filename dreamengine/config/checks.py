@@ -48,6 +48,7 @@ RULES: list[tuple[str, tuple[Check, str]]] = [
     ("teacher.elevations", within(-90.0, 90.0)),
     ("teacher.azimuth_step", within(0.0, 360.0)),
     ("teacher.resolution", at_least(2)),
+    ("teacher.*_sigma*", above(0.0)),
     ("guidance.*_step_percent", within(0.0, 1.0)),
     ("guidance.camera_dropout", within(0.0, 1.0)),
     ("guidance.*_scale", ANY),  # CFG and method scales: any finite number (CSD's are signed)
@@ -85,10 +86,16 @@ RULES: list[tuple[str, tuple[Check, str]]] = [
     ("eval.*", at_least(1)),
     ("report.*", at_least(0)),
     ("logging.tensorboard_flush_seconds", above(0.0)),
+    ("image.lambda_*", at_least(0.0)),
+    ("image.*", ANY),  # elevation, azimuth (checked by ImageConfig)
+    ("text_prior.*_step_percent", within(0.0, 1.0)),
+    ("text_prior.weight", at_least(0.0)),
+    ("text_prior.*", ANY),
 ]
 # schedule keys ([start_step, start_value, end_value, end_step] or [start_value, end_value, end_step]): only the
 # values get the key's range; the steps must be >= 0
-SCHEDULE_KEYS = ("guidance.*_step_percent", "guidance.grad_clip", "guidance.*_scale", "loss.*")
+SCHEDULE_KEYS = ("guidance.*_step_percent", "guidance.grad_clip", "guidance.*_scale", "loss.*", "image.lambda_*",
+                "text_prior.*")
 
 
 def settings(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

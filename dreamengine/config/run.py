@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreamengine.config.guidance import GUIDANCE_CONFIGS
+from dreamengine.config.image import ImageConfig, TextPriorConfig
 from dreamengine.config.prompts import PromptConfig
 from dreamengine.config.scenes import SCENE_CONFIGS, DensifyConfig
 from dreamengine.config.teachers import TEACHER_CONFIGS
@@ -243,6 +244,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)  # image-to-3D: the reference image and its losses
+    text_prior: TextPriorConfig = field(default_factory=TextPriorConfig)  # Magic123: a text teacher's SDS too
 
 
 POLYMORPHIC_SECTIONS = {"teacher": TEACHER_CONFIGS, "guidance": GUIDANCE_CONFIGS, "scene": SCENE_CONFIGS}

@@ -29,6 +29,20 @@ class ToyWorldOracleConfig:
 
 
 @dataclass
+class ToyImageTeacherConfig:
+    """The exact image-conditioned toy teacher (Zero123's toy twin, teachers/toy_image.py): (reference view,
+    target view) pairs of one toy object on the bank's view grid. Framed like the run, as the text toy teacher."""
+
+    name: str = "toyworld-image"
+    resolution: int = 32  # side of the teacher's pixel space; renders are resized to it
+    elevations: list[float] = field(default_factory=lambda: [-15.0, 0.0, 15.0, 30.0, 45.0, 60.0, 75.0])
+    azimuth_step: float = 15.0  # degrees between bank views
+    objects: list[str] = field(default_factory=list)  # canonical object names in its world; empty: every object
+    reference_sigma: float = 0.1  # std of the reference image's noise in the model, [-1, 1] pixel units
+    camera_sigma_deg: float = 7.5  # std of the relative camera's noise in the model, degrees
+
+
+@dataclass
 class StableDiffusionTeacherConfig:
     """A Stable Diffusion 1.x / 2.x model in diffusers format (see teachers/stable_diffusion.py).
 
@@ -45,6 +59,11 @@ class StableDiffusionTeacherConfig:
     enable_xformers: bool = False  # xformers attention (needs the xformers package; SDPA is the default)
     cpu_offload: bool = False  # keep weights on the CPU and move each part to the GPU when used (CUDA only)
     resolution: int | None = None  # renders are resized to this; null: the model's own (512 for SD 2.1-base)
+    # visual prompts (TV-3DG's VPCSM, VP3D): an IP-Adapter loaded with diffusers' load_ip_adapter; null: none
+    ip_adapter: str | None = None  # repo id or folder, e.g. h94/IP-Adapter
+    ip_adapter_subfolder: str = "models"
+    ip_adapter_weight_name: str = "ip-adapter_sd15.safetensors"
+    ip_adapter_scale: float = 1.0  # strength of the image prompt in the cross-attention
 
 
 @dataclass
@@ -129,8 +148,28 @@ class MVDreamTeacherConfig:
             raise ConfigError(f"teacher.views_per_group must be >= 1, got {self.views_per_group}")
 
 
+@dataclass
+class Zero123TeacherConfig:
+    """Zero123 / Zero123-XL / Stable Zero123 (teachers/zero123.py): novel views conditioned on the reference image.
+
+    ``model``: a diffusers-layout folder or repo (the layout of kxic/zero123-xl), or an original checkpoint file
+    (stable_zero123.ckpt). Offline use: ``hf download kxic/zero123-xl --local-dir DIR`` elsewhere, then
+    ``teacher.model=DIR``.
+    """
+
+    name: str = "zero123"
+    model: str = "kxic/zero123-xl"
+    variant: str = "zero123"  # zero123 | stable-zero123 (the camera vector's 4th entry: d_radius | reference polar)
+    image_encoder: str = "openai/clip-vit-large-patch14"  # CLIP image encoder for checkpoint files (frozen ViT-L/14)
+    revision: str | None = None  # hub branch / tag / commit (null: main)
+    device: str | None = None  # the teacher's device; null: the run's device
+    dtype: str = "auto"  # auto (float16 on CUDA, float32 on CPU) | float16 | bfloat16 | float32
+    resolution: int = 256  # Zero123's image side; renders and the reference are resized to it
+
+
 TEACHER_CONFIGS = {"toyworld": ToyWorldTeacherConfig, "toyworld-oracle": ToyWorldOracleConfig,
                    "stable-diffusion": StableDiffusionTeacherConfig,
                    "deepfloyd-if": DeepFloydIFTeacherConfig, "toyworld-multiview": ToyWorldMultiViewTeacherConfig,
-                   "mvdream": MVDreamTeacherConfig}
+                   "mvdream": MVDreamTeacherConfig, "toyworld-image": ToyImageTeacherConfig,
+                   "zero123": Zero123TeacherConfig}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -291,6 +292,39 @@ def format_value(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ page
+INPUT_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def input_image(run_dir: Path, config: dict[str, Any]) -> str | None:
+    """The relative URL of the run's reference image (image-to-3D): its copy in ``input/``, or for a system
+    stage the file its config reads (``image.path``); None for text-only runs."""
+    folder = run_dir / "input"
+    if folder.is_dir():
+        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in INPUT_IMAGE_SUFFIXES)
+        if found:
+            return url(f"input/{found[0].name}")
+    path = (config.get("image") or {}).get("path")
+    if path and Path(path).is_file():
+        return url(os.path.relpath(Path(path).resolve(), run_dir.resolve()))
+    return None
+
+
+def input_html(run_dir: Path, config: dict[str, Any]) -> str:
+    """A card with the reference image, shown beside the result; '' without one."""
+    image = input_image(run_dir, config)
+    if image is None:
+        return ""
+    seen = (config.get("image") or {})
+    where = ""
+    if seen.get("elevation_deg") is not None:
+        where = (f" seen from elevation {format_number(seen['elevation_deg'])}°, azimuth "
+                 f"{format_number(seen.get('azimuth_deg') or 0)}°")
+    shows = f"; it shows {esc(seen['object'])}" if seen.get("object") else ""
+    return (f'<div class="card"><h2>Input image</h2><img class="turntable" src="{image}" alt="the reference image">'
+            f'<p class="muted">The reference image (a copy; the original is never modified){esc(where)}{shows}.</p>'
+            "</div>")
+
+
 def stages_html(run_dir: Path) -> str:
     """For a system run (system.yaml): one row per stage with a link to its own report; else ''."""
     system = read_yaml(run_dir / "system.yaml") if (run_dir / "system.yaml").is_file() else {}
@@ -312,6 +346,18 @@ def stages_html(run_dir: Path) -> str:
             f'<p class="muted">{esc(system.get("description", ""))} · {esc(system.get("paper", ""))}</p>'
             "<table><thead><tr><th>stage</th><th>scene + guidance</th><th>steps</th><th>mask IoU</th><th></th>"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
+
+
+def hero_html(run_dir: Path, config: dict[str, Any], model: str) -> str:
+    """The model (3D viewer, downloads) and the turntable; an image-to-3D run shows its input image beside the
+    turntable, and the model below."""
+    model_card = f'<div class="card"><h2>Model</h2>{model}{downloads_html(run_dir)}</div>'
+    turntable_card = f'<div class="card"><h2>Turntable</h2>{turntable_html(run_dir)}</div>'
+    input_card = input_html(run_dir, config)
+    if input_card:
+        return (f'<section class="hero equal">{input_card}{turntable_card}</section>'
+                f'<section class="card"><h2>Model</h2>{model}{downloads_html(run_dir)}</section>')
+    return f'<section class="hero">{model_card}{turntable_card}</section>'
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -339,9 +385,7 @@ def write_report(run_dir: str | Path) -> Path:
         scripts = f'<script src="{viewer.install_viewer_script(run_dir)}"></script><script>{viewer.LOADER_JS}</script>'
     curves = loss_curves_html(records) or '<p class="muted">No training log (metrics.jsonl).</p>'
     body = (header_html(run_dir, manifest, config, last_step)
-            + '<section class="hero">'
-            f'<div class="card"><h2>Model</h2>{model}{downloads_html(run_dir)}</div>'
-            f'<div class="card"><h2>Turntable</h2>{turntable_html(run_dir)}</div></section>'
+            + hero_html(run_dir, config, model)
             + stages_html(run_dir)
             + f'<section class="card"><h2>Evaluation</h2>{metrics_html(read_json(run_dir / "metrics.json"))}</section>'
             f'<section class="card"><h2>Training</h2>{curves}{timings_html(read_json(run_dir / "timings.json"))}'
@@ -380,6 +424,7 @@ h3{margin:18px 0 8px;font-size:14px;color:var(--muted);font-weight:600}
 .fact span{color:var(--muted);margin-right:6px}
 .card{background:var(--card);border:1px solid var(--border);border-radius:12px;padding:18px 20px;margin-bottom:20px}
 .hero{display:grid;grid-template-columns:minmax(0,3fr) minmax(0,2fr);gap:20px}
+.hero.equal{grid-template-columns:minmax(0,1fr) minmax(0,1fr)}
 @media (max-width:860px){.hero{grid-template-columns:1fr}}
 .viewer-wrap{position:relative}
 model-viewer{display:block;width:100%;height:440px;background:var(--stage);border-radius:10px;

@@ -8,13 +8,15 @@ teachers import diffusers only when they load a model.
 from dreamengine.teachers.deepfloyd_if import DeepFloydIFTeacher
 from dreamengine.teachers.mvdream import MVDreamTeacher
 from dreamengine.teachers.stable_diffusion import StableDiffusionTeacher
+from dreamengine.teachers.toy_image import ToyImageTeacher
 from dreamengine.teachers.toyworld import ToyWorldTeacher
 from dreamengine.teachers.toyworld_multiview import ToyWorldMultiViewTeacher
 from dreamengine.teachers.toyworld_oracle import ToyWorldOracle
+from dreamengine.teachers.zero123 import Zero123Teacher
 
 TEACHERS = {"toyworld": ToyWorldTeacher, "toyworld-oracle": ToyWorldOracle, "stable-diffusion": StableDiffusionTeacher,
             "deepfloyd-if": DeepFloydIFTeacher, "toyworld-multiview": ToyWorldMultiViewTeacher,
-            "mvdream": MVDreamTeacher}
+            "mvdream": MVDreamTeacher, "toyworld-image": ToyImageTeacher, "zero123": Zero123Teacher}
 
-__all__ = ["TEACHERS", "DeepFloydIFTeacher", "MVDreamTeacher", "StableDiffusionTeacher", "ToyWorldMultiViewTeacher",
-           "ToyWorldOracle", "ToyWorldTeacher"]
+__all__ = ["TEACHERS", "DeepFloydIFTeacher", "MVDreamTeacher", "StableDiffusionTeacher", "ToyImageTeacher",
+           "ToyWorldMultiViewTeacher", "ToyWorldOracle", "ToyWorldTeacher", "Zero123Teacher"]

@@ -348,12 +348,16 @@ class StableDiffusionTeacher(UNetLoraAdapter):
         resolution: image side the renders are resized to; None: the UNet's sample_size x VAE factor.
         pipeline: an already built ``StableDiffusionPipeline`` to use instead of loading ``model``
             (benchmarks and tests; ``model`` is then only a name).
+        ip_adapter, ip_adapter_subfolder, ip_adapter_weight_name, ip_adapter_scale: an IP-Adapter for image prompts
+            (diffusers' ``load_ip_adapter``; :meth:`set_visual_prompt` sets the image). None: text only.
     """
 
     def __init__(self, model: str, revision: str | None = None, device: str | torch.device = "cpu",
                  dtype: str = "auto", channels_last: bool = False, attention_slicing: bool = False,
                  enable_xformers: bool = False, cpu_offload: bool = False, resolution: int | None = None,
-                 pipeline: Any | None = None) -> None:
+                 pipeline: Any | None = None, ip_adapter: str | dict | None = None,
+                 ip_adapter_subfolder: str = "models", ip_adapter_weight_name: str = "ip-adapter_sd15.safetensors",
+                 ip_adapter_scale: float = 1.0) -> None:
         if not str(model).strip():
             raise ConfigError("teacher.model is empty: give a Hugging Face repo id "
                               "(stabilityai/stable-diffusion-2-1-base) or a local diffusers folder")
@@ -413,13 +417,19 @@ class StableDiffusionTeacher(UNetLoraAdapter):
         self.steps_offset = int(pipe.scheduler.config.get("steps_offset", 0))
         self.max_tokens = int(self.tokenizer.model_max_length)
         self.embedding_key = text_encoder_key(self.model, revision, self.max_tokens, self.text_encoder)
+        self.visual_prompt: Tensor | None = None  # [1, 1, D] CLIP image embedding of the image prompt (IP-Adapter)
+        self._empty_embedding: Tensor | None = None
+        if ip_adapter is not None:
+            self.load_ip_adapter(ip_adapter, ip_adapter_subfolder, ip_adapter_weight_name, ip_adapter_scale)
 
     @classmethod
     def from_config(cls, cfg: StableDiffusionTeacherConfig, context: TeacherContext) -> StableDiffusionTeacher:
         """The teacher of ``teacher.name: stable-diffusion`` on ``teacher.device`` (null: the run's device)."""
         return cls(cfg.model, revision=cfg.revision, device=teacher_device(cfg.device, context.device),
                    dtype=cfg.dtype, channels_last=cfg.channels_last, attention_slicing=cfg.attention_slicing,
-                   enable_xformers=cfg.enable_xformers, cpu_offload=cfg.cpu_offload, resolution=cfg.resolution)
+                   enable_xformers=cfg.enable_xformers, cpu_offload=cfg.cpu_offload, resolution=cfg.resolution,
+                   ip_adapter=cfg.ip_adapter, ip_adapter_subfolder=cfg.ip_adapter_subfolder,
+                   ip_adapter_weight_name=cfg.ip_adapter_weight_name, ip_adapter_scale=cfg.ip_adapter_scale)
 
     # -- Teacher protocol -------------------------------------------------------------------------
 
@@ -461,8 +471,54 @@ class StableDiffusionTeacher(UNetLoraAdapter):
         sample = z_t.to(self.dtype)
         if self.channels_last:
             sample = sample.contiguous(memory_format=torch.channels_last)
-        output = self.unet(sample, t, encoder_hidden_states=embeddings.to(self.device, self.dtype)).sample.float()
-        return to_epsilon(output, z_t.float(), self._alphas64[t], self.prediction_type)
+        extra = {}
+        if self.visual_prompt is None and getattr(self.unet.config, "encoder_hid_dim_type", None) == "ip_image_proj":
+            raise ConfigError("this teacher has an IP-Adapter (teacher.ip_adapter) but no image prompt: give one with "
+                              "set_visual_prompt, or set teacher.ip_adapter=null")
+        if self.visual_prompt is not None:  # IP-Adapter: the image prompt beside the text
+            extra["added_cond_kwargs"] = {"image_embeds": [self.image_prompt_rows(embeddings).to(self.dtype)]}
+        output = self.unet(sample, t, encoder_hidden_states=embeddings.to(self.device, self.dtype), **extra).sample
+        return to_epsilon(output.float(), z_t.float(), self._alphas64[t], self.prediction_type)
+
+    # -- visual prompts (IP-Adapter) ---------------------------------------------------------------
+
+    def load_ip_adapter(self, source: str | dict, subfolder: str, weight_name: str, scale: float) -> None:
+        """Load an IP-Adapter with diffusers' ``load_ip_adapter`` (a repo id, a folder, or a state dict with
+        ``image_proj`` / ``ip_adapter``; a state dict needs the pipeline's ``image_encoder`` already set)."""
+        try:
+            with quiet_loading():
+                self.pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name)
+        except (OSError, ValueError) as error:
+            if isinstance(source, dict):
+                raise
+            raise explain_load_failure(str(source), None, error) from None
+        self.pipe.set_ip_adapter_scale(float(scale))
+        self.pipe.to(self.device, self.dtype)
+        self.unet.requires_grad_(False)
+
+    @torch.no_grad()
+    def set_visual_prompt(self, rgb: Float[Tensor, "3 H W"]) -> None:
+        """The image prompt (in [0, 1]) for every conditioned row of :meth:`predict_noise`: its CLIP image embedding
+        (the pipeline's image encoder, CLIP's resize and normalization)."""
+        encoder = getattr(self.pipe, "image_encoder", None)
+        if encoder is None:
+            raise ConfigError("a visual prompt needs an IP-Adapter: set teacher.ip_adapter (e.g. h94/IP-Adapter)")
+        size = int(encoder.config.image_size)
+        image = F.interpolate(rgb.reshape(1, 3, *rgb.shape[-2:]).to(self.device).float(), size=(size, size),
+                              mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        mean = torch.tensor((0.48145466, 0.4578275, 0.40821073), device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor((0.26862954, 0.26130258, 0.27577711), device=self.device).view(1, 3, 1, 1)
+        self.visual_prompt = encoder(pixel_values=((image - mean) / std).to(self.dtype)).image_embeds.float()[:, None]
+
+    def image_prompt_rows(self, embeddings: Tensor) -> Tensor:
+        """[B, 1, D]: the image prompt for rows conditioned on a text, zeros for rows holding the empty text's
+        embedding (the unconditional branch drops the image prompt too, as IP-Adapter pipelines do)."""
+        if self._empty_embedding is None:
+            self._empty_embedding = self.embed([""]).to(self.device)
+        empty = (embeddings.to(self.device).float() - self._empty_embedding).flatten(1).abs().amax(dim=1) < 1e-5
+        rows = self.visual_prompt.expand(embeddings.shape[0], -1, -1).clone()
+        rows[empty] = 0.0
+        return rows
 
     # -- VSD: a LoRA on this UNet ------------------------------------------------------------------
 

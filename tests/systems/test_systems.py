@@ -34,6 +34,11 @@ def short_overrides(system: str) -> list[str]:
     return overrides
 
 
+def needs_image(system: str) -> bool:
+    """Whether a system's first stage is guided by an image-conditioned teacher (it needs --image)."""
+    return plan_stages(load_system(system), "a snowman", [], Path("unused"))[0].teacher.name.endswith("image")
+
+
 def test_every_packaged_system_resolves(tmp_path: Path) -> None:
     names = packaged_systems()
     for paper in ("dreamfusion", "gaussiandreamer", "luciddreamer", "placiddreamer", "tv3dg", "mvdream"):
@@ -44,8 +49,12 @@ def test_every_packaged_system_resolves(tmp_path: Path) -> None:
         assert spec.description and spec.paper and spec.stages, name
         configs = plan_stages(spec, "a red cube", [], tmp_path / name)
         assert len(configs) == len(spec.stages)
-        teacher = multi_view.get(name, "toyworld" if name.endswith("-toy") else "stable-diffusion")
-        assert all(cfg.teacher.name == teacher for cfg in configs), name
+        if name in multi_view:
+            teachers = {multi_view[name]}
+        else:
+            teachers = ({"toyworld", "toyworld-image"} if name.endswith("-toy")
+                        else {"stable-diffusion", "zero123"})
+        assert all(cfg.teacher.name in teachers for cfg in configs), name
 
 
 def test_papers_defaults_reach_the_stage_configs(tmp_path: Path) -> None:
@@ -115,7 +124,12 @@ def test_cli_lists_systems_and_reports_bad_input(tmp_path: Path) -> None:
 @pytest.mark.parametrize("system", TOY_SYSTEMS)
 def test_toy_system_runs_end_to_end_in_short(tmp_path: Path, system: str) -> None:
     events = []
-    asset = dreamengine.generate("a snowman", system=system, overrides=short_overrides(system),
+    image = None
+    if needs_image(system):  # image-to-3D systems: a toy render of the snowman is the reference image
+        from tests.test_image_to_3d import toy_render_png
+
+        image = toy_render_png(tmp_path / "snowman.png", "a snowman", 0.0, 0.0)
+    asset = dreamengine.generate("a snowman", image=image, system=system, overrides=short_overrides(system),
                                  output_dir=tmp_path / "runs", callbacks=[events.append])
     spec = load_system(system)
     assert asset.glb is not None and asset.glb.stat().st_size > 0

@@ -31,12 +31,42 @@ MEASURED_IOU = {
     "prolificdreamer-toy": (0.854, 0.854),
     "tv3dg-toy": (0.700, 0.705),
 }
+# image-to-3D systems: "a red cube" rendered at elevation 15, azimuth 0 (64 px RGBA, bench/image_to_3d.py) as the
+# reference image, 300 steps (bench/image_to_3d.py's setting); system -> IoU measurements with these settings
+# (2026-12-02: bench/image_to_3d.py and a scripted run of the same config and image, both 0.887; this test itself
+# has not been run yet)
+IMAGE_MEASURED_IOU = {
+    "zero123-toy": (0.887, 0.887),
+}
+IMAGE_OVERRIDES = ["trainer.max_steps=300"]
 # what the test leaves out of a full-length run: previews and the turntable video (neither changes the scene)
 QUIET = ["trainer.preview_every=0", "report.turntable=false", "trainer.progress=false"]
 
 
 def test_every_toy_system_has_a_calibrated_threshold() -> None:
-    assert sorted(MEASURED_IOU) == sorted(name for name in packaged_systems() if name.endswith("-toy"))
+    calibrated = sorted([*MEASURED_IOU, *IMAGE_MEASURED_IOU])
+    uncalibrated = {"dreamgaussian-image-toy", "magic123-toy", "vp3d-toy"}  # not measured at full length yet (issue 14)
+    assert calibrated == sorted(name for name in packaged_systems() if name.endswith("-toy") and
+                                name not in uncalibrated)
+
+
+@pytest.mark.slow
+@pytest.mark.full
+@pytest.mark.parametrize("system", sorted(IMAGE_MEASURED_IOU))
+def test_full_length_image_system_reaches_its_calibrated_iou(system: str, tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from image_to_3d import render_reference
+
+    image = tmp_path / "a-red-cube.png"
+    render_reference("a red cube", image)
+    asset = dreamengine.generate(image=image, system=system, overrides=[*QUIET, *IMAGE_OVERRIDES],
+                                 output_dir=tmp_path)
+    measured = asset.metrics["mask_iou"]
+    threshold = min(IMAGE_MEASURED_IOU[system]) - MARGIN
+    assert asset.metrics["object"] == "a red cube" and measured >= threshold, (
+        f"{system}: held-out mask IoU {measured:.3f} < {threshold:.3f} (bench/image_to_3d.py)")
 
 
 @pytest.mark.slow
