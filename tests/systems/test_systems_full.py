@@ -45,7 +45,9 @@ QUIET = ["trainer.preview_every=0", "report.turntable=false", "trainer.progress=
 
 def test_every_toy_system_has_a_calibrated_threshold() -> None:
     calibrated = sorted([*MEASURED_IOU, *IMAGE_MEASURED_IOU])
-    uncalibrated = {"dreamgaussian-image-toy", "magic123-toy", "vp3d-toy"}  # not measured at full length yet (issue 14)
+    # not measured at full length on the red cube yet: the image systems of issue 14, and mvdream-toy (issue 13;
+    # measured on the six view-asymmetric objects by bench/multiview.py instead)
+    uncalibrated = {"dreamgaussian-image-toy", "magic123-toy", "vp3d-toy", "mvdream-toy"}
     assert calibrated == sorted(name for name in packaged_systems() if name.endswith("-toy") and
                                 name not in uncalibrated)
 
