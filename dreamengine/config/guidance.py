@@ -13,6 +13,15 @@ from dreamengine.errors import ConfigError
 from dreamengine.schedules import validate_schedule
 
 
+def check_weighting_and_schedules(cfg: Any) -> None:
+    """``guidance.weighting`` is known; the t range and ``grad_clip`` are valid schedules (the common checks)."""
+    if cfg.weighting not in WEIGHTINGS:
+        raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {cfg.weighting!r}")
+    validate_schedule(cfg.min_step_percent, "guidance.min_step_percent")
+    validate_schedule(cfg.max_step_percent, "guidance.max_step_percent")
+    validate_schedule(cfg.grad_clip, "guidance.grad_clip", allow_none=True)
+
+
 def validate_lucid_config(cfg: Any) -> None:
     """ConfigError checks shared by configs with LucidDreamer's timestep (and, if present, inversion) keys."""
     if not 0.0 <= cfg.min_step_percent < cfg.max_step_percent <= cfg.warmup_max_step_percent <= 1.0:
@@ -51,11 +60,7 @@ class SDSConfig:
     grad_clip: Any = None  # schedule or null: element-wise clamp of g
 
     def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
-        validate_schedule(self.min_step_percent, "guidance.min_step_percent")
-        validate_schedule(self.max_step_percent, "guidance.max_step_percent")
-        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+        check_weighting_and_schedules(self)
 
 
 CAMERA_CONDITIONS = ("c2w",)
@@ -227,13 +232,9 @@ class NFSDConfig:
     grad_clip: Any = None  # schedule or null: element-wise clamp of g
 
     def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
         if self.small_t_threshold < 0:
             raise ConfigError(f"guidance.small_t_threshold must be >= 0, got {self.small_t_threshold}")
-        validate_schedule(self.min_step_percent, "guidance.min_step_percent")
-        validate_schedule(self.max_step_percent, "guidance.max_step_percent")
-        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+        check_weighting_and_schedules(self)
 
 
 @dataclass
@@ -249,13 +250,9 @@ class ASDConfig:
     grad_clip: Any = None  # schedule or null: element-wise clamp of g
 
     def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"guidance.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
         if self.plus_ratio < 0:
             raise ConfigError(f"guidance.plus_ratio must be >= 0, got {self.plus_ratio}")
-        validate_schedule(self.min_step_percent, "guidance.min_step_percent")
-        validate_schedule(self.max_step_percent, "guidance.max_step_percent")
-        validate_schedule(self.grad_clip, "guidance.grad_clip", allow_none=True)
+        check_weighting_and_schedules(self)
 
 
 @dataclass
