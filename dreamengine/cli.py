@@ -230,8 +230,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.image is not None and OVERRIDE_LIKE.match(prompt):  # generate --image x.png key=value: no prompt
         prompt, overrides = "", [prompt, *overrides]
     if not prompt.strip() and args.image is None:
-        raise DreamEngineError('give a PROMPT or a reference image: dreamengine generate "a red cube", or '
-                               "dreamengine generate --image REF.png")
+        raise DreamEngineError('the prompt is empty: give a PROMPT or a reference image: dreamengine generate '
+                               '"a red cube", or dreamengine generate --image REF.png')
     run = prepare(prompt, image=args.image, config=args.config, system=args.system, overrides=overrides,
                   export=not args.no_export)
     run.on_stage = announce_stage

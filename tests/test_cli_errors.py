@@ -11,8 +11,9 @@ def assert_clean_error(result, *fragments: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ")
+    stderr = " ".join(result.stderr.split())  # messages are wrapped at the terminal width
     for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
+        assert fragment in stderr, result.stderr
 
 
 def test_unknown_config_key(tmp_path: Path):

@@ -198,7 +198,8 @@ def test_a_gradient_that_is_all_nan_is_a_failed_step_not_a_zero_one(tmp_path: Pa
         trainer.fit()
     assert trainer.step == 3
     for key, value in scene_parameters(trainer).items():
-        assert torch.equal(value, before[key])
+        if key != "blob_weight":  # the blob's fade follows the step count, failed steps included
+            assert torch.equal(value, before[key])
     logged = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(record["grad_nonfinite"] == 1.0 for record in logged)
 

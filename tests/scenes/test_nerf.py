@@ -98,8 +98,8 @@ def test_param_groups_cover_every_trainable_parameter_exactly_once() -> None:
     assert len(grouped) == len(set(grouped)) and set(grouped) == set(trainable)
     torch.optim.Adam(groups)  # accepted as-is
     # A solid background has nothing to train, so it adds no group.
-    assert [g["name"] for g in scene.param_groups(OptimConfig(1.0, 1.0, 1.0), background=Background())] == ["encoding",
-                                                                                               "network"]
+    solid = scene.param_groups(OptimConfig(lr_encoding=1.0, lr_network=1.0, lr_background=1.0), background=Background())
+    assert [g["name"] for g in solid] == ["encoding", "network"]
 
 
 def test_backgrounds_start_at_their_color_and_only_the_mlp_trains() -> None:

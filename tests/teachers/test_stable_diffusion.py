@@ -92,6 +92,8 @@ def test_v_prediction_and_epsilon_teachers_give_the_same_eps(teacher, sd_folder,
     eps_unet, abar = eps_teacher.unet, eps_teacher.alphas_cumprod.double()
 
     class VFromEps(torch.nn.Module):  # v = (eps - sqrt(1 - abar) z_t) / sqrt(abar)
+        config = eps_unet.config  # a UNet's config, as the teacher reads it
+
         def forward(self, sample, t, encoder_hidden_states):
             eps = eps_unet(sample, t, encoder_hidden_states=encoder_hidden_states).sample.double()
             a = abar[t].view(-1, 1, 1, 1)
