@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["camera.height=24", "camera.width=24", "render.num_samples=24", "teacher.resolution=16",
         "teacher.elevations=[0,30,60]", "teacher.azimuth_step=30", "trainer.preview_every=0",
         "export.resolution=48", "eval.resolution=32", "eval.num_views=4",
-        "report.turntable_frames=8", "report.turntable_size=32"]
+        "report.turntable_frames=8", "report.turntable_size=32", "export.texture_size=128"]
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:

@@ -18,7 +18,7 @@ from tests.gltf_validator import validate_glb
 # for "a red cube", seed 0, on the 2-core CI machine: 0.823 (0.834 at the quickstart's 600 steps; an untrained
 # scene, the initial density blob, scores 0.627 IoU and 10.1 dB PSNR). The thresholds leave room for
 # platform-dependent floating point differences.
-E2E = ["trainer.max_steps=400", "trainer.preview_every=200"]
+E2E = ["trainer.max_steps=400", "trainer.preview_every=200", "export.texture_size=256", "report.turntable=false"]
 IOU_THRESHOLD = 0.75
 
 
@@ -113,7 +113,7 @@ def test_help_texts(tmp_path: Path):
 # gaussian-toy at 300 steps instead of 600. Measured held-out mask IoU for "a red cube", seed 0, on the 2-core
 # machine: 0.851 (PSNR 16.3 dB; the exported mesh's volumetric IoU against the true cube 0.664).
 GAUSSIAN_E2E = ["--config", "gaussian-toy", "trainer.max_steps=300", "trainer.preview_every=0",
-                "report.turntable=false", "trainer.progress=false"]
+                "export.texture_size=256", "report.turntable=false", "trainer.progress=false"]
 
 
 @pytest.mark.slow

@@ -385,7 +385,8 @@ def test_generate_with_the_toy_teacher_through_the_cli(tmp_path: Path):
 # ------------------------------------------------------------------ a LoRA on a tiny random Stable Diffusion
 TINY_SD = ["device=cpu", "teacher.resolution=null", "camera.height=32", "camera.width=32", "render.num_samples=16",
            "trainer.preview_every=0", "trainer.checkpoint_every=0", "trainer.progress=false",
-           "export.resolution=32", "export.threshold=2.0"]  # a fixed level: the fitted one costs seconds
+           "export.resolution=32", "export.threshold=2.0",  # a fixed level: the fitted one costs seconds
+           "export.texture_size=128", "report.turntable=false"]
 
 
 def tiny_sd_teacher(prediction_type: str = "epsilon", dtype: str = "float32"):
