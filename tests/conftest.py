@@ -14,7 +14,7 @@ import torch
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (the README runs ``-n 2``) every worker, and every process it starts, uses one thread:
+    """Under pytest-xdist (the README runs ``-n 2 --dist worksteal``) every worker, and every process it starts, uses one thread:
     two workers on two cores instead of four threads fighting over them."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"

@@ -52,7 +52,7 @@ def as_override(value: object) -> str:
     return str(value)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(KEYS), values)
 def test_any_value_in_any_key_loads_or_says_why(choice: tuple[tuple[str, ...], str], value: object) -> None:
     section_choice, key = choice
