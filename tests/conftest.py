@@ -14,8 +14,8 @@ import torch
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (the README runs ``-n 2 --dist worksteal``) every worker, and every process it starts, uses one thread:
-    two workers on two cores instead of four threads fighting over them."""
+    """Under pytest-xdist (the README runs ``-n 2 --dist worksteal``) every worker, and every process it starts,
+    uses one thread: two workers on two cores instead of four threads fighting over them."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
