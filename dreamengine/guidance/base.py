@@ -67,6 +67,13 @@ def add_noise(z: Tensor, noise: Tensor, t: Int[Tensor, " B"], alphas_cumprod: Fl
     return abar.sqrt() * z + (1.0 - abar).sqrt() * noise
 
 
+def predict_x0(z_t: Tensor, eps: Tensor, abar: Float[Tensor, " B"]) -> Tensor:
+    """The clean sample a noise prediction implies, ``(z_t - sqrt(1 - abar) eps) / sqrt(abar)``, for z_t and
+    eps [B, ...] and abar [B] (the inverse of :func:`add_noise`)."""
+    a = broadcast_to(abar, z_t)
+    return (z_t - (1.0 - a).sqrt() * eps) / a.sqrt()
+
+
 def broadcast_to(values: Float[Tensor, " B"], like: Tensor) -> Tensor:
     """Per-sample values [B] viewed as [B, 1, 1, ...] to broadcast against ``like`` [B, ...]."""
     return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))

@@ -19,14 +19,13 @@ from torch import Tensor
 
 from dreamengine.core.cameras import Cameras
 from dreamengine.core.protocols import Teacher
-from dreamengine.guidance.base import add_noise, broadcast_to
+from dreamengine.guidance.base import add_noise, broadcast_to, predict_x0
 
 
 def ddim_step(x_a: Tensor, eps: Tensor, t_a: Tensor, t_b: Tensor, alphas_cumprod: Tensor) -> Tensor:
     """Move x_a [B, ...] at integer timesteps t_a [B] to t_b [B] along the DDIM path of ``eps`` [B, ...]."""
-    abar_a = broadcast_to(alphas_cumprod[t_a], x_a)
+    x0 = predict_x0(x_a, eps, alphas_cumprod[t_a])
     abar_b = broadcast_to(alphas_cumprod[t_b], x_a)
-    x0 = (x_a - (1.0 - abar_a).sqrt() * eps) / abar_a.sqrt()
     return abar_b.sqrt() * x0 + (1.0 - abar_b).sqrt() * eps
 
 

@@ -29,7 +29,6 @@ Settings: :class:`dreamengine.config.guidance.MVDreamSDSConfig`.
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from dreamengine.core.cameras import Cameras
@@ -40,14 +39,9 @@ from dreamengine.guidance.base import (
     broadcast_to,
     cfg_convention_b,
     predict_noise_under,
+    predict_x0,
     views_per_group,
 )
-
-
-def predict_x0(z_t: Tensor, eps: Tensor, abar: Float[Tensor, " B"]) -> Tensor:
-    """x0 = (z_t - sqrt(1 - abar) eps) / sqrt(abar) for z_t, eps [B, ...] and abar [B]."""
-    a = broadcast_to(abar, z_t)
-    return (z_t - (1.0 - a).sqrt() * eps) / a.sqrt()
 
 
 def rescale_to_group_std(x0: Tensor, x0_reference: Tensor, group: int, rescale: float) -> Tensor:
