@@ -322,9 +322,16 @@ def execute_and_report(run: Any) -> int:
     for timings in sorted(run.run_dir.rglob("timings.json")):
         medians = json.loads(timings.read_text())
         steps = medians.pop("steps_timed", None)
+        fit_seconds = medians.pop("fit_seconds", None)
+        parallel = medians.pop("parallel", None)
         label = f"{timings.parent.name}: " if timings.parent != run.run_dir else ""
         stages = ", ".join(f"{k} {v:.4f}" for k, v in medians.items())
         print(f"{label}median seconds per step ({steps} steps): {stages}")
+        if fit_seconds is not None:
+            print(f"{label}training took {fit_seconds:.1f} s")
+        if parallel:
+            print(f"{label}trainer.parallel: {parallel['picard_steps']} steps in {parallel['picard_iterations']} "
+                  f"iterations, {parallel['evaluations_per_step']:.2f} gradient evaluations per step")
     if asset.metrics and "mask_iou" in asset.metrics:
         print_metrics(asset.metrics)
     report = run.run_dir / "report.html"

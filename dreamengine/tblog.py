@@ -6,7 +6,7 @@ Event files go to ``RUN_DIR/tensorboard/`` (a system stage's own folder for each
     loss/<term>       every logged term of the step (the total ``loss``, the guidance's terms, the regularizers)
     grad_norm/<group> the L2 norm of each optimizer parameter group's gradient (before the Adam step)
     lr/<group>        each parameter group's learning rate
-    time/<stage>      seconds of the step's render / guidance / teacher / backward / after_step stages
+    time/<stage>      seconds of the step's render / guidance / teacher / backward / optimizer / after_step stages
 
 and at every preview the grid as an image (``preview``), once the resolved config as text (``config``). A resumed
 run purges events after its checkpoint's step, as ``metrics.jsonl`` is truncated.

@@ -45,11 +45,22 @@ from dreamengine.core.files import atomic_write, write_json
 from dreamengine.core.render import RenderOut, render_fixed
 from dreamengine.errors import OutOfMemory, TrainingError
 from dreamengine.memory import knobs, smaller_batch, suggest
+from dreamengine.picard import (
+    GradientPool,
+    PicardWindow,
+    apply_deferred,
+    clone_tree,
+    deferred_steps,
+    move_tree,
+    serve,
+    step_seed,
+)
 from dreamengine.runs import open_run_dir
 from dreamengine.schedules import schedule_value
 from dreamengine.tblog import TensorBoardLog, last_timings
 
 MAX_NONFINITE_GRADIENT = 0.5  # a guidance gradient more than half NaN/Inf (zeroed by nan_to_num) is a failed step
+FORWARD_STREAM, UPDATE_STREAM = 0, 1  # trainer.parallel's per-step seeds: the forward pass, the after-step updates
 
 
 class Interrupted(Exception):
@@ -134,6 +145,40 @@ class StepEvent:
         return None if self.preview is None else iio.imread(self.preview)
 
 
+@dataclass
+class ForwardPass:
+    """One step's forward and backward pass: the gradients sit in the parameters' ``.grad``."""
+
+    finite: bool  # loss and gradients finite (else the update is skipped)
+    terms: dict[str, float]  # the step's logged losses and guidance values
+    render_info: list[dict[str, Any]]  # per particle: what densification reads (Gaussians' screen-space gradient)
+
+
+@dataclass
+class StepGradients:
+    """One step's gradients evaluated at some state (a Picard evaluation, possibly in another process): everything
+    :meth:`Trainer.replay` needs to apply the step's update."""
+
+    step: int
+    grads: list[Tensor | None]  # the optimizer's parameters, in param-group order
+    owned: list[list[Tensor | None] | None]  # the guidance's own optimizers' recorded steps (VSD's score model)
+    forward: ForwardPass
+
+
+def portable_info(info: dict[str, Any]) -> dict[str, Any]:
+    """A render's densification info with the screen-space means' gradient read out (no autograd tensors)."""
+    if "means2d" not in info:
+        return {}
+    grad = info["means2d"].grad
+    return {"means2d_grad": None if grad is None else grad.detach().clone(), "radii": info["radii"].detach(),
+            **{key: info[key] for key in ("width", "height", "n_cameras")}}
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in (before, after] (0: never)."""
+    return every > 0 and after // every > before // every
+
+
 class Trainer:
     """Owns the scene(s), teacher, guidance and optimizer of one run directory.
 
@@ -168,6 +213,10 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.oom_shrinks: list[dict[str, Any]] = []  # trainer.on_oom=shrink: each size change after an OOM
+        parallel = cfg.trainer.parallel
+        self.step_seeds = parallel.step_seeds  # each step's randomness from (seed, step) alone
+        self.picard = (PicardWindow(parallel.window, parallel.threshold, parallel.ema_decay, parallel.adaptivity)
+                       if parallel.window > 1 else None)
         self._stop_signal: str | None = None
 
     @classmethod
@@ -204,6 +253,18 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One optimization step. Returns the logged terms. Skips the update if the loss is not finite."""
+        if self.step_seeds:
+            self.seed_step(self.step, FORWARD_STREAM)
+        return self.update(self.forward_backward())
+
+    def seed_step(self, step: int, stream: int) -> None:
+        """Seed the step generator and torch's global generator from (seed, step, stream) alone."""
+        seed = step_seed(self.cfg.seed, step, stream)
+        self.generator.manual_seed(seed)
+        torch.manual_seed(seed)
+
+    def forward_backward(self) -> ForwardPass:
+        """Render, guide and backpropagate one step; the gradients are left in the parameters' ``.grad``."""
         height, width, batch = self.cfg.camera.size_at(self.step)  # sizes may change at camera.phases
         particles = len(self.scenes)
         cameras = self.sampler.sample(batch * particles, self.generator).to(self.device)
@@ -250,29 +311,116 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             finite = bool(torch.isfinite(loss)) and all(
-                bool(torch.isfinite(p.grad).all()) for group in self.optimizer.param_groups
-                for p in group["params"] if p.grad is not None)
+                bool(torch.isfinite(p.grad).all()) for p in self.optimized_parameters() if p.grad is not None)
             # the guidance replaces NaN in its gradient by 0: a step whose gradient was mostly NaN failed
             finite = finite and guided.terms.get("grad_nonfinite", 0.0) <= MAX_NONFINITE_GRADIENT
-            if finite:
-                self.optimizer.step()
-        self.step += 1
-        with self.timer("after_step"):
-            parts = zip(self.scenes, self.renderers, self.densifiers, renders, strict=True)
-            for scene, renderer, densify, render in parts:
-                renderer.after_step(scene.render_inputs(), self.step)  # NeRF: occupancy grid refresh
-                if densify is not None:  # Gaussians: clone / split / prune
-                    densify.step_post_backward(scene, self.optimizer, render.info, self.step)
-                scene.update_schedules(self.optimizer, self.step)  # Gaussians: position lr; NeRF: blob fade
-        self.bad_steps = 0 if finite else self.bad_steps + 1
         terms = {"loss": float(loss.detach()), **guided.terms, **text_terms}
         terms.update({name: float(value.detach()) for name, value in regularizers.items()})
+        return ForwardPass(finite, terms, [render.info for render in renders])
+
+    def update(self, forward: ForwardPass) -> dict[str, float]:
+        """The step's update from the gradients in ``.grad``: the optimizer step (when finite), the step count,
+        then the after-step refreshes (occupancy grid, densification, schedules). Returns the logged terms."""
+        with self.timer("optimizer"):
+            if forward.finite:
+                self.optimizer.step()
+        if self.step_seeds:
+            self.seed_step(self.step, UPDATE_STREAM)
+        self.step += 1
+        with self.timer("after_step"):
+            parts = zip(self.scenes, self.renderers, self.densifiers, forward.render_info, strict=True)
+            for scene, renderer, densify, info in parts:
+                renderer.after_step(scene.render_inputs(), self.step)  # NeRF: occupancy grid refresh
+                if densify is not None:  # Gaussians: clone / split / prune
+                    densify.step_post_backward(scene, self.optimizer, info, self.step)
+                scene.update_schedules(self.optimizer, self.step)  # Gaussians: position lr; NeRF: blob fade
+        self.bad_steps = 0 if forward.finite else self.bad_steps + 1
+        terms = dict(forward.terms)
         for scene in self.scenes:  # e.g. the number of Gaussians, summed over particles
             for name, value in scene.log_terms().items():
                 terms[name] = terms.get(name, 0.0) + value
-        if not finite:
+        if not forward.finite:
             terms["skipped"] = 1.0
         return terms
+
+    def optimized_parameters(self) -> list[torch.nn.Parameter]:
+        """The optimizer's parameters in param-group order."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    # ------------------------------------------------------------------- trainer.parallel (dreamengine/picard.py)
+    def gradients_at(self, state: Any | None, step: int) -> StepGradients:
+        """Step ``step``'s gradients at an evaluation ``state`` (None: the current one), with its own seeds; nothing
+        is updated (the guidance's own optimizers record their steps instead of taking them)."""
+        if state is not None:
+            self.load_evaluation_state(state)
+        self.step = step
+        self.seed_step(step, FORWARD_STREAM)
+        with deferred_steps(self.guidance.optimizers()) as owned:
+            forward = self.forward_backward()
+        grads = [None if p.grad is None else p.grad.detach().clone() for p in self.optimized_parameters()]
+        forward.render_info = [portable_info(info) for info in forward.render_info]
+        return StepGradients(step, grads, list(owned), forward)
+
+    def replay(self, gradients: StepGradients) -> dict[str, float]:
+        """Apply one step's update with gradients computed by :meth:`gradients_at` (here or in a worker)."""
+        if gradients.step != self.step:
+            raise TrainingError(f"internal: replaying step {gradients.step} at step {self.step}")
+        for param, grad in zip(self.optimized_parameters(), gradients.grads, strict=True):
+            param.grad = None if grad is None else grad.to(param.device)
+        apply_deferred(self.guidance.optimizers(), gradients.owned)
+        render_info = [{key: value.to(self.device) if isinstance(value, Tensor) else value
+                        for key, value in info.items()} for info in gradients.forward.render_info]
+        return self.update(ForwardPass(gradients.forward.finite, gradients.forward.terms, render_info))
+
+    def evaluation_state(self) -> dict[str, Any]:
+        """A copy of what a step's gradient reads: the scenes, background, renderers and the guidance's state."""
+        return clone_tree({**scenes_state_dict(self.scenes, self.background, self.renderers),
+                           "guidance": self.guidance.state_dict()})
+
+    def load_evaluation_state(self, state: dict[str, Any]) -> None:
+        state = clone_tree(state)  # the modules must never alias a guess that is evaluated again
+        restore_scenes(move_tree(state, self.device), Path("<trainer.parallel state>"), self.scenes,
+                       self.background, self.renderers)
+        if state["guidance"]:
+            self.guidance.load_state_dict(move_tree(state["guidance"], self.device))
+
+    def parameters_now(self) -> list[Tensor]:
+        return [p.detach().clone() for p in self.optimized_parameters()]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the following steps depend on, copied (what :meth:`restore` returns to)."""
+        return {"evaluation": self.evaluation_state(), "optimizer": clone_tree(self.optimizer.state_dict()),
+                "densify": [clone_tree(d.state_dict()) if d is not None else {} for d in self.densifiers],
+                "step": self.step, "bad_steps": self.bad_steps}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.load_evaluation_state(snapshot["evaluation"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        for densify, state in zip(self.densifiers, snapshot["densify"], strict=True):
+            if densify is not None:
+                densify.load_state_dict(clone_tree(state))
+        self.step, self.bad_steps = snapshot["step"], snapshot["bad_steps"]
+
+    def ends_window(self, step: int) -> bool:
+        """Whether the update ending at ``step`` reshapes the parameters (densification; resets opacities)."""
+        return any(densify is not None and densify.reshapes_at(step) for densify in self.densifiers)
+
+    def advance(self, pool: GradientPool | None = None) -> list[tuple[int, dict[str, float]]]:
+        """One step, or with ``trainer.parallel.window > 1`` one Picard iteration (several steps at once).
+        Returns ``(step, terms)`` per step taken."""
+        if self.picard is None:
+            return [(self.step + 1, self.train_step())]
+        return self.picard.advance(self, self.cfg.trainer.max_steps, pool)
+
+    def start_workers(self) -> GradientPool | None:
+        """With ``trainer.parallel.workers > 1``, the worker processes (this one is the first worker)."""
+        parallel = self.cfg.trainer.parallel
+        if self.picard is None or parallel.workers < 2:
+            return None
+        threads = max(1, torch.get_num_threads() // parallel.workers) if self.device.type == "cpu" else 0
+        if threads:
+            torch.set_num_threads(threads)  # the cores are shared out between the processes
+        return GradientPool(gradient_worker, (self.cfg, self.run_dir, threads), parallel.workers - 1)
 
     def reference_losses(self) -> dict[str, Tensor]:
         """Each particle rendered from the reference camera against the reference image, weighted:
@@ -302,49 +450,60 @@ class Trainer:
         """Run steps until ``trainer.max_steps``; checkpoint periodically, at the end and on signals.
 
         Each callback receives a :class:`StepEvent` after every step (a progress bar, a notebook, a GUI). If a
-        callback raises, the run is checkpointed first, so nothing is lost."""
+        callback raises, the run is checkpointed first, so nothing is lost. With ``trainer.parallel.window > 1``
+        each iteration may take several steps (:meth:`advance`); logs, events, previews and checkpoints follow the
+        steps taken (a preview or checkpoint due inside an iteration is written at its end)."""
         tcfg = self.cfg.trainer
         board = TensorBoardLog(self.run_dir, self.cfg, self.step) if self.cfg.logging.tensorboard else None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        threads = torch.get_num_threads()
+        started = time.perf_counter()
+        pool = self.start_workers()
         try:
             while self.step < tcfg.max_steps:
+                before = self.step
                 try:
-                    terms = self.train_step()
+                    taken = self.advance(pool)
                 except torch.cuda.OutOfMemoryError:
                     self.out_of_memory()  # raises OutOfMemory, or shrinks the renders and we go on
                     continue
-                if self.bad_steps:
-                    self._log({"step": self.step, "warning": "non-finite loss or gradient; step skipped", **terms})
-                    if self.bad_steps >= tcfg.max_bad_steps:
-                        self.save()
-                        raise TrainingError(
-                            f"the loss or its gradients were NaN/Inf for {self.bad_steps} steps in a row (up to "
-                            f"step {self.step}); the last good parameters are saved in {self.checkpoint_path}. "
-                            "Lower the learning rates (optim.*) or the guidance scale, or set guidance.grad_clip.")
-                if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
-                    self._log({"step": self.step, **terms})
-                    if board is not None:
-                        board.scalars(self.step, terms, self.optimizer, last_timings(self.timer.seconds))
+                for step, terms in taken:
+                    if "skipped" in terms:
+                        self._log({"step": step, "warning": "non-finite loss or gradient; step skipped", **terms})
+                    if step % tcfg.log_every == 0 or step == tcfg.max_steps:
+                        self._log({"step": step, **terms})
+                        if board is not None:
+                            board.scalars(step, terms, self.optimizer, last_timings(self.timer.seconds))
+                if self.bad_steps >= tcfg.max_bad_steps:
+                    self.save()
+                    raise TrainingError(
+                        f"the loss or its gradients were NaN/Inf for {self.bad_steps} steps in a row (up to "
+                        f"step {self.step}); the last good parameters are saved in {self.checkpoint_path}. "
+                        "Lower the learning rates (optim.*) or the guidance scale, or set guidance.grad_clip.")
                 preview = None
-                if tcfg.preview_every and self.step % tcfg.preview_every == 0:
+                if crossed(before, self.step, tcfg.preview_every):
                     preview = self.write_preview()
                     if board is not None:
                         board.preview(self.step, iio.imread(preview))
-                if tcfg.checkpoint_every and self.step % tcfg.checkpoint_every == 0:
+                if crossed(before, self.step, tcfg.checkpoint_every):
                     self.save()
-                event = StepEvent(self.step, tcfg.max_steps, terms, self.stage, preview)
-                for callback in callbacks:
-                    try:
-                        callback(event)
-                    except BaseException:
-                        self.save()
-                        raise
+                for step, terms in taken:
+                    event = StepEvent(step, tcfg.max_steps, terms, self.stage, preview if step == self.step else None)
+                    for callback in callbacks:
+                        try:
+                            callback(event)
+                        except BaseException:
+                            self.save()
+                            raise
                 if self._stop_signal is not None:
                     self.save()
                     raise Interrupted(self.step, self._stop_signal)
             self.save()
-            self.write_timings()
+            self.write_timings(time.perf_counter() - started)
         finally:
+            if pool is not None:
+                pool.close()
+                torch.set_num_threads(threads)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if board is not None:
@@ -391,10 +550,15 @@ class Trainer:
             f"trainer.on_oom=shrink to shrink the renders automatically. Edit {self.run_dir / 'config.yaml'} and "
             f"continue with: dreamengine resume {self.run_dir}")
 
-    def write_timings(self) -> None:
-        """Median seconds per step of each stage (``guidance`` includes ``teacher``) to timings.json."""
+    def write_timings(self, fit_seconds: float | None = None) -> None:
+        """Median seconds per step of each stage (``guidance`` includes ``teacher``) to timings.json, with the wall
+        time of :meth:`fit` (since this process started or resumed it; worker start-up included)."""
         medians = self.timer.medians()
         medians["steps_timed"] = len(self.timer.seconds.get("render", []))
+        if fit_seconds is not None:
+            medians["fit_seconds"] = fit_seconds
+        if self.picard is not None:  # gradient evaluations per step taken: the parallel method's cost measure
+            medians["parallel"] = self.picard.summary()
         write_json(self.run_dir / "timings.json", medians)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -441,6 +605,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "config_hash": config_hash(self.cfg),
+            **({"picard": self.picard.state_dict()} if self.picard is not None else {}),
         }
 
     def save(self) -> None:
@@ -461,6 +626,8 @@ class Trainer:
                 self.guidance.load_state_dict(state["guidance"])
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            if self.picard is not None and "picard" in state:  # the window's guesses and threshold: exact resume
+                self.picard.load_state_dict(state["picard"])
         except (RuntimeError, KeyError, ValueError, TypeError) as error:
             raise mismatch(path, error) from None
         self.step = int(state["step"])
@@ -474,6 +641,25 @@ class Trainer:
             return
         kept = [line for line in log.read_text().splitlines() if logged_step(line) <= self.step]
         atomic_write(log, "".join(line + "\n" for line in kept))
+
+
+def gradient_worker(rank: int, payload: tuple[RunConfig, Path, int], tasks: Any, results: Any) -> None:
+    """A ``trainer.parallel`` worker process: its own trainer of the run's config (on GPU ``rank`` when there are
+    several), evaluating gradients at the states the main process sends until it sends ``None``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    cfg, run_dir, threads = payload
+    if threads:
+        torch.set_num_threads(threads)
+    if resolve_device(cfg.device).type == "cuda" and torch.cuda.device_count() > 1:
+        cfg = dataclasses.replace(cfg, device=f"cuda:{rank % torch.cuda.device_count()}")
+    try:
+        trainer = Trainer(cfg, run_dir)
+    except Exception:  # noqa: BLE001 - the main process reports it
+        import traceback
+
+        results.put((0, "error", traceback.format_exc()))
+        return
+    serve(trainer.gradients_at, tasks, results)
 
 
 def logged_step(line: str) -> float:

@@ -28,6 +28,7 @@ from dreamengine.config.run import (
     LoggingConfig,
     LossConfig,
     OptimConfig,
+    ParallelConfig,
     RenderConfig,
     ReportConfig,
     RunConfig,
@@ -49,7 +50,7 @@ from dreamengine.config.teachers import (
 __all__ = ["DEFAULT_NAMES", "GUIDANCE_CONFIGS", "POLYMORPHIC_SECTIONS", "SCENE_CONFIGS", "TEACHER_CONFIGS",
            "CameraConfig", "CameraPhase", "DeepFloydIFTeacherConfig", "DensifyConfig", "EvalConfig", "ExportConfig",
            "GaussiansConfig", "LoggingConfig", "LossConfig", "MVDreamTeacherConfig", "MeshSceneConfig", "NeRFConfig",
-           "OptimConfig", "PromptConfig", "RenderConfig", "ReportConfig", "RunConfig", "StableDiffusionTeacherConfig",
-           "ToyImageTeacherConfig", "ToyWorldMultiViewTeacherConfig", "ToyWorldOracleConfig", "ToyWorldTeacherConfig",
-           "TrainerConfig", "Zero123TeacherConfig", "available_configs", "config_hash", "config_to_yaml", "find_config",
-           "load_config"]
+           "OptimConfig", "ParallelConfig", "PromptConfig", "RenderConfig", "ReportConfig", "RunConfig",
+           "StableDiffusionTeacherConfig", "ToyImageTeacherConfig", "ToyWorldMultiViewTeacherConfig",
+           "ToyWorldOracleConfig", "ToyWorldTeacherConfig", "TrainerConfig", "Zero123TeacherConfig",
+           "available_configs", "config_hash", "config_to_yaml", "find_config", "load_config"]

@@ -125,6 +125,44 @@ class LossConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """DreamPropeller's generalized Picard iteration over a window of future steps (dreamengine/picard.py).
+
+    Every step's randomness is drawn from (seed, step) alone, the gradients of ``window`` guessed steps are computed
+    at once (by ``workers`` processes, one per GPU where there are several), the optimizer is replayed over them and
+    the window moves to the first step whose parameters moved more than the threshold (the reference's defaults)."""
+
+    window: int = 1  # P steps evaluated per iteration; 1: the ordinary sequential loop (the default)
+    workers: int = 1  # processes that compute gradients (this one included): GPUs, or CPU processes; 1: this process
+    threshold: float = 30.0  # initial tau: mean squared parameter error x 1e6 above which a guessed step is redone
+    ema_decay: float = 0.9  # tau <- decay tau + (1 - decay) error (the window's median or mean error)
+    adaptivity: str = "median"  # median | mean (ProlificDreamer's) | fixed (tau stays at threshold)
+    # draw each step's randomness from (seed, step) alone; null: on exactly when window > 1 (a sequential run with
+    # it on is the trajectory the Picard iteration converges to, for comparison)
+    seed_per_step: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.workers < 1:
+            raise ConfigError(f"trainer.parallel.window and trainer.parallel.workers must be >= 1, got "
+                              f"{self.window} and {self.workers}")
+        if self.workers > self.window:
+            raise ConfigError(f"trainer.parallel.workers={self.workers} is more than the window "
+                              f"({self.window}): each worker computes one step of the window, so set "
+                              f"trainer.parallel.window >= trainer.parallel.workers")
+        if not (self.threshold >= 0.0 and math.isfinite(self.threshold)):
+            raise ConfigError(f"trainer.parallel.threshold must be a finite number >= 0, got {self.threshold}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ConfigError(f"trainer.parallel.ema_decay must be in [0, 1], got {self.ema_decay}")
+        if self.adaptivity not in ("median", "mean", "fixed"):
+            raise ConfigError(f"trainer.parallel.adaptivity must be median, mean or fixed, got {self.adaptivity!r}")
+
+    @property
+    def step_seeds(self) -> bool:
+        """Whether each step's random numbers come from (seed, step) alone."""
+        return self.window > 1 if self.seed_per_step is None else self.seed_per_step
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 600
     n_particles: int = 1  # scenes optimized together (VSD's particles share its score model); >= 1
@@ -136,6 +174,7 @@ class TrainerConfig:
     # CUDA out of memory in a step: stop (checkpoint, print the settings to lower and the resume command, exit
     # non-zero) | shrink (halve the batch, else render 3/4 the size; recorded in metrics and config.yaml; go on)
     on_oom: str = "stop"
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # DreamPropeller (off by default)
 
     def __post_init__(self) -> None:
         if self.n_particles < 1:

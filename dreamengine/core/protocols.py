@@ -159,5 +159,9 @@ class Guidance(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimizers the guidance steps inside ``__call__`` (VSD's score model); [] for the others."""
+        ...
+
 
 __all__ = ["Field", "Guidance", "GuidanceOut", "Renderer", "Scene", "Teacher", "TeacherContext"]

@@ -277,6 +277,10 @@ class ScoreDistillation:
             grad = grad.clamp(-clip, clip)
         return grad
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers of models the guidance trains during its forward pass (VSD's score model); none here."""
+        return []
+
     # ---- checkpoints (stateless methods)
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -140,6 +140,10 @@ class VSDGuidance(ScoreDistillation):
                                                      generator)
         return {"lora_loss": score_loss, "camera_dropped": dropped}
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """phi's AdamW (stepped in :meth:`train_score_model`)."""
+        return [self.optimizer]
+
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """phi's weights and its optimizer state (tensors, numbers and lists only)."""

@@ -238,15 +238,22 @@ def table_html(caption: str, rows: list[dict[str, Any]]) -> str:
 def timings_html(timings: dict[str, Any] | None) -> str:
     if not timings:
         return ""
-    stages = {k: v for k, v in timings.items() if is_number(v) and k != "steps_timed"}
+    stages = {k: v for k, v in timings.items() if is_number(v) and k not in ("steps_timed", "fit_seconds")}
     if not stages:
         return ""
     cells = "".join(f'<div class="metric small"><span>{esc(k)}</span><b>{v * 1000:.1f} ms</b></div>'
                     for k, v in stages.items())
     steps = timings.get("steps_timed")
     note = f" over {steps} steps" if is_number(steps) else ""
+    extra = ""
+    if is_number(timings.get("fit_seconds")):
+        extra += f"Training took {timings['fit_seconds']:.1f} s. "
+    parallel = timings.get("parallel")
+    if isinstance(parallel, dict) and is_number(parallel.get("evaluations_per_step")):
+        extra += (f"trainer.parallel: {parallel.get('picard_steps')} steps in {parallel.get('picard_iterations')} "
+                  f"Picard iterations, {parallel['evaluations_per_step']:.2f} gradient evaluations per step.")
     return (f'<h3>Median time per step{esc(note)}</h3><div class="metrics">{cells}</div>'
-            '<p class="muted">guidance includes teacher.</p>')
+            f'<p class="muted">guidance includes teacher. {esc(extra)}</p>')
 
 
 def previews_html(run_dir: Path) -> str:

@@ -63,23 +63,38 @@ class DensifyStrategy:
         cfg = self.config
         self._accumulate(scene, render_info)
         stats = {"cloned": 0, "split": 0, "pruned": 0, "reset": 0}
-        if cfg.refine_start <= step < cfg.refine_stop and step % cfg.refine_every == 0 and step > 0:
+        if self.grows_at(step):
             stats["cloned"], stats["split"] = self.grow(scene, optimizer)
             prune_large = cfg.reset_every > 0 and step > cfg.reset_every
             stats["pruned"] = self.prune(scene, optimizer, prune_large=prune_large)
             self.grad2d_sum = None
             self.count = None
-        if cfg.reset_every > 0 and step > 0 and step % cfg.reset_every == 0 and step < cfg.refine_stop:
+        if self.resets_at(step):
             self.reset_opacities(scene, optimizer)
             stats["reset"] = 1
         return stats
+
+    def grows_at(self, step: int) -> bool:
+        """Whether :meth:`step_post_backward` at ``step`` clones, splits and prunes."""
+        cfg = self.config
+        return cfg.refine_start <= step < cfg.refine_stop and step % cfg.refine_every == 0 and step > 0
+
+    def resets_at(self, step: int) -> bool:
+        """Whether :meth:`step_post_backward` at ``step`` resets the opacities."""
+        cfg = self.config
+        return cfg.reset_every > 0 and step > 0 and step % cfg.reset_every == 0 and step < cfg.refine_stop
+
+    def reshapes_at(self, step: int) -> bool:
+        """Whether :meth:`step_post_backward` at ``step`` may change the number of Gaussians or reset opacities."""
+        return self.grows_at(step) or self.resets_at(step)
 
     def _accumulate(self, scene: GaussianScene, info: dict[str, Any]) -> None:
         n = scene.num_gaussians
         if self.grad2d_sum is None or self.grad2d_sum.shape[0] != n:
             self.grad2d_sum = torch.zeros(n, device=scene.means.device)
             self.count = torch.zeros(n, device=scene.means.device)
-        grad = info["means2d"].grad
+        # the render's screen-space means' gradient, or that gradient recorded elsewhere (a Picard evaluation)
+        grad = info["means2d_grad"] if "means2d_grad" in info else info["means2d"].grad
         if grad is None or grad.shape[1] != n or not bool(torch.isfinite(grad).all()):
             return  # no gradient this step (skipped step, or N changed since the render)
         scale = torch.tensor([info["width"] / 2.0, info["height"] / 2.0], device=grad.device)
