@@ -294,9 +294,10 @@ class GradientPool:
             except queue.Empty:
                 dead = [p for p in self.processes if not p.is_alive()]
                 if dead:
-                    raise TrainingError(f"a trainer.parallel worker process died (exit code {dead[0].exitcode}); "
-                                        "the run was checkpointed at its last accepted step: resume it, or set "
-                                        "trainer.parallel.workers=1") from None
+                    raise TrainingError(f"a trainer.parallel worker process died (exit code {dead[0].exitcode}; "
+                                        "out of memory?). `dreamengine resume RUN_DIR` continues from the last "
+                                        "checkpoint; set trainer.parallel.workers=1 in its config.yaml to train "
+                                        "in this process only") from None
                 continue
             if len(item) == 3 and item[1] == "error":
                 raise TrainingError(f"a trainer.parallel worker failed:\n{item[2]}")

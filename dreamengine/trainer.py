@@ -410,7 +410,13 @@ class Trainer:
         Returns ``(step, terms)`` per step taken."""
         if self.picard is None:
             return [(self.step + 1, self.train_step())]
-        return self.picard.advance(self, self.cfg.trainer.max_steps, pool)
+        start = self.snapshot()
+        try:
+            return self.picard.advance(self, self.cfg.trainer.max_steps, pool)
+        except BaseException:  # out of memory, a worker failed, a second Ctrl-C: back to the last accepted state
+            self.restore(start)
+            self.picard.guesses = []
+            raise
 
     def start_workers(self) -> GradientPool | None:
         """With ``trainer.parallel.workers > 1``, the worker processes (this one is the first worker)."""
