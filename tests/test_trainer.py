@@ -255,3 +255,24 @@ def test_particles_scale_only_a_mean_reduced_guidance_loss(tmp_path, reduction, 
     trainer.guidance = GuidanceSpy(trainer.guidance, after=replace)
     terms = trainer.train_step()
     assert terms["loss"] == pytest.approx(factor * seen[0], rel=1e-6)
+
+
+def test_progressive_band_and_albedo_warmup_follow_the_steps_and_resume_exactly(tmp_path: Path):
+    """scene.progressive_* and render.albedo_warmup_steps through fit(): the band and the shading change at their
+    steps, and a run resumed in the middle ends where the uninterrupted one does."""
+    options = ("scene.progressive_start_level=2", "scene.progressive_start_step=2", "scene.progressive_update_steps=2",
+               "render.albedo_warmup_steps=3", "render.shading=diffuse")
+    straight = tiny_trainer(tmp_path / "a", "trainer.max_steps=6", *options)
+    seen = []
+    straight.guidance = GuidanceSpy(straight.guidance, before=lambda rgb, prompts, cameras, step: seen.append(
+        (step, int(straight.scene.active_levels), straight.renderer.warmup.shading)))
+    straight.fit()
+    assert seen == [(0, 2, "albedo"), (1, 2, "albedo"), (2, 2, "albedo"), (3, 2, "diffuse"), (4, 3, "diffuse"),
+                    (5, 3, "diffuse")]
+    tiny_trainer(tmp_path / "b", "trainer.max_steps=3", *options).fit()
+    second = tiny_trainer(tmp_path / "b", "trainer.max_steps=6", *options)
+    second.load()
+    assert (int(second.scene.active_levels), second.renderer.warmup.shading) == (2, "diffuse")
+    second.fit()
+    for key, value in scene_parameters(straight).items():
+        assert torch.equal(value, second.scene.state_dict()[key]), key

@@ -65,6 +65,7 @@ RULES: list[tuple[str, tuple[Check, str]]] = [
     ("render.background_color", within(0.0, 1.0)),
     ("render.random_background_prob", within(0.0, 1.0)),
     ("render.occupancy_threshold", at_least(0.0)),
+    ("render.albedo_warmup_steps", at_least(0)),  # 0: no warm-up
     ("render.*", at_least(1)),
     ("optim.betas", within(0.0, 0.999999)),
     ("optim.eps", above(0.0)),

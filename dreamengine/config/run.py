@@ -83,6 +83,9 @@ class CameraConfig:
 class RenderConfig:
     num_samples: int = 48  # samples per ray (stratified inside the bounding sphere)
     shading: str = "albedo"  # albedo | diffuse | textureless
+    # threestudio's ambient_only_steps: training steps before this one render albedo whatever ``shading`` is
+    # (normals are still computed for the orientation loss); 0: off
+    albedo_warmup_steps: int = 0
     background: str = "solid"  # solid | mlp
     background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     # threestudio's background random_aug: with this probability a training step's views each get a random solid

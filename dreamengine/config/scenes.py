@@ -30,6 +30,12 @@ class NeRFConfig:
     base_resolution: int = 16
     per_level_scale: float = 1.447269237440378  # 16 levels from 16 to 4096
     encoding_backend: str = "auto"  # auto | torch | cuda (tiny-cuda-nn)
+    # progressive band (threestudio's ProgressiveBandHashGrid): only the first progressive_start_level levels
+    # are active at first, one more every progressive_update_steps steps from progressive_start_step on; the
+    # inactive levels' features are multiplied by 0. progressive_start_level 0: off (every level, always)
+    progressive_start_level: int = 0
+    progressive_start_step: int = 0
+    progressive_update_steps: int = 0
     # MLP
     hidden_dim: int = 64
     num_hidden_layers: int = 1

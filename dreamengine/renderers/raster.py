@@ -71,7 +71,7 @@ from dreamengine.core.background import sample_light_positions
 from dreamengine.core.cameras import Cameras
 from dreamengine.core.render import MeshTensors, RenderOut
 from dreamengine.errors import ConfigError
-from dreamengine.renderers.volume import SHADINGS, shade
+from dreamengine.renderers.volume import SHADINGS, AlbedoWarmup, shade
 
 INSIDE_TOLERANCE = -1e-6  # screen barycentrics this far below 0 still count as inside (no cracks)
 INT64_MAX = torch.iinfo(torch.int64).max
@@ -605,7 +605,8 @@ def _render_nvdiffrast(mesh: MeshTensors, cameras: Cameras, height: int, width: 
 class RasterRenderer:
     """Renders a mesh scene with a run's render settings (``RenderConfig``): the trainer's renderer object for
     ``scene.name: mesh`` (the protocol: :class:`~dreamengine.core.protocols.Renderer`). Lights for
-    'diffuse' / 'textureless' shading are drawn from ``generator`` as for NeRFs; it holds no state."""
+    'diffuse' / 'textureless' shading are drawn from ``generator`` as for NeRFs; its only state is the albedo
+    warm-up's step count (``render.albedo_warmup_steps``, see :class:`~dreamengine.renderers.volume.AlbedoWarmup`)."""
 
     def __init__(self, cfg: Any, radius: float, device: torch.device) -> None:
         """``radius`` (the scene's bound) is unused: rasterization needs no bound."""
@@ -613,24 +614,27 @@ class RasterRenderer:
             raise ConfigError(f"render.shading must be one of {', '.join(SHADINGS)}; got {cfg.shading!r}")
         resolve_backend(cfg.backend, device)  # fail early on backend=cuda without nvdiffrast or a GPU
         self.cfg = cfg
+        self.warmup = AlbedoWarmup(cfg.shading, cfg.albedo_warmup_steps)
 
     def __call__(self, mesh: MeshTensors, background: Callable[[Tensor], Tensor], cameras: Cameras, height: int,
                  width: int, *, generator: torch.Generator | None = None, perturb: bool = False) -> RenderOut:
         """Render ``cameras`` [B] at ``height`` x ``width`` (``perturb`` is unused: rasterization has no samples)."""
+        shading = self.warmup.shading  # 'albedo' during the albedo warm-up
         light = None
-        if self.cfg.shading != "albedo":
+        if shading != "albedo":
             light = sample_light_positions(cameras, generator).to(cameras.device)
-        return render_mesh(mesh, cameras, height, width, background=background, shading=self.cfg.shading,
+        return render_mesh(mesh, cameras, height, width, background=background, shading=shading,
                            light_positions=light, backend=self.cfg.backend)
 
     def after_step(self, mesh: MeshTensors, step: int) -> None:
-        """Nothing to refresh."""
+        """Count the step (the albedo warm-up); nothing to refresh."""
+        self.warmup.after_step(step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return self.warmup.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Stateless."""
+        self.warmup.load_state_dict(state)
 
 
 __all__ = ["Fragments", "RasterRenderer", "antialias_silhouettes", "face_neighbors", "mesh_tensors_from_trimesh",

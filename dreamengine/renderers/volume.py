@@ -21,7 +21,10 @@ Shading (a renderer argument, not a scene property), with threestudio's diffuse_
 * ``diffuse``:     c = albedo * (AMBIENT + DIFFUSE * max(0, n . l)), l = unit vector from point to light
 * ``textureless``: c = AMBIENT + DIFFUSE * max(0, n . l)              (white albedo)
 
-with ``n`` the scene's outward finite-difference normal.
+with ``n`` the scene's outward finite-difference normal. With ``render.albedo_warmup_steps`` N > 0 (threestudio's
+``ambient_only_steps``) the renderer objects render 'albedo' for the training steps before step N, whatever
+``render.shading`` says (:class:`AlbedoWarmup`: they count the steps done through ``after_step`` and save the
+count in their state); the normals and the orientation loss are still computed when ``render.shading`` needs them.
 
 :class:`RenderOut` carries the one regularizer that needs per-sample data, ``orientation_loss`` (DreamFusion's
 Ro, threestudio's ``loss_orient``): ``sum over samples of w_i.detach() * max(0, n_i . d)^2``, divided by the
@@ -397,6 +400,33 @@ def _march_nerfacc(scene: Field, rays_o: Tensor, rays_d: Tensor, ray_lights: Ten
     return out
 
 
+class AlbedoWarmup:
+    """``render.albedo_warmup_steps``: which shading a renderer uses now. It counts the steps done (the renderer's
+    ``after_step(scene, step)`` hands them over); before ``steps`` of them the shading is 'albedo', then the
+    configured one. The count is renderer state (``state_dict`` holds it only when the warm-up is on, so renderers
+    without one save what they always did)."""
+
+    def __init__(self, shading: str, steps: int) -> None:
+        if steps < 0:
+            raise ConfigError(f"render.albedo_warmup_steps must be >= 0 (0: off), got {steps}")
+        self.configured = shading
+        self.steps = steps
+        self.steps_done = 0
+
+    @property
+    def shading(self) -> str:
+        return "albedo" if self.steps_done < self.steps else self.configured
+
+    def after_step(self, step: int) -> None:
+        self.steps_done = step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps_done": self.steps_done} if self.steps > 0 else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_done = int(state.get("steps_done", self.steps_done))
+
+
 class VolumeRenderer:
     """Renders a NeRF scene with a run's render settings (``RenderConfig``); owns its occupancy grid.
 
@@ -409,6 +439,7 @@ class VolumeRenderer:
         if cfg.shading not in SHADINGS:
             raise ConfigError(f"render.shading must be one of {', '.join(SHADINGS)}; got {cfg.shading!r}")
         self.cfg = cfg
+        self.warmup = AlbedoWarmup(cfg.shading, cfg.albedo_warmup_steps)
         self.occupancy: OccupancyGrid | None = None
         if cfg.occupancy_grid:
             self.occupancy = OccupancyGrid(
@@ -418,26 +449,32 @@ class VolumeRenderer:
 
     def __call__(self, scene: Field, background: torch.nn.Module, cameras: Cameras, height: int, width: int, *,
                  generator: torch.Generator | None, perturb: bool) -> RenderOut:
-        """Render ``cameras`` [B] at ``height`` x ``width`` (see :func:`render_volume`)."""
+        """Render ``cameras`` [B] at ``height`` x ``width`` (see :func:`render_volume`); 'albedo' during the
+        albedo warm-up (no lights drawn then)."""
+        shading = self.warmup.shading
         light = None
-        if self.cfg.shading != "albedo":
+        if shading != "albedo":
             light = sample_light_positions(cameras, generator).to(cameras.device)
         return render_volume(scene, cameras, height, width, num_samples=self.cfg.num_samples, background=background,
-                             shading=self.cfg.shading, light_positions=light, perturb=perturb, generator=generator,
-                             backend=self.cfg.backend, occupancy=self.occupancy)
+                             shading=shading, light_positions=light, perturb=perturb, generator=generator,
+                             compute_normals=self.cfg.shading != "albedo", backend=self.cfg.backend,
+                             occupancy=self.occupancy)
 
     def after_step(self, scene: Field, step: int) -> None:
-        """Refresh the occupancy grid when it is due (call after ``optimizer.step()``)."""
+        """Refresh the occupancy grid when it is due and count the step (call after ``optimizer.step()``)."""
         if self.occupancy is not None:
             self.occupancy.update(scene, step)
+        self.warmup.after_step(step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"occupancy": self.occupancy.state_dict()} if self.occupancy is not None else {}
+        state = {"occupancy": self.occupancy.state_dict()} if self.occupancy is not None else {}
+        return {**state, **self.warmup.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.occupancy is not None and state.get("occupancy"):
             self.occupancy.load_state_dict(state["occupancy"])
+        self.warmup.load_state_dict(state)
 
 
-__all__ = ["OccupancyGrid", "VolumeRenderer", "accumulate", "composite_weights",
+__all__ = ["AlbedoWarmup", "OccupancyGrid", "VolumeRenderer", "accumulate", "composite_weights",
            "intersect_sphere", "render_volume", "resolve_backend", "shade", "stratified_samples"]

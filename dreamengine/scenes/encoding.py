@@ -9,6 +9,10 @@ so it has ``(R_l + 1) ** 3`` vertices. Each vertex owns ``features_per_level`` t
 A point's features at a level are the trilinear interpolation of its cell's 8 vertex features; the output
 concatenates the levels, level-major: ``[l0 f0, l0 f1, l1 f0, ...]``.
 
+``forward(points, active_levels=n)`` keeps only the first ``n`` levels (threestudio's ProgressiveBandHashGrid):
+the other levels' features are multiplied by 0, on either backend's output, so they are 0 and their table
+entries get no gradient.
+
 The pure-torch path stores all levels in one flat table (level ``l`` starts at ``level_offsets[l]``) so one
 gather serves every level. With ``backend='auto'`` and both tiny-cuda-nn and a CUDA device present, the
 encoding is ``tinycudann.Encoding`` instead. The two backends lay out their parameters differently, so a
@@ -133,11 +137,21 @@ class HashGridEncoding(nn.Module):
                    * axis_weight[:, :, 2, None, None, :])  # [N, L, 2, 2, 2]
         return rows, weights.reshape(n, self.num_levels, 8)
 
-    def forward(self, points: Tensor) -> Tensor:
-        """[N, 3] in [0, 1] -> [N, num_levels * features_per_level] (float32)."""
+    def forward(self, points: Tensor, active_levels: Tensor | int | None = None) -> Tensor:
+        """[N, 3] in [0, 1] -> [N, num_levels * features_per_level] (float32). With ``active_levels`` n the
+        features of levels n and above are multiplied by 0 (None: every level, no multiplication)."""
         if self.backend == "cuda":
-            return self.tcnn_encoding(points.clamp(0.0, 1.0)).float()
-        rows, weights = self.level_indices(points)
-        features = self.table.index_select(0, rows.reshape(-1)).view(*rows.shape, self.features_per_level)
-        encoded = (weights[..., None] * features).sum(dim=2)  # [N, L, F]
-        return encoded.reshape(points.shape[0], self.output_dim)
+            encoded = self.tcnn_encoding(points.clamp(0.0, 1.0)).float()
+        else:
+            rows, weights = self.level_indices(points)
+            features = self.table.index_select(0, rows.reshape(-1)).view(*rows.shape, self.features_per_level)
+            encoded = (weights[..., None] * features).sum(dim=2).reshape(points.shape[0], self.output_dim)
+        if active_levels is None:
+            return encoded
+        return encoded * self.level_mask(active_levels, encoded.device)
+
+    def level_mask(self, active_levels: Tensor | int, device: torch.device) -> Tensor:
+        """[num_levels * features_per_level] float: 1 for the features of the first ``active_levels`` levels,
+        else 0 (the output is level-major)."""
+        level = torch.arange(self.output_dim, device=device) // self.features_per_level
+        return (level < torch.as_tensor(active_levels, device=device)).float()

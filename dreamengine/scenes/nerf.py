@@ -17,11 +17,20 @@ the blob's positive part (the dense ball) fades out linearly over the first N tr
 negative part (empty space near the boundary) stays: the field then has to hold every bit of density itself,
 so material the guidance never asked for (the ball that fills a torus's hole) disappears instead of staying
 as the initialization left it. Its weight ``blob_weight`` is a buffer, saved in checkpoints.
+
+With ``progressive_start_level`` S > 0 the hash grid is a progressive band (threestudio's
+ProgressiveBandHashGrid, coarse to fine for smooth normals): at step ``t`` only the first
+
+    min(S + max(t - progressive_start_step, 0) // progressive_update_steps, num_levels)
+
+levels are active, the others' features multiplied by 0 (see :mod:`dreamengine.scenes.encoding`). The count
+``active_levels`` is a buffer, saved in checkpoints, set by ``update_schedules`` after each step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -66,6 +75,11 @@ class NeRFScene(nn.Module):
         if config.radius <= 0 or config.density_blob_std <= 0 or config.normal_eps <= 0:
             raise ConfigError("scene.radius, scene.density_blob_std and scene.normal_eps must be > 0, got "
                               f"{config.radius}, {config.density_blob_std}, {config.normal_eps}")
+        if config.progressive_start_level > 0 and (config.progressive_update_steps < 1
+                                                   or config.progressive_start_level > config.num_levels):
+            raise ConfigError("scene.progressive_start_level > 0 (a progressive band) needs "
+                              "scene.progressive_update_steps >= 1 and progressive_start_level <= num_levels, got "
+                              f"{config.progressive_update_steps}, {config.progressive_start_level}")
         if config.hidden_dim < 1 or config.num_hidden_layers < 1:
             raise ConfigError("scene.hidden_dim and scene.num_hidden_layers must be >= 1, got "
                               f"{config.hidden_dim}, {config.num_hidden_layers}")
@@ -79,6 +93,26 @@ class NeRFScene(nn.Module):
         self.network = mlp(self.encoding.output_dim, config.hidden_dim, config.num_hidden_layers, 4)
         self.register_buffer("blob_weight", torch.tensor(1.0))  # the blob's positive part's weight (fading)
         self._register_load_state_dict_pre_hook(keep_blob_weight_of_old_checkpoints)
+        # the hash-grid levels in use (the progressive band; every level when it is off)
+        self.register_buffer("active_levels", torch.tensor(self.band_at(0)))
+        self._register_load_state_dict_pre_hook(partial(keep_all_levels_of_old_checkpoints,
+                                                        num_levels=config.num_levels))
+
+    @property
+    def progressive(self) -> bool:
+        return self.config.progressive_start_level > 0
+
+    def band_at(self, step: int) -> int:
+        """The number of active hash-grid levels at training step ``step`` (steps done before it)."""
+        cfg = self.config
+        if not self.progressive:
+            return cfg.num_levels
+        grown = max(step - cfg.progressive_start_step, 0) // cfg.progressive_update_steps
+        return min(cfg.progressive_start_level + grown, cfg.num_levels)
+
+    def encode(self, points: Tensor) -> Tensor:
+        """The hash-grid features of world points [N, 3] (the inactive levels' zeroed when progressive)."""
+        return self.encoding(self.normalize(points), self.active_levels if self.progressive else None)
 
     def normalize(self, points: Tensor) -> Tensor:
         """World points [N, 3] in the bounding box -> [N, 3] in [0, 1] (the encoding clamps the rest)."""
@@ -105,13 +139,13 @@ class NeRFScene(nn.Module):
 
     def query(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """Density [N] (>= 0) and albedo [N, 3] (in (0, 1)) from one encoding pass."""
-        out = self.network(self.encoding(self.normalize(points)))  # [N, 4]
+        out = self.network(self.encode(points))  # [N, 4]
         density = self._activate_density(out[:, 0] + self.density_bias(points))
         return density, torch.sigmoid(out[:, 1:])
 
     def density(self, points: Tensor) -> Tensor:
         """Volume density [N, 3] -> [N]."""
-        out = self.network(self.encoding(self.normalize(points)))
+        out = self.network(self.encode(points))
         return self._activate_density(out[:, 0] + self.density_bias(points))
 
     def albedo(self, points: Tensor) -> Tensor:
@@ -153,9 +187,12 @@ class NeRFScene(nn.Module):
         return self
 
     def update_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        """Constant learning rates; the blob's positive part fades over ``density_blob_fade_steps``."""
+        """Constant learning rates; the blob's positive part fades over ``density_blob_fade_steps``; the
+        progressive band's level count for the next step (``step`` steps done)."""
         if self.config.density_blob_fade_steps > 0:
             self.blob_weight.fill_(max(0.0, 1.0 - step / self.config.density_blob_fade_steps))
+        if self.progressive:
+            self.active_levels.fill_(self.band_at(step))
 
     def regularizers(self) -> dict[str, Tensor]:
         return {}
@@ -175,6 +212,11 @@ class NeRFScene(nn.Module):
 def keep_blob_weight_of_old_checkpoints(state: dict[str, Any], prefix: str, *args: Any) -> None:
     """Checkpoints written before the blob could fade have no ``blob_weight``: theirs was 1."""
     state.setdefault(prefix + "blob_weight", torch.tensor(1.0))
+
+
+def keep_all_levels_of_old_checkpoints(state: dict[str, Any], prefix: str, *args: Any, num_levels: int) -> None:
+    """Checkpoints written before the progressive band existed have no ``active_levels``: all were active."""
+    state.setdefault(prefix + "active_levels", torch.tensor(num_levels))
 
 
 def background_groups(background: nn.Module | None, lr: float) -> list[dict[str, Any]]:

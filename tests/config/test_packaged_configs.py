@@ -79,6 +79,17 @@ SOURCE_DEFAULTS = {
 }
 
 
+# config -> (progressive band (start_level, start_step, update_steps), albedo warm-up steps) of its source:
+# threestudio's ProgressiveBandHashGrid and diffuse-with-point-light-material ambient_only_steps
+SOURCE_BAND_AND_WARMUP = {
+    "dreamfusion-sd": ((8, 2000, 500), 2001),  # threestudio configs/dreamfusion-sd.yaml
+    "dreamfusion-if": ((8, 2000, 500), 2001),  # threestudio configs/dreamfusion-if.yaml
+    "cds-sd": ((8, 0, 250), 1000),  # sail-sg/Consistent3D configs/consistency-coarse.yaml
+    "csd-sd": ((0, 0, 0), 5001),  # CVMI-Lab/Classifier-Score-Distillation configs/csd-if.yaml: a plain HashGrid
+    "magic123": ((8, 2000, 300), 0),  # threestudio configs/magic123-coarse-sd.yaml: no-material (albedo)
+}
+
+
 def value_at(cfg, dotted: str):
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
@@ -131,3 +142,16 @@ def test_learned_toy_is_the_quickstart_but_for_its_teacher_and_guidance_settings
                 {k: v for k, v in learned[section].items() if k not in tuned}
             continue
         assert quick[section] == learned[section], f"learned-toy.yaml's {section} section differs from quickstart's"
+
+
+@pytest.mark.parametrize("name", available_configs())
+def test_progressive_band_and_albedo_warmup_follow_the_sources(name):
+    """On with the source's values where the source has them, off (0) everywhere else."""
+    cfg = load_config(name, prompt="a hamburger")
+    band, warmup = SOURCE_BAND_AND_WARMUP.get(name, ((0, 0, 0), 0))
+    scene = cfg.scene
+    assert (getattr(scene, "progressive_start_level", 0), getattr(scene, "progressive_start_step", 0),
+            getattr(scene, "progressive_update_steps", 0)) == band
+    assert cfg.render.albedo_warmup_steps == warmup
+    if warmup:
+        assert cfg.render.shading == "diffuse"  # the shading the warm-up hands over to
