@@ -14,6 +14,7 @@ import math
 import shlex
 import signal
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -661,8 +662,6 @@ def gradient_worker(rank: int, payload: tuple[RunConfig, Path, int], tasks: Any,
     try:
         trainer = Trainer(cfg, run_dir)
     except Exception:  # noqa: BLE001 - the main process reports it
-        import traceback
-
         results.put((0, "error", traceback.format_exc()))
         return
     serve(trainer.gradients_at, tasks, results)
