@@ -204,8 +204,10 @@ def test_sigkill_in_either_stage_then_resume_is_bit_identical(tmp_path: Path) ->
     step of stage 2, resumed: its final scene equals an uninterrupted run's, bit for bit."""
     system = tmp_path / "two-stage.yaml"
     system.write_text(TWO_STAGES)
+    # no mesh files: the test compares checkpoints (stage 2's Gaussians start from stage 1's density and its
+    # surface level, which gaussians_from_nerf_run fits itself, not from the exported mesh)
     settings = [*TINY, "deterministic=true", "trainer.max_steps=12", "trainer.checkpoint_every=3",
-                "trainer.log_every=1"]
+                "trainer.log_every=1", "export.formats=[]", "report.turntable=false"]
     draw = random.Random(20261128)
     kill_steps = {"01-coarse": draw.randint(2, 11), "02-fine": draw.randint(2, 11)}
     (tmp_path / "killed").mkdir()
