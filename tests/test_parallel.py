@@ -51,6 +51,7 @@ def test_step_seeds_depend_on_seed_step_and_stream_only():
     assert len(seeds) == 200 and all(0 <= s < 2**63 for s in seeds)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config, extra, steps", [
     ("quickstart", ["render.occupancy_update_every=2"], 7),  # the occupancy grid refreshes inside windows
     ("gaussian-toy", [], 8),  # densification at steps 3 and 6 (windows end there), N changes
