@@ -15,6 +15,10 @@
   nearest-neighbour distances between surface samples, in scene units (objects fit in radius 0.75).
   And its topology: watertight, number of connected pieces and Euler characteristic, next to the true
   shape's (2 for a sphere, cube, cylinder or cone; 0 for a torus, whose hole must stay open).
+
+The ground truth depends only on the object and the measurement's settings, so it is computed once and kept
+on disk (:mod:`dreamengine.core.disk_cache`, folder ``eval``): the true renders of the held-out and Janus views,
+and the true shape's voxels, surface samples and topology. Each entry is exactly what would be recomputed.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import skimage
 import torch
 import trimesh
 from scipy.spatial import cKDTree
@@ -29,12 +34,43 @@ from torch import Tensor
 
 from dreamengine.config import RunConfig
 from dreamengine.core.cameras import Cameras, CameraSampler, cameras_from_spherical
+from dreamengine.core.disk_cache import cached
 from dreamengine.core.render import RenderOut
 from dreamengine.errors import PromptError
 from dreamengine.export import extract_mesh
 from dreamengine.toyworld import ToyObject, mask_iou, parse_prompt, psnr, render_toy, volumetric_iou
+from dreamengine.toyworld import render as toy_render
 
 OVERHEAD_ELEVATION = 89.5  # degrees: "from straight above" (90 exactly has no azimuth to orient the camera by)
+# Bump when the truth changes in a way the cache keys below do not capture (the objects, the toy renderer's
+# lighting and tracing constants and the mesh libraries' versions are in the keys).
+TRUTH_VERSION = 1
+TRUTH_CACHE = "eval"  # the cache's folder under $DREAMENGINE_CACHE (or ~/.cache/dreamengine)
+
+
+def _world_settings() -> dict[str, Any]:
+    """What every true render depends on besides the object and the cameras."""
+    return {"version": TRUTH_VERSION, "lighting": [toy_render.AMBIENT, toy_render.LIGHTS],
+            "tracing": [toy_render.BOUND_RADIUS, toy_render.HIT_EPSILON, toy_render.MAX_STEPS,
+                        toy_render.NORMAL_STEP, toy_render.LATE_HIT_EPSILON]}
+
+
+def true_renders(hypothesis: Any, description: str, cameras: Cameras, resolution: int,
+                 background: tuple[float, ...], supersample: int = 2) -> dict[str, torch.Tensor]:
+    """``render_toy(hypothesis, cameras, resolution, resolution, background, supersample)``'s rgb and mask, from
+    the disk cache when it has them. ``description`` names the hypothesis completely (its ``repr`` for a
+    :class:`ToyObject`): it is the cache key's, with the cameras and the image settings."""
+    settings = {**_world_settings(), "hypothesis": description, "resolution": int(resolution),
+                "background": [float(v) for v in background], "supersample": int(supersample),
+                "c2w": cameras.c2w.cpu().double().tolist(), "fovy": cameras.fovy.cpu().double().tolist()}
+    shape = (len(cameras), resolution, resolution)
+
+    def compute() -> dict[str, torch.Tensor]:
+        out = render_toy(hypothesis, cameras.to("cpu"), resolution, resolution, background=tuple(background),
+                         supersample=supersample)
+        return {"rgb": out["rgb"].contiguous(), "mask": out["mask"].contiguous()}
+
+    return cached(TRUTH_CACHE, "renders", settings, {"rgb": (*shape, 3), "mask": (*shape, 1)}, compute)
 
 
 def toy_object(prompt: str) -> ToyObject | None:
@@ -76,7 +112,7 @@ def evaluate_renders(cfg: RunConfig, render: Any) -> dict[str, Any]:
     cameras = held_out_cameras(cfg)
     res = cfg.eval.resolution
     out: RenderOut = render(cameras, res, res)
-    truth = render_toy(obj, cameras, res, res, background=tuple(cfg.render.background_color), supersample=2)
+    truth = true_renders(obj, repr(obj), cameras, res, tuple(cfg.render.background_color), supersample=2)
     ours_rgb, ours_mask = out.rgb.detach().cpu().float().clamp(0, 1), out.opacity.detach().cpu().float()
     per_view = []
     for i in range(len(cameras)):
@@ -182,12 +218,13 @@ def janus_score(obj: ToyObject, cfg: RunConfig, render: Any, num_views: int = 5)
 
     ours = coarse(render(cameras, res, res).rgb.detach().cpu().clamp(0, 1))
 
-    def distance_to(hypothesis: Any) -> Tensor:
-        rgb = render_toy(hypothesis, cameras, res, res, background=background, supersample=2)["rgb"]
+    def distance_to(hypothesis: Any, description: str) -> Tensor:
+        rgb = true_renders(hypothesis, description, cameras, res, background, supersample=2)["rgb"]
         return ((ours - coarse(rgb)) ** 2).mean(1)
 
-    to_true = distance_to(obj)
-    to_janus = torch.minimum(distance_to(TwoFaced(obj, "mirror")), distance_to(TwoFaced(obj, "turn")))
+    to_true = distance_to(obj, repr(obj))
+    to_janus = torch.minimum(distance_to(TwoFaced(obj, "mirror"), f"two-faced mirror {obj!r}"),
+                             distance_to(TwoFaced(obj, "turn"), f"two-faced turn {obj!r}"))
     margin = (to_true - to_janus) / (to_true + to_janus).clamp_min(1e-12)
     return float((margin > JANUS_MARGIN).float().mean())
 
@@ -211,16 +248,48 @@ def mesh_metrics(mesh: trimesh.Trimesh, obj: ToyObject, voxels: int = 96, surfac
                  seed: int = 0) -> dict[str, Any]:
     """Volumetric IoU (on a ``voxels``^3 grid over the bounding cube) and Chamfer distance to the truth, and
     both meshes' topology (:func:`topology`; the truth's keys prefixed ``true_``)."""
-    truth = true_mesh(obj)
-    pitch = 2.0 / voxels
-    axis = (np.arange(voxels) + 0.5) * pitch - 1.0
-    centers = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
-    inside_ours = torch.from_numpy(mesh.voxelized(pitch).fill().is_filled(centers))
-    inside_true = torch.from_numpy(truth.voxelized(pitch).fill().is_filled(centers))
+    centers = voxel_centers(voxels)
+    inside_ours = torch.from_numpy(mesh.voxelized(2.0 / voxels).fill().is_filled(centers))
     ours_points, _ = trimesh.sample.sample_surface(mesh, surface_samples, seed=seed)
-    true_points, _ = trimesh.sample.sample_surface(truth, surface_samples, seed=seed)
+    inside_true, true_points, true_topology = true_shape(obj, voxels, surface_samples, seed)
     to_truth, _ = cKDTree(true_points).query(ours_points)
     to_ours, _ = cKDTree(ours_points).query(true_points)
     return {"volumetric_iou": volumetric_iou(inside_ours, inside_true),
             "chamfer": float(0.5 * (to_truth.mean() + to_ours.mean())), **topology(mesh),
-            **{f"true_{key}": value for key, value in topology(truth).items()}}
+            **{f"true_{key}": value for key, value in true_topology.items()}}
+
+
+def voxel_centers(voxels: int) -> np.ndarray:
+    """The centers [voxels^3, 3] of the ``voxels``^3 grid over the bounding cube [-1, 1]^3."""
+    pitch = 2.0 / voxels
+    axis = (np.arange(voxels) + 0.5) * pitch - 1.0
+    return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+TRUE_MESH_RESOLUTION = 128
+
+
+def true_shape(obj: ToyObject, voxels: int, surface_samples: int,
+               seed: int) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
+    """What :func:`mesh_metrics` compares with, from the true mesh (:func:`true_mesh`): which voxel centers it
+    fills (bool [voxels^3]), ``surface_samples`` points on it (float64 [S, 3], drawn with ``seed``) and its
+    :func:`topology`. Kept in the disk cache."""
+    settings = {"version": TRUTH_VERSION, "object": repr(obj), "mesh_resolution": TRUE_MESH_RESOLUTION,
+                "voxels": int(voxels), "surface_samples": int(surface_samples), "seed": int(seed),
+                "libraries": [trimesh.__version__, skimage.__version__, np.__version__]}
+
+    def compute() -> dict[str, torch.Tensor]:
+        truth = true_mesh(obj, TRUE_MESH_RESOLUTION)
+        inside = truth.voxelized(2.0 / voxels).fill().is_filled(voxel_centers(voxels))
+        points, _ = trimesh.sample.sample_surface(truth, surface_samples, seed=seed)
+        shape = topology(truth)
+        return {"inside": torch.from_numpy(np.asarray(inside, dtype=np.uint8)),
+                "points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64)),
+                "topology": torch.tensor([int(shape["watertight"]), shape["pieces"], shape["euler_characteristic"]],
+                                         dtype=torch.int64)}
+
+    entry = cached(TRUTH_CACHE, "shape", settings, {"inside": (voxels**3,), "points": (surface_samples, 3),
+                                                    "topology": (3,)}, compute)
+    watertight, pieces, euler = (int(v) for v in entry["topology"])
+    return (entry["inside"].bool(), entry["points"].numpy(),
+            {"watertight": bool(watertight), "pieces": pieces, "euler_characteristic": euler})
