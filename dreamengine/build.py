@@ -229,7 +229,7 @@ def gaussians_from_nerf_run(scene_cfg: Any, sh_degree: int, resolution: int = 64
     def render_opacity(cams: Any, size: int) -> Tensor:
         return render_fixed(renderers[0], nerf.render_inputs(), background, cams, size, size).opacity[..., 0]
 
-    level = surface_level(nerf, run_cfg.export.threshold, render_opacity, cameras)
+    level = surface_level(nerf, run_cfg.export.threshold, render_opacity, cameras, run_cfg.export.level_fit_resolution)
     axis = torch.linspace(-nerf.radius, nerf.radius, resolution)
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     with torch.no_grad():

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Tiny settings for CLI tests: small renders, few samples, a small bank, no previews, a tiny turntable.
 TINY = ["camera.height=24", "camera.width=24", "render.num_samples=24", "teacher.resolution=16",
         "teacher.elevations=[0,30,60]", "teacher.azimuth_step=30", "trainer.preview_every=0",
-        "export.resolution=48", "eval.resolution=32", "eval.num_views=4",
+        "export.resolution=48", "export.level_fit_resolution=32", "eval.resolution=32", "eval.num_views=4",
         "report.turntable_frames=8", "report.turntable_size=32", "export.texture_size=128"]
 
 

@@ -191,6 +191,7 @@ class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["glb"])  # written after training: glb | obj | ply
     resolution: int = 128  # marching-cubes grid per side
     threshold: float | None = None  # density level of the surface; null: fit it to the renders' silhouettes
+    level_fit_resolution: int = 64  # threshold null: pixels per side of the 16 views fitted (and of the coarse grid)
     target_faces: int = 20000  # quadric decimation budget (0: keep all faces)
     min_component_fraction: float = 0.05  # drop pieces smaller than this fraction of the largest
     close_holes: int = 30  # close holes with at most this many boundary edges (0: keep holes)
@@ -207,6 +208,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.appearance not in ("texture", "vertex_colors"):
             raise ConfigError(f"export.appearance must be 'texture' or 'vertex_colors', got {self.appearance!r}")
+        if self.level_fit_resolution < 8:
+            raise ConfigError(f"export.level_fit_resolution must be >= 8, got {self.level_fit_resolution}")
         if self.texture_size < 16 or self.texture_padding < 0:
             raise ConfigError("export.texture_size must be >= 16 and export.texture_padding >= 0, got "
                               f"{self.texture_size}, {self.texture_padding}")

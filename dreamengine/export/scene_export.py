@@ -199,7 +199,7 @@ def export_scene(scene: Any, cfg: ExportConfig, path: Path, fmt: str, metadata: 
             return save_mesh(mesh, path, fmt, metadata, scale=file_scale(mesh, cfg.size))
 
     with _stage(timings, "extraction"):
-        threshold = surface_level(scene, cfg.threshold, render_opacity, cameras)
+        threshold = surface_level(scene, cfg.threshold, render_opacity, cameras, cfg.level_fit_resolution)
     mesh = paint_mesh(surface_mesh(scene, cfg, threshold, timings), scene, cfg, fmt, timings)
     with _stage(timings, "write"):
         return save_mesh(mesh, path, fmt, {**metadata, "density_threshold": round(float(threshold), 4)},
