@@ -473,6 +473,9 @@ class Trainer:
                     taken = self.advance(pool)
                 except torch.cuda.OutOfMemoryError:
                     self.out_of_memory()  # raises OutOfMemory, or shrinks the renders and we go on
+                    if pool is not None:  # the workers render at the new sizes too
+                        pool.close()
+                        pool = self.start_workers()
                     continue
                 for step, terms in taken:
                     if "skipped" in terms:
