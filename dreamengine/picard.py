@@ -21,6 +21,7 @@ operations of a :class:`PicardTarget` (dreamengine/trainer.py).
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import traceback
 from collections.abc import Callable, Iterator
@@ -291,6 +292,9 @@ class GradientPool:
         while len(results) < count:
             try:
                 item = self.results.get(timeout=WORKER_POLL_S)
+            except (EOFError, OSError) as error:  # a worker died while sending its result
+                raise TrainingError(f"a trainer.parallel worker process died while sending a result ({error!r}). "
+                                    "`dreamengine resume RUN_DIR` continues from the last checkpoint") from None
             except queue.Empty:
                 dead = [p for p in self.processes if not p.is_alive()]
                 if dead:
@@ -315,9 +319,16 @@ class GradientPool:
 
 
 def serve(evaluate: Callable[[Any, int], Any], tasks: Any, results: Any) -> None:
-    """A worker's loop: evaluate each ``(slot, state, step)`` task until a ``None`` arrives."""
+    """A worker's loop: evaluate each ``(slot, state, step)`` task until a ``None`` arrives, or until the main
+    process is gone (a worker never outlives the run that started it)."""
+    parent = os.getppid()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=WORKER_POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
         if task is None:
             return
         slot, state, step = task

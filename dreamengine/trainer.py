@@ -477,6 +477,10 @@ class Trainer:
                         pool.close()
                         pool = self.start_workers()
                     continue
+                except TrainingError:
+                    if self.picard is not None:  # a worker failed: advance() went back to the last accepted step
+                        self.save()
+                    raise
                 for step, terms in taken:
                     if "skipped" in terms:
                         self._log({"step": step, "warning": "non-finite loss or gradient; step skipped", **terms})
@@ -656,7 +660,8 @@ class Trainer:
 def gradient_worker(rank: int, payload: tuple[RunConfig, Path, int], tasks: Any, results: Any) -> None:
     """A ``trainer.parallel`` worker process: its own trainer of the run's config (on GPU ``rank`` when there are
     several), evaluating gradients at the states the main process sends until it sends ``None``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the main process stops the run (checkpoint first), then us
+        signal.signal(sig, signal.SIG_IGN)
     cfg, run_dir, threads = payload
     if threads:
         torch.set_num_threads(threads)
