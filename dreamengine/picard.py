@@ -208,13 +208,23 @@ class PicardWindow:
             if target.ends_window(start + offset):
                 size = offset
                 break
+        origin = target.snapshot()  # for evaluations at guesses here, and to come back to if anything fails
+        try:
+            return self._advance(target, start, size, pool, origin)
+        except BaseException:  # out of memory, a worker failed, a second Ctrl-C: back to the last accepted state
+            target.restore(origin)
+            self.guesses = []
+            raise
+
+    def _advance(self, target: PicardTarget, start: int, size: int, pool: GradientPool | None,
+                 origin: Any) -> list[tuple[int, dict]]:
         current = target.parameters_now()
         while len(self.guesses) < size:  # a fresh window (first iteration, after a reshape): the current state
             self.guesses.append(self.guesses[-1] if self.guesses else Guess(current, target.evaluation_state()))
         if any(p.shape != q.shape for p, q in zip(current, self.guesses[0].parameters, strict=True)):
             self.guesses = [Guess(current, target.evaluation_state()) for _ in range(size)]
 
-        gradients = self.evaluate(target, start, size, pool)
+        gradients = self.evaluate(target, start, size, pool, origin)
         self.iterations += 1
         self.evaluations += size
 
@@ -242,8 +252,10 @@ class PicardWindow:
             self.guesses = []  # reshaped: the next window starts from the new state
         return accepted
 
-    def evaluate(self, target: PicardTarget, start: int, size: int, pool: GradientPool | None) -> list[Any]:
-        """The window's gradients: step ``start`` at the current state (exact), the others at their guesses.
+    def evaluate(self, target: PicardTarget, start: int, size: int, pool: GradientPool | None,
+                 origin: Any) -> list[Any]:
+        """The window's gradients: step ``start`` at the current state (exact, ``origin`` its snapshot), the others
+        at their guesses.
 
         With a pool of N - 1 processes, this process (worker 0) takes the steps ``offset % N == 0`` and the workers
         the others, all at once; without one, this process evaluates them one after another."""
@@ -254,10 +266,9 @@ class PicardWindow:
         gradients: dict[int, Any] = {0: target.gradients_at(None, start)}
         own = [offset for offset in range(1, size) if offset not in remote]
         if own:
-            here = target.snapshot()
             for offset in own:
                 gradients[offset] = target.gradients_at(self.guesses[offset - 1].state, start + offset)
-            target.restore(here)
+            target.restore(origin)
         if remote:
             gradients.update(pool.collect(len(remote)))  # type: ignore[union-attr]
         return [gradients[offset] for offset in range(size)]

@@ -411,13 +411,7 @@ class Trainer:
         Returns ``(step, terms)`` per step taken."""
         if self.picard is None:
             return [(self.step + 1, self.train_step())]
-        start = self.snapshot()
-        try:
-            return self.picard.advance(self, self.cfg.trainer.max_steps, pool)
-        except BaseException:  # out of memory, a worker failed, a second Ctrl-C: back to the last accepted state
-            self.restore(start)
-            self.picard.guesses = []
-            raise
+        return self.picard.advance(self, self.cfg.trainer.max_steps, pool)  # on failure: the last accepted state
 
     def start_workers(self) -> GradientPool | None:
         """With ``trainer.parallel.workers > 1``, the worker processes (this one is the first worker)."""
