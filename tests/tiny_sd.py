@@ -94,20 +94,30 @@ def tiny_tokenizer():
                          pad_token="<|endoftext|>")
 
 
-def tiny_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
-    """UNet (32, 64 channels), 8x-downsampling VAE, 2-layer CLIP text encoder, DDIM schedule config."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_unet_and_vae(in_channels: int) -> tuple:
+    """The tiny UNet (32, 64 channels; ``in_channels`` 4, or 8 for Zero123's concatenated reference latent) and
+    the 8x-downsampling tiny VAE, with the current torch seed."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8,
+                                in_channels=in_channels, out_channels=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
                                 norm_num_groups=8, attention_head_dim=(2, 4))
     vae = AutoencoderKL(block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3, layers_per_block=1,
                         latent_channels=4, norm_num_groups=8, sample_size=64,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    return unet, vae
+
+
+def tiny_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
+    """UNet (32, 64 channels), 8x-downsampling VAE, 2-layer CLIP text encoder, DDIM schedule config."""
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet, vae = tiny_unet_and_vae(in_channels=4)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id,
@@ -171,18 +181,12 @@ def save_tiny_if(folder: Path, seed: int = 0) -> Path:
 def save_tiny_zero123(folder: Path, seed: int = 0) -> Path:
     """A tiny random-weight Zero123 in the diffusers layout of kxic/zero123-xl: an 8-channel UNet, the tiny VAE, a
     2-layer CLIP vision encoder with projection, a DDIM scheduler and ``cc_projection`` (Linear(32 + 4 -> 32))."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=8,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
-                                norm_num_groups=8, attention_head_dim=(2, 4))
-    vae = AutoencoderKL(block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3, layers_per_block=1,
-                        latent_channels=4, norm_num_groups=8, sample_size=64,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    unet, vae = tiny_unet_and_vae(in_channels=8)
     encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=32, intermediate_size=37, projection_dim=TEXT_DIM, num_hidden_layers=2, num_attention_heads=4,
         image_size=32, patch_size=8))

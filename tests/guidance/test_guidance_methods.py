@@ -328,17 +328,23 @@ def test_csd_clamps_then_normalizes_over_the_whole_batch():
     assert float(per.max() / per.min()) > 1.05  # the samples differ, so per-sample normalisation would differ
 
 
-def test_csd_perp_neg_adds_the_perpendicular_sum():
-    """Perp-Neg on (source IF config): g += w k_p sum_i w_i perp(eps_neg_i - eps_u, eps_c - eps_u)."""
+def perp_neg_inputs():
+    """A two-view batch with two negative prompts each (Perp-Neg's inputs) on the 2-D stub teacher."""
     from tests.test_prompts import TwoDimStubTeacher
 
     teacher = TwoDimStubTeacher()
-    batch = 2
-    rgb = torch.rand(batch, 8, 8, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    cond, uncond = teacher.embed(["a cat, front", "a cat, side"]), teacher.embed(["ugly"] * batch)
-    prompts = PromptBatch(cond, uncond, ["p"] * batch)
+    rgb = torch.rand(2, 8, 8, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    cond, uncond = teacher.embed(["a cat, front", "a cat, side"]), teacher.embed(["ugly"] * 2)
+    prompts = PromptBatch(cond, uncond, ["p"] * 2)
     prompts.neg = torch.stack([teacher.embed(["front eee", "side"]), teacher.embed(["side", "front view e"])])
     prompts.neg_weights = torch.tensor([[-1.5, -0.3], [-0.2, -2.0]])
+    return teacher, rgb, prompts
+
+
+def test_csd_perp_neg_adds_the_perpendicular_sum():
+    """Perp-Neg on (source IF config): g += w k_p sum_i w_i perp(eps_neg_i - eps_u, eps_c - eps_u)."""
+    teacher, rgb, prompts = perp_neg_inputs()
+    batch, cond, uncond = rgb.shape[0], prompts.cond, prompts.uncond
     cfg = CSDConfig(perpneg_scale=[0, 0.0, 3.0, 100], weighting="sds")
     out = CSDGuidance(cfg, teacher, 100)(rgb, prompts, None, 50, torch.Generator().manual_seed(SEED))
     out.loss.backward()
@@ -424,15 +430,8 @@ def test_asd_later_timesteps_spread_over_the_rest_at_late_t():
 
 
 def test_asd_perp_neg_scales_negative_weights_by_minus_guidance_perp_neg():
-    from tests.test_prompts import TwoDimStubTeacher
-
-    teacher = TwoDimStubTeacher()
-    batch = 2
-    rgb = torch.rand(batch, 8, 8, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    cond, uncond = teacher.embed(["a cat, front", "a cat, side"]), teacher.embed(["ugly"] * batch)
-    prompts = PromptBatch(cond, uncond, ["p"] * batch)
-    prompts.neg = torch.stack([teacher.embed(["front eee", "side"]), teacher.embed(["side", "front view e"])])
-    prompts.neg_weights = torch.tensor([[-1.5, -0.3], [-0.2, -2.0]])
+    teacher, rgb, prompts = perp_neg_inputs()
+    batch, cond, uncond = rgb.shape[0], prompts.cond, prompts.uncond
     cfg = ASDConfig(guidance_scale=5.0, guidance_perp_neg=-0.5, plus_random=False, min_step_percent=0.02,
                     max_step_percent=0.98)
     out = ASDGuidance(cfg, teacher, 100)(rgb, prompts, None, 0, torch.Generator().manual_seed(SEED))
