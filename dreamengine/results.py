@@ -100,11 +100,13 @@ def evaluate_run(scene: torch.nn.Module, background: torch.nn.Module, renderer: 
 
 
 def export_fidelity_of(glb: Path, render: Any, background: torch.nn.Module, cfg: RunConfig) -> dict[str, Any]:
-    """The exported file vs the scene's renders, from held-out views framed like training (64 px)."""
+    """The exported file vs the scene's renders, from held-out views framed like training: ``eval.num_views``
+    orbit views plus one from above and one from below, at ``eval.resolution`` (defaults: 8 views, 64 px)."""
     from dreamengine.export.fidelity import export_fidelity, fidelity_cameras
 
-    cameras = fidelity_cameras(*cfg.camera.framing())
-    return export_fidelity(glb, render, cameras, 64, 64, background)
+    cameras = fidelity_cameras(*cfg.camera.framing(), num_views=cfg.eval.num_views)
+    size = cfg.eval.resolution
+    return export_fidelity(glb, render, cameras, size, size, background)
 
 
 __all__ = ["MESH_FORMATS", "SPLAT_FORMAT", "evaluate_run", "export_metadata", "export_run", "export_scene_file",

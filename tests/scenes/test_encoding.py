@@ -117,6 +117,25 @@ def test_hashed_levels_collide_but_stay_inside_their_block() -> None:
                                atol=1e-5, rtol=0)
 
 
+def test_int32_rows_equal_python_integer_hashes_where_the_products_overflow() -> None:
+    """The default grid's finest levels (resolution up to 4096, a 2^19 table): vertex index x prime runs far past
+    2^31, so the int32 products wrap; the rows must still be Instant-NGP's (Python integers, no overflow)."""
+    encoding = HashGridEncoding(num_levels=16, features_per_level=2, log2_hashmap_size=19, base_resolution=16,
+                                per_level_scale=per_level_scale_for(16, 4096, 16), backend="torch")
+    assert encoding.index_dtype == torch.int32
+    points = torch.rand(300, 3, generator=torch.Generator().manual_seed(5))
+    points[0] = torch.tensor([1.0, 1.0, 1.0])  # the largest vertex indices
+    rows, _ = encoding.level_indices(points)
+    for level in (0, encoding.num_dense_levels, 12, 15):
+        resolution = int(encoding.resolutions[level])
+        for n in range(0, 300, 7):
+            scaled = [min(max(c, 0.0), 1.0) * resolution for c in points[n].tolist()]
+            cell = [min(math.floor(s), resolution - 1) for s in scaled]
+            corners = [(cell[0] + di, cell[1] + dj, cell[2] + dk) for di in (0, 1) for dj in (0, 1) for dk in (0, 1)]
+            expected = [reference_row(level, vertex, encoding) for vertex in corners]
+            assert rows[n, level].tolist() == expected, (level, n)
+
+
 def test_output_shape_init_scale_and_per_level_scale_helper() -> None:
     encoding = HashGridEncoding(num_levels=8, features_per_level=2, log2_hashmap_size=12, backend="torch")
     assert encoding(torch.rand(5, 3)).shape == (5, 16)
