@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Tiny settings for CLI tests: small renders, few samples, a small bank, no previews, a tiny turntable.
@@ -34,17 +36,23 @@ def run_cli(args: list[str], tmp_path: Path, timeout: float = 600) -> subprocess
 def run_cli_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``dreamengine.cli.main(args)`` run in ``cwd``, its exit code and captured output shaped like ``run_cli``'s.
 
-    An exception escaping ``main`` escapes here too (the CLI must turn every user error into a message)."""
+    ``SystemExit`` (argparse's usage errors) becomes the exit code, as in a process; any other exception escaping
+    ``main`` escapes here too (the CLI must turn every user error into a message)."""
     from dreamengine.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     previous = Path.cwd()
+    deterministic = torch.are_deterministic_algorithms_enabled()  # deterministic=true sets it for the process
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = main(args)
+            try:
+                code = main(args)
+            except SystemExit as stop:  # argparse's usage errors exit (code 2)
+                code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
     finally:
         os.chdir(previous)
+        torch.use_deterministic_algorithms(deterministic)
     return subprocess.CompletedProcess(["dreamengine", *args], code, stdout.getvalue(), stderr.getvalue())
 
 

@@ -11,7 +11,7 @@ import torch
 import trimesh
 
 from dreamengine.export import load_mesh
-from tests.cli_helpers import TINY, only_run_dir, popen_cli, run_cli
+from tests.cli_helpers import TINY, only_run_dir, popen_cli, run_cli, run_cli_in_process
 from tests.gltf_validator import validate_glb
 
 # The quickstart config at 300 steps instead of 600 (keeps the suite short). Measured held-out mask IoU
@@ -56,11 +56,11 @@ def test_generate_export_eval_red_cube(tmp_path: Path):
     assert report["numErrors"] == 0, report["messages"]
 
     for fmt in ("obj", "ply"):
-        exported = run_cli(["export", str(run_dir), "--format", fmt], tmp_path)
+        exported = run_cli_in_process(["export", str(run_dir), "--format", fmt], tmp_path)
         assert exported.returncode == 0, exported.stderr
         assert len(trimesh.load(run_dir / "final" / f"model.{fmt}", force="mesh").faces) > 500
 
-    evaluated = run_cli(["eval", str(run_dir)], tmp_path)
+    evaluated = run_cli_in_process(["eval", str(run_dir)], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     summary = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert summary["mask_iou"] == pytest.approx(metrics["mask_iou"], abs=1e-6)

@@ -15,7 +15,7 @@ from PIL import Image
 from dreamengine.api import prepare
 from dreamengine.core.cameras import cameras_from_spherical
 from dreamengine.toyworld import all_objects, render_toy
-from tests.cli_helpers import TINY, only_run_dir, run_cli
+from tests.cli_helpers import TINY, only_run_dir, run_cli, run_cli_in_process
 
 FAST = [*TINY, "trainer.max_steps=6", "trainer.checkpoint_every=0", "export.resolution=32", "export.target_faces=2000",
         "export.texture_size=64"]
@@ -57,7 +57,7 @@ def test_generate_image_of_a_toy_render_end_to_end(tmp_path: Path):
     log = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert all("ref_rgb" in record and "ref_mask" in record for record in log if "loss" in record)
     assert "input/ref.png" in (run_dir / "report.html").read_text()  # the report shows the input
-    evaluated = run_cli(["eval", str(run_dir)], tmp_path)
+    evaluated = run_cli_in_process(["eval", str(run_dir)], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads((run_dir / "stages" / "01-nerf" / "metrics.json").read_text())["object"] == "a car"
 
@@ -78,11 +78,11 @@ def test_api_prepare_with_an_image_records_the_object_and_view(tmp_path: Path):
 
 def test_generate_image_errors_stop_before_any_work(tmp_path: Path):
     (tmp_path / "corrupt.png").write_bytes(b"not an image at all")
-    result = run_cli(["generate", "--image", "corrupt.png"], tmp_path)
+    result = run_cli_in_process(["generate", "--image", "corrupt.png"], tmp_path)
     assert result.returncode == 2 and "corrupt or not an image" in result.stderr and "Traceback" not in result.stderr
-    result = run_cli(["generate", "--image", "missing.png", "trainer.max_steps=3"], tmp_path)
+    result = run_cli_in_process(["generate", "--image", "missing.png", "trainer.max_steps=3"], tmp_path)
     assert result.returncode == 2 and "does not exist" in result.stderr
-    result = run_cli(["generate"], tmp_path)
+    result = run_cli_in_process(["generate"], tmp_path)
     assert result.returncode == 2 and "--image" in result.stderr
     assert not (tmp_path / "runs").exists()  # nothing was written
 

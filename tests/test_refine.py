@@ -11,7 +11,7 @@ import pytest
 import trimesh
 
 from dreamengine.export import save_mesh
-from tests.cli_helpers import TINY, only_run_dir, run_cli
+from tests.cli_helpers import TINY, only_run_dir, run_cli, run_cli_in_process
 from tests.gltf_validator import validate_glb
 
 # 60 steps at 32 px of a UV texture with a faster learning rate keep the test short. Measured on the 2-core
@@ -84,7 +84,7 @@ def test_bad_meshes_get_clear_messages(tmp_path: Path, case: str, message: str) 
         path.write_text("v 0 0 0\nv 1 0 0\nv nan 1 0\nf 1 2 3\n")
     elif case == "suffix":
         path.write_text("solid x\nendsolid x\n")
-    result = run_cli(["refine", str(path), "a red cube"], tmp_path)
+    result = run_cli_in_process(["refine", str(path), "a red cube"], tmp_path)
     assert result.returncode == 2, result.stderr
     stderr = " ".join(result.stderr.split())  # the message is wrapped at the terminal width
     assert message in stderr and str(path.name) in stderr, result.stderr

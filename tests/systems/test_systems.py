@@ -17,7 +17,7 @@ from dreamengine.config import load_config
 from dreamengine.errors import ConfigError
 from dreamengine.systems import load_system, packaged_systems, split_stage_overrides
 from dreamengine.systems.driver import plan_stages
-from tests.cli_helpers import TINY, only_run_dir, popen_cli, run_cli
+from tests.cli_helpers import TINY, only_run_dir, popen_cli, run_cli, run_cli_in_process
 
 # every stage tiny: small renders and bank, few steps, no previews
 SHORT = [*TINY, "trainer.max_steps=4", "trainer.checkpoint_every=2"]
@@ -108,15 +108,15 @@ def test_unknown_system_and_bad_system_files(tmp_path: Path) -> None:
 
 
 def test_cli_lists_systems_and_reports_bad_input(tmp_path: Path) -> None:
-    listed = run_cli(["systems"], tmp_path)
+    listed = run_cli_in_process(["systems"], tmp_path)
     assert listed.returncode == 0
     for name in packaged_systems():
         assert name in listed.stdout
     assert "Poole et al." in listed.stdout and "stages: prior -> gaussians" in listed.stdout
-    wrong = run_cli(["generate", "a red cube", "--system", "placidreamer-toy"], tmp_path)
+    wrong = run_cli_in_process(["generate", "a red cube", "--system", "placidreamer-toy"], tmp_path)
     assert wrong.returncode == 2 and "Did you mean 'placiddreamer-toy'" in wrong.stderr
     assert "Traceback" not in wrong.stderr and not (tmp_path / "runs").exists()
-    both = run_cli(["generate", "a red cube", "--system", "tv3dg-toy", "--config", "quickstart"], tmp_path)
+    both = run_cli_in_process(["generate", "a red cube", "--system", "tv3dg-toy", "--config", "quickstart"], tmp_path)
     assert both.returncode == 2 and "not allowed with" in both.stderr
 
 

@@ -22,7 +22,7 @@ from dreamengine.core.protocols import TeacherContext  # noqa: E402
 from dreamengine.teachers.deepfloyd_if import DeepFloydIFTeacher  # noqa: E402
 from dreamengine.teachers.stable_diffusion import ModelNotFoundError, builtin_model  # noqa: E402
 from dreamengine.toyworld import parse_prompt, render_toy  # noqa: E402
-from tests.cli_helpers import only_run_dir, run_cli  # noqa: E402
+from tests.cli_helpers import only_run_dir, run_cli, run_cli_in_process  # noqa: E402
 
 SHAPES = ("sphere", "cube", "cylinder", "cone", "torus")
 COLORS = ("red", "green", "blue", "yellow")
@@ -147,7 +147,7 @@ def test_samples_are_recognisably_the_prompted_object(teacher):
 def test_learned_toy_config_runs_end_to_end_and_is_evaluated(tmp_path):
     """``--config learned-toy`` finds the shipped model with no path from the user, trains, exports and writes
     the toy-world evaluation (a few steps: this checks the plumbing, the benchmark measures quality)."""
-    listed = run_cli(["configs"], tmp_path)
+    listed = run_cli_in_process(["configs"], tmp_path)
     assert listed.returncode == 0 and "learned-toy" in listed.stdout and "quickstart" in listed.stdout
     result = run_cli(["generate", "a red cube", "--config", "learned-toy", "camera.height=24", "camera.width=24",
                       "render.num_samples=16", "trainer.max_steps=4", "trainer.preview_every=0",
