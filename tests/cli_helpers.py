@@ -1,5 +1,5 @@
 """Run the ``dreamengine`` CLI in a subprocess, as a user would, or in this process where the subprocess is not
-the point (it saves the ~3 s of importing torch and the package again)."""
+the point (it saves the 3-7 s a new process spends importing torch, the package and torch._dynamo)."""
 
 from __future__ import annotations
 
