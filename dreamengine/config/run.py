@@ -192,6 +192,7 @@ class ExportConfig:
     resolution: int = 128  # marching-cubes grid per side
     threshold: float | None = None  # density level of the surface; null: fit it to the renders' silhouettes
     level_fit_resolution: int = 64  # threshold null: pixels per side of the 16 views fitted (and of the coarse grid)
+    stable_topology: bool = True  # threshold null: lower the fitted level to where the solid's topology is stable
     target_faces: int = 20000  # quadric decimation budget (0: keep all faces)
     min_component_fraction: float = 0.05  # drop pieces smaller than this fraction of the largest
     close_holes: int = 30  # close holes with at most this many boundary edges (0: keep holes)

@@ -4,8 +4,10 @@ Field scenes (NeRF and Gaussian scenes: ``radius``, ``density(points)``, ``densi
 ``export_albedo(resolution)``, see :class:`ExportField`) go through marching cubes: the surface is the density
 level set ``density == threshold``. With ``export.threshold: null`` (the default) the level is chosen from the
 renders themselves: :func:`silhouette_threshold` picks the level whose silhouettes best match where the
-rendered opacity exceeds 0.5, so the mesh covers what the renders show rather than only their dense core. Then
-pymeshlab cleanup, and either xatlas UVs + a baked albedo texture (``export.appearance: texture``, GLB and
+rendered opacity exceeds 0.5, so the mesh covers what the renders show rather than only their dense core; then
+:func:`stable_topology_level` lowers that level, where needed, to the highest one at which the solid's topology
+stops changing (a level inside the interior's own density range cuts it into a foam of handles). Then pymeshlab
+cleanup, and either xatlas UVs + a baked albedo texture (``export.appearance: texture``, GLB and
 OBJ) or vertex colors (``vertex_colors``, and always for PLY). A scene with ``roughness(points)`` /
 ``metallic(points)`` fields gets those baked too; otherwise the material has the constant ``export.roughness``
 / ``export.metallic`` factors.
@@ -28,6 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import trimesh
+from scipy import ndimage
+from skimage.measure import euler_number
 from torch import Tensor
 
 from dreamengine.config.run import ExportConfig
@@ -124,11 +128,54 @@ def export_cameras(distance: float, fovy_deg: float) -> Cameras:
     return cameras_from_spherical(elevation, azimuth, torch.tensor(distance), torch.tensor(fovy_deg))
 
 
+def solid_topology(volume: np.ndarray, level: float) -> tuple[int, int]:
+    """The Euler characteristic (6- and 26-connected) of the largest connected piece of the solid
+    ``volume > level`` [R, R, R] with its enclosed pockets filled: 1 for a ball, 0 for a solid torus, 1 - g for
+    g handles. Its surface's Euler characteristic is twice that."""
+    solid = ndimage.binary_fill_holes(volume > level)
+    labels, count = ndimage.label(solid)
+    if count == 0:
+        return 0, 0
+    largest = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    return int(euler_number(largest, connectivity=1)), int(euler_number(largest, connectivity=3))
+
+
+def stable_topology_level(volume: np.ndarray, fitted: float, num_levels: int = 16, lowest_fraction: float = 0.25,
+                          plateau: int = 3) -> float:
+    """The highest level at or below ``fitted`` from which the solid's topology (:func:`solid_topology`) stays
+    the same over ``plateau`` consecutive levels of a geometric ladder down to ``lowest_fraction * fitted``;
+    ``fitted`` itself when no level is stable.
+
+    Why: the silhouette fit only sees outlines. A field whose interior is barely denser than the fitted level
+    (a camera-aware toy run's sphere: interior 1.6-2.6, fitted level 2.56, issue 17) is cut by that level into a
+    foam of tunnels, and the mesh gets hundreds of handles. Such a topology changes from level to level; the
+    real one (a ball, a torus) holds over a range, so the first stable level from the top keeps the silhouette
+    fit wherever it was already sound. 6- and 26-connectivity must agree, so a level that marching cubes could
+    resolve either way counts as unstable.
+    """
+    ladder = np.geomspace(fitted, fitted * lowest_fraction, num_levels)
+    occupied = np.argwhere(volume > ladder[-1])
+    if len(occupied) == 0:
+        return float(fitted)
+    low, high = np.maximum(occupied.min(0) - 1, 0), occupied.max(0) + 2  # one empty voxel around, where it exists
+    volume = volume[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+    topologies: list[tuple[int, int]] = []  # of ladder[0], ladder[1], ... computed as far as needed
+    for start in range(num_levels - plateau + 1):
+        while len(topologies) < start + plateau:
+            topologies.append(solid_topology(volume, float(ladder[len(topologies)])))
+        window = topologies[start:start + plateau]
+        if window[0][0] == window[0][1] and all(t == window[0] for t in window):
+            return float(ladder[start])
+    return float(fitted)
+
+
 def surface_level(scene: ExportField, threshold: float | None,
                   render_opacity: Callable[[Cameras, int], Tensor] | None = None,
-                  cameras: Cameras | None = None, resolution: int = 64) -> float:
+                  cameras: Cameras | None = None, resolution: int = 64,
+                  volume: np.ndarray | None = None) -> float:
     """The density level of a scene's surface: ``threshold`` when given, else the level whose silhouettes
-    best match the rendered opacity of ``cameras`` (:func:`silhouette_threshold`)."""
+    best match the rendered opacity of ``cameras`` (:func:`silhouette_threshold`), lowered to a level of stable
+    topology of ``volume`` (the grid marching cubes will see; :func:`stable_topology_level`) when one is given."""
     if threshold is not None:
         return float(threshold)
     if render_opacity is None or cameras is None:
@@ -137,7 +184,8 @@ def surface_level(scene: ExportField, threshold: float | None,
     cameras = cameras.to(device)
     coarse = volume_interpolator(density_volume(scene, resolution), scene.radius)
     maxima = max_density_along_rays(coarse, cameras, resolution, scene.radius)
-    return silhouette_threshold(maxima.cpu(), render_opacity(cameras, resolution).cpu())
+    fitted = silhouette_threshold(maxima.cpu(), render_opacity(cameras, resolution).cpu())
+    return fitted if volume is None else stable_topology_level(volume, fitted)
 
 
 def file_scale(mesh: trimesh.Trimesh, size: float) -> float:
@@ -155,10 +203,13 @@ def _stage(timings: dict[str, float] | None, name: str) -> Iterator[None]:
 
 
 def surface_mesh(scene: ExportField, cfg: ExportConfig, threshold: float,
-                 timings: dict[str, float] | None = None) -> trimesh.Trimesh:
-    """Marching cubes of ``scene.density`` at ``threshold`` and pymeshlab cleanup (world frame, uncolored)."""
+                 timings: dict[str, float] | None = None, volume: np.ndarray | None = None) -> trimesh.Trimesh:
+    """Marching cubes of ``scene.density`` at ``threshold`` and pymeshlab cleanup (world frame, uncolored).
+    ``volume``: the scene's density on the ``cfg.resolution`` grid when already sampled (it is modified)."""
     with _stage(timings, "extraction"):
-        mesh = mesh_from_volume(density_volume(scene, cfg.resolution), scene.radius, threshold, cfg.fill_voids)
+        if volume is None:
+            volume = density_volume(scene, cfg.resolution)
+        mesh = mesh_from_volume(volume, scene.radius, threshold, cfg.fill_voids)
     with _stage(timings, "cleanup"):
         mesh = clean_mesh(mesh, min_component_fraction=cfg.min_component_fraction,
                           target_faces=cfg.target_faces or None, max_hole_edges=cfg.close_holes,
@@ -199,8 +250,10 @@ def export_scene(scene: Any, cfg: ExportConfig, path: Path, fmt: str, metadata: 
             return save_mesh(mesh, path, fmt, metadata, scale=file_scale(mesh, cfg.size))
 
     with _stage(timings, "extraction"):
-        threshold = surface_level(scene, cfg.threshold, render_opacity, cameras, cfg.level_fit_resolution)
-    mesh = paint_mesh(surface_mesh(scene, cfg, threshold, timings), scene, cfg, fmt, timings)
+        volume = density_volume(scene, cfg.resolution)
+        threshold = surface_level(scene, cfg.threshold, render_opacity, cameras, cfg.level_fit_resolution,
+                                  volume if cfg.stable_topology else None)
+    mesh = paint_mesh(surface_mesh(scene, cfg, threshold, timings, volume), scene, cfg, fmt, timings)
     with _stage(timings, "write"):
         return save_mesh(mesh, path, fmt, {**metadata, "density_threshold": round(float(threshold), 4)},
                          scale=file_scale(mesh, cfg.size))
