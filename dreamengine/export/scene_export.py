@@ -143,8 +143,9 @@ def solid_topology(volume: np.ndarray, level: float) -> tuple[int, int]:
 def stable_topology_level(volume: np.ndarray, fitted: float, num_levels: int = 16, lowest_fraction: float = 0.25,
                           plateau: int = 3) -> float:
     """The highest level at or below ``fitted`` from which the solid's topology (:func:`solid_topology`) stays
-    the same over ``plateau`` consecutive levels of a geometric ladder down to ``lowest_fraction * fitted``;
-    ``fitted`` itself when no level is stable.
+    the same over ``plateau`` consecutive levels of a geometric ladder down to ``lowest_fraction * fitted``.
+    Where no level is stable, the highest level of the ladder with the fewest handles (largest Euler
+    characteristic) on which 6- and 26-connectivity agree; ``fitted`` itself when they agree nowhere.
 
     Why: the silhouette fit only sees outlines. A field whose interior is barely denser than the fitted level
     (a camera-aware toy run's sphere: interior 1.6-2.6, fitted level 2.56, issue 17) is cut by that level into a
@@ -166,7 +167,10 @@ def stable_topology_level(volume: np.ndarray, fitted: float, num_levels: int = 1
         window = topologies[start:start + plateau]
         if window[0][0] == window[0][1] and all(t == window[0] for t in window):
             return float(ladder[start])
-    return float(fitted)
+    # no plateau (a thin part opens and closes a handle from level to level): the highest level among those with
+    # the fewest handles on which both connectivities agree
+    agreeing = [(euler, -index) for index, (euler, euler_26) in enumerate(topologies) if euler == euler_26]
+    return float(ladder[-max(agreeing)[1]]) if agreeing else float(fitted)
 
 
 def surface_level(scene: ExportField, threshold: float | None,

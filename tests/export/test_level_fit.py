@@ -87,3 +87,25 @@ def test_silhouette_threshold_picks_the_level_of_the_opacity_outline():
     opacity = torch.from_numpy((maxima > 4.0).astype(np.float32))
     level = silhouette_threshold(torch.from_numpy(maxima), opacity)
     assert ((maxima > level) == (maxima > 4.0)).all()
+
+
+@pytest.mark.parametrize("sequence, expected_rung", [
+    ([(-21, -19), (1, 1), (1, 1), (1, 1), (0, 0)], 1),  # the first plateau of three from the top
+    ([(-21, -19), (1, 1), (0, -1), (0, 1), (-3, -3), (-2, 1), (0, 1), (1, 1), (0, 0)], 1),  # no plateau: the
+    # highest agreeing level with the fewest handles (a cone run whose rim skirt opened and closed a handle)
+    ([(-4, -4), (0, 1), (-2, -2), (1, 0), (-1, 0)], 2),  # no plateau; of the agreeing rungs, rung 2 has the
+    # fewest handles
+    ([(0, 1), (1, 0), (2, 0)], None),  # nothing agrees: the fitted level
+])
+def test_stable_topology_level_without_a_plateau_takes_the_fewest_handles(monkeypatch, sequence, expected_rung):
+    import dreamengine.export.scene_export as scene_export
+
+    ladder = np.geomspace(4.0, 1.0, 16)
+    padded = sequence + [(5, 6)] * (16 - len(sequence))  # the rungs below disagree: never chosen
+
+    def scripted(volume, level):
+        return padded[int(np.argmin(np.abs(ladder - level)))]
+
+    monkeypatch.setattr(scene_export, "solid_topology", scripted)
+    level = scene_export.stable_topology_level(np.full((4, 4, 4), 10.0), 4.0, lowest_fraction=0.25)
+    assert level == pytest.approx(4.0 if expected_rung is None else ladder[expected_rung])
