@@ -1,9 +1,9 @@
 """The guidance table: every method x NeRF on toy prompts, same seed and steps.
 
-For each method (its `<method>-toy` config; SDS uses `quickstart`) and prompt, runs `dreamengine generate`
-and reads the run's metrics.json: held-out mask IoU, PSNR, foreground saturation (ours / ground truth),
-Janus score (view-asymmetric objects), exported-mesh volumetric IoU, wall time. Prints a markdown table and
-writes it to bench/results/guidance.md.
+For each method (its `<method>-toy` config; SDS uses `quickstart` with the text-only toy teacher, the others'
+teacher) and prompt, runs `dreamengine generate` and reads the run's metrics.json: held-out mask IoU, PSNR,
+foreground saturation (ours / ground truth), Janus score (view-asymmetric objects), exported-mesh volumetric
+IoU, wall time. Prints a markdown table and writes it to bench/results/guidance.md.
 
     python bench/guidance.py [--methods sds bsd ...] [--prompts "a red cube" ...] [--workdir DIR] [key=value ...]
 
@@ -35,8 +35,9 @@ def run(method: str, prompt: str, overrides: list[str], workdir: Path) -> dict:
         return json.loads(done.read_text())
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
+    text_only = ["teacher.name=toyworld"] if method == "sds" else []  # every method under the same teacher
     result = subprocess.run([sys.executable, "-m", "dreamengine.cli", "generate", prompt, "--config", config,
-                             f"output_dir={out}", "trainer.preview_every=0", *overrides],
+                             f"output_dir={out}", "trainer.preview_every=0", *text_only, *overrides],
                             capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if result.returncode != 0:

@@ -50,7 +50,7 @@ LEARNED_OVERRIDES: dict[str, list[str]] = {
 }
 
 
-EXACT = "sds, exact teacher"  # the same prompts under quickstart (the exact toy teacher), for comparison
+EXACT = "sds, exact teacher"  # the same prompts under quickstart with the text-only exact toy teacher, for comparison
 
 
 def config_of(method: str) -> str:
@@ -64,6 +64,8 @@ def run(method: str, prompt: str, overrides: list[str], workdir: Path) -> dict:
     if done.is_file():
         return json.loads(done.read_text())
     extra = ([] if method in ("sds", EXACT) else TEACHER) + LEARNED_OVERRIDES.get(method, [])
+    if method == EXACT:  # text-only, like the learned teacher (quickstart.yaml's toy teacher is camera-aware)
+        extra = [*extra, "teacher.name=toyworld"]
     finished = sorted(out.glob("*/metrics.json"))
     if finished:  # a run finished outside this script (same command): adopt it, wall time from its files
         metrics_file = finished[-1]

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["report.turntable=false", "trainer.preview_every=0", "trainer.progress=false"]
 ROWS: dict[str, tuple[str, list[str]]] = {  # name: (config, overrides)
-    "nerf-sds": ("quickstart", []),
+    "nerf-sds": ("quickstart", ["teacher.name=toyworld"]),  # text-only, as measured before the switch
     "nerf-vsd": ("vsd-toy", []),
     "gaussian-sds": ("gaussian-toy", []),
     "gaussian-vsd": ("gaussian-toy", ["guidance.name=vsd", "guidance.camera_condition_type=c2w",

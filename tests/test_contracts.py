@@ -296,7 +296,8 @@ def test_teacher_config_round_trips_and_rejects_unknown_keys(name: str, tmp_path
         load_config("quickstart", [f"teacher.name={name}", "teacher.no_such_key=1", *group_overrides(name)])
     if group_overrides(name):  # a multi-view teacher refuses cameras that are not drawn in its groups
         with pytest.raises(ConfigError, match="camera.views_per_group"):
-            load_config("quickstart", [f"teacher.name={name}"])
+            views = getattr(TEACHER_CONFIGS[name](), "views_per_group", 1)
+            load_config("quickstart", [f"teacher.name={name}", f"teacher.views_per_group={views}"])
 
 
 MULTI_VIEW_TEACHERS = sorted(name for name, config in TEACHER_CONFIGS.items()

@@ -12,7 +12,9 @@ def test_defaults_and_packaged_quickstart():
     assert cfg.guidance.name == "sds" and isinstance(cfg.guidance, SDSConfig)
     assert "quickstart" in available_configs()
     quick = load_config("quickstart", prompt="a red cube")
-    assert quick.teacher.name == "toyworld" and quick.prompt == "a red cube"
+    # the camera-aware exact toy teacher, one view at a time (bench/results/teacher_information.md)
+    assert (quick.teacher.name, quick.teacher.views_per_group) == ("toyworld-multiview", 1)
+    assert quick.camera.views_per_group == 1 and quick.prompt == "a red cube"
     assert find_config("quickstart").name == "quickstart.yaml"
 
 

@@ -218,7 +218,7 @@ def test_report_embeds_the_glb_and_links_only_files_inside_the_run(tmp_path: Pat
     assert (run_dir / "report_files" / "model-viewer.min.js").read_bytes() == bundled.read_bytes()
     assert (run_dir / "report_files" / "model-viewer.LICENSE").is_file()
 
-    for expected in ("a red cube", "quickstart", "SDS · NeRF · toyworld teacher", "0.8125", "17.5",
+    for expected in ("a red cube", "quickstart", "SDS · NeRF · toyworld-multiview teacher", "0.8125", "17.5",
                      "ground truth 0.75", "0.625", "0.0375", "Resolved config", "step 20", "20 / 20"):
         assert expected in text, expected
     assert text.count('class="curve"') == 2  # loss and grad_norm panels
