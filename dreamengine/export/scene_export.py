@@ -142,8 +142,9 @@ def solid_topology(volume: np.ndarray, level: float) -> tuple[int, int]:
 
 def stable_topology_level(volume: np.ndarray, fitted: float, num_levels: int = 16, lowest_fraction: float = 0.25,
                           plateau: int = 3) -> float:
-    """The highest level at or below ``fitted`` from which the solid's topology (:func:`solid_topology`) stays
-    the same over ``plateau`` consecutive levels of a geometric ladder down to ``lowest_fraction * fitted``.
+    """A level at or below ``fitted`` where the solid's topology (:func:`solid_topology`) is stable: ``fitted``
+    when the topology stays the same over the first ``plateau`` levels of a geometric ladder down to
+    ``lowest_fraction * fitted``, else the second level of the highest such plateau.
     Where no level is stable, the highest level of the ladder with the fewest handles (largest Euler
     characteristic) on which 6- and 26-connectivity agree; ``fitted`` itself when they agree nowhere.
 
@@ -166,7 +167,9 @@ def stable_topology_level(volume: np.ndarray, fitted: float, num_levels: int = 1
             topologies.append(solid_topology(volume, float(ladder[len(topologies)])))
         window = topologies[start:start + plateau]
         if window[0][0] == window[0][1] and all(t == window[0] for t in window):
-            return float(ladder[start])
+            # below the fitted level, one rung into the plateau: at its top edge marching cubes can still
+            # resolve the handle that closed just above it (a cyan cone: voxels 1, the mesh a handle)
+            return float(ladder[0] if start == 0 else ladder[start + 1])
     # no plateau (a thin part opens and closes a handle from level to level): the highest level among those with
     # the fewest handles on which both connectivities agree
     agreeing = [(euler, -index) for index, (euler, euler_26) in enumerate(topologies) if euler == euler_26]

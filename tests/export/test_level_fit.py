@@ -90,7 +90,8 @@ def test_silhouette_threshold_picks_the_level_of_the_opacity_outline():
 
 
 @pytest.mark.parametrize("sequence, expected_rung", [
-    ([(-21, -19), (1, 1), (1, 1), (1, 1), (0, 0)], 1),  # the first plateau of three from the top
+    ([(-21, -19), (1, 1), (1, 1), (1, 1), (0, 0)], 2),  # the first plateau of three from the top, one rung in
+    ([(1, 1), (1, 1), (1, 1), (0, 0)], 0),  # stable at the fitted level: kept
     ([(-21, -19), (1, 1), (0, -1), (0, 1), (-3, -3), (-2, 1), (0, 1), (1, 1), (0, 0)], 1),  # no plateau: the
     # highest agreeing level with the fewest handles (a cone run whose rim skirt opened and closed a handle)
     ([(-4, -4), (0, 1), (-2, -2), (1, 0), (-1, 0)], 2),  # no plateau; of the agreeing rungs, rung 2 has the
