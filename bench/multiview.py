@@ -102,8 +102,7 @@ def main() -> None:
     lines = [f"# Single-view vs multi-view teacher on the view-asymmetric toy objects ({time.strftime('%Y-%m-%d')}, "
              f"NeRF, seed 0, bench/multiview.py{threads})", "",
              "single: `--config quickstart teacher.name=toyworld`, learning rates 0.01 / 0.001 (text-only toy "
-             "teacher, SDS CFG 7.5, 600 steps x 1 "
-             "view at 48 px); multi: "
+             "teacher, SDS CFG 7.5, 600 steps x 1 view at 48 px); multi: "
              "`--system mvdream-toy` (multi-view toy teacher, MVDream's x0-reconstruction SDS, CFG 3, rescale 0.5, "
              "300 steps x 4 views at 32 px). Held-out mask IoU and PSNR over 25 views; Janus: fraction of 5 back "
              "views closer to the back of the object's two-faced version (dreamengine/evaluate.py).", "",

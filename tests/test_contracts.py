@@ -295,8 +295,8 @@ def test_teacher_config_round_trips_and_rejects_unknown_keys(name: str, tmp_path
     with pytest.raises(ConfigError, match="teacher.no_such_key"):
         load_config("quickstart", [f"teacher.name={name}", "teacher.no_such_key=1", *group_overrides(name)])
     if group_overrides(name):  # a multi-view teacher refuses cameras that are not drawn in its groups
+        views = getattr(TEACHER_CONFIGS[name](), "views_per_group", 1)
         with pytest.raises(ConfigError, match="camera.views_per_group"):
-            views = getattr(TEACHER_CONFIGS[name](), "views_per_group", 1)
             load_config("quickstart", [f"teacher.name={name}", f"teacher.views_per_group={views}"])
 
 

@@ -5,8 +5,8 @@ Field scenes (NeRF and Gaussian scenes: ``radius``, ``density(points)``, ``densi
 level set ``density == threshold``. With ``export.threshold: null`` (the default) the level is chosen from the
 renders themselves: :func:`silhouette_threshold` picks the level whose silhouettes best match where the
 rendered opacity exceeds 0.5, so the mesh covers what the renders show rather than only their dense core; then
-:func:`stable_topology_level` lowers that level, where needed, to the highest one at which the solid's topology
-stops changing (a level inside the interior's own density range cuts it into a foam of handles). Then pymeshlab
+:func:`stable_topology_level` lowers that level, where needed, into a range of levels over which the solid's
+topology holds (a level inside the interior's own density range cuts it into a foam of handles). Then pymeshlab
 cleanup, and either xatlas UVs + a baked albedo texture (``export.appearance: texture``, GLB and
 OBJ) or vertex colors (``vertex_colors``, and always for PLY). A scene with ``roughness(points)`` /
 ``metallic(points)`` fields gets those baked too; otherwise the material has the constant ``export.roughness``
@@ -209,13 +209,11 @@ def _stage(timings: dict[str, float] | None, name: str) -> Iterator[None]:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def surface_mesh(scene: ExportField, cfg: ExportConfig, threshold: float,
-                 timings: dict[str, float] | None = None, volume: np.ndarray | None = None) -> trimesh.Trimesh:
-    """Marching cubes of ``scene.density`` at ``threshold`` and pymeshlab cleanup (world frame, uncolored).
-    ``volume``: the scene's density on the ``cfg.resolution`` grid when already sampled (it is modified)."""
+def surface_mesh(scene: ExportField, volume: np.ndarray, cfg: ExportConfig, threshold: float,
+                 timings: dict[str, float] | None = None) -> trimesh.Trimesh:
+    """Marching cubes of the scene's density ``volume`` (:func:`density_volume` at ``cfg.resolution``; modified
+    in place) at ``threshold`` and pymeshlab cleanup (world frame, uncolored)."""
     with _stage(timings, "extraction"):
-        if volume is None:
-            volume = density_volume(scene, cfg.resolution)
         mesh = mesh_from_volume(volume, scene.radius, threshold, cfg.fill_voids)
     with _stage(timings, "cleanup"):
         mesh = clean_mesh(mesh, min_component_fraction=cfg.min_component_fraction,
@@ -260,7 +258,7 @@ def export_scene(scene: Any, cfg: ExportConfig, path: Path, fmt: str, metadata: 
         volume = density_volume(scene, cfg.resolution)
         threshold = surface_level(scene, cfg.threshold, render_opacity, cameras, cfg.level_fit_resolution,
                                   volume if cfg.stable_topology else None)
-    mesh = paint_mesh(surface_mesh(scene, cfg, threshold, timings, volume), scene, cfg, fmt, timings)
+    mesh = paint_mesh(surface_mesh(scene, volume, cfg, threshold, timings), scene, cfg, fmt, timings)
     with _stage(timings, "write"):
         return save_mesh(mesh, path, fmt, {**metadata, "density_threshold": round(float(threshold), 4)},
                          scale=file_scale(mesh, cfg.size))

@@ -14,6 +14,7 @@ import trimesh
 from scipy import ndimage
 
 from dreamengine.evaluate import topology
+from dreamengine.export import scene_export
 from dreamengine.export.marching import mesh_from_volume
 from dreamengine.export.scene_export import silhouette_threshold, solid_topology, stable_topology_level
 
@@ -99,8 +100,6 @@ def test_silhouette_threshold_picks_the_level_of_the_opacity_outline():
     ([(0, 1), (1, 0), (2, 0)], None),  # nothing agrees: the fitted level
 ])
 def test_stable_topology_level_without_a_plateau_takes_the_fewest_handles(monkeypatch, sequence, expected_rung):
-    import dreamengine.export.scene_export as scene_export
-
     ladder = np.geomspace(4.0, 1.0, 16)
     padded = sequence + [(5, 6)] * (16 - len(sequence))  # the rungs below disagree: never chosen
 
