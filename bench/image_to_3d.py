@@ -76,13 +76,22 @@ def run(name: str, system: str, workdir: Path, overrides: list[str]) -> dict:
     return {"object": name, "wall": wall, **metrics}
 
 
+def mesh_columns(mesh: dict) -> str:
+    """The exported mesh against the true shape: volumetric IoU, Chamfer distance, Euler characteristic."""
+    if "volumetric_iou" not in mesh:
+        return "- | - | -"
+    closed = "" if mesh.get("watertight") else ", open"
+    return (f"{mesh['volumetric_iou']:.3f} | {mesh['chamfer']:.3f} | "
+            f"{mesh['euler_characteristic']} ({mesh['true_euler_characteristic']}{closed})")
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| object | kind | held-out mask IoU | goal | PSNR (dB) | IoU -10° / 20° / 50° / overhead | Janus | "
-             "wall (s) |", "|---|---|---|---|---|---|---|---|"]
+             "mesh vol. IoU | Chamfer | mesh Euler (truth) | wall (s) |", "|" + "---|" * 11]
     for row in rows:
         kind = "single shape" if row["object"] in SINGLE_SHAPES else "asymmetric"
         if "error" in row:
-            lines.append(f"| {row['object']} | {kind} | error: {row['error']} | | | | | |")
+            lines.append(f"| {row['object']} | {kind} | error: {row['error']} | | | | | | | | |")
             continue
         bands = " / ".join(f"{band['mask_iou']:.3f}" for band in row.get("bands", {}).values())
         goal = GOALS[kind]
@@ -90,7 +99,7 @@ def table(rows: list[dict]) -> str:
         janus = f"{row['janus_score']:.2f}" if "janus_score" in row else "-"
         wall = f"{row['wall']:.0f}" if row.get("wall") else "-"
         lines.append(f"| {row['object']} | {kind} | {row['mask_iou']:.3f} | {goal:.2f} ({verdict}) | "
-                     f"{row['psnr']:.2f} | {bands} | {janus} | {wall} |")
+                     f"{row['psnr']:.2f} | {bands} | {janus} | {mesh_columns(row.get('mesh') or {})} | {wall} |")
     return "\n".join(lines)
 
 

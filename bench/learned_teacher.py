@@ -1,5 +1,6 @@
-"""The learned toy teacher (dreamengine/models/toy-learned): its training, its samples, and every guidance method
-distilled through it on the users' diffusers code path.
+"""A learned toy teacher (``--model``: dreamengine/models/toy-learned, the text-only model, by default, or
+toy-learned-camera): its training, its samples, and every guidance method distilled through it on the users'
+diffusers code path.
 
 Writes bench/results/learned_teacher.md with
 1. training: wall time, steps, final training loss and EMA validation loss, parsed from the model folder's
@@ -8,12 +9,13 @@ Writes bench/results/learned_teacher.md with
    every toy object; a sample is correct when its nearest entry of the exact toy teacher's bank is the prompted
    object), overall and per shape / color;
 3. the guidance table: for each method and prompt, ``dreamengine generate`` with the method's ``<method>-toy``
-   settings (SDS: ``learned-toy``) and ``teacher.name=deepfloyd-if teacher.model=builtin:toy-learned``, plus the
+   settings (SDS: ``learned-toy``) and ``teacher.name=deepfloyd-if teacher.model=builtin:MODEL``, plus the
    learned-teacher overrides of :data:`LEARNED_OVERRIDES`; the run's metrics.json gives held-out mask IoU
    (all views, and the 20-degree band alone, which is what older exact-teacher tables measured), PSNR, the
    exported mesh's volumetric IoU; wall and CPU seconds of the whole command.
 
-    OMP_NUM_THREADS=1 python bench/learned_teacher.py [--methods sds vsd ...] [--prompts "a red cube" ...]
+    OMP_NUM_THREADS=1 python bench/learned_teacher.py [--model toy-learned-camera] [--methods sds vsd ...]
+        [--prompts "a red cube" ...]
         [--sds-prompts ...] [--exact] [--jobs 2] [--samples 2] [--sample-steps 50] [--quality JSON]
         [--workdir DIR] [key=value ...]
 
@@ -35,11 +37,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "dreamengine" / "models" / "toy-learned"
+MODELS = REPO / "dreamengine" / "models"
 METHODS = ["sds", "vsd", "bsd", "csm", "ism", "csd", "nfsd", "asd"]
 PROMPTS = ["a red cube", "a green sphere", "a blue torus"]
 SDS_PROMPTS = ["a yellow cylinder", "an orange cone"]  # SDS also runs on these (the issue's target: every shape)
-TEACHER = ["teacher.name=deepfloyd-if", "teacher.model=builtin:toy-learned"]
+
+
+def teacher_overrides(model: str) -> list[str]:
+    """The overrides that put the shipped model ``model`` (toy-learned, toy-learned-camera) under every method."""
+    return ["teacher.name=deepfloyd-if", f"teacher.model=builtin:{model}"]
+
+
 # Per-method changes to the <method>-toy settings for the learned teacher (see the notes in the results file).
 LEARNED_OVERRIDES: dict[str, list[str]] = {
     "vsd": ["guidance.lora_lr=1e-3"],  # the LoRA must follow the renders within 600 steps (threestudio: 1e-4 / 25k)
@@ -57,13 +65,13 @@ def config_of(method: str) -> str:
     return {"sds": "learned-toy", EXACT: "quickstart"}.get(method, f"{method}-toy")
 
 
-def run(method: str, prompt: str, overrides: list[str], workdir: Path) -> dict:
+def run(method: str, prompt: str, overrides: list[str], workdir: Path, model: str = "toy-learned") -> dict:
     """One ``dreamengine generate`` run -> its metrics.json plus wall / CPU seconds (cached in bench-row.json)."""
     out = workdir / f"{method.replace(', ', '-').replace(' ', '-')}-{prompt.replace(' ', '-')}"
     done = out / "bench-row.json"
     if done.is_file():
         return json.loads(done.read_text())
-    extra = ([] if method in ("sds", EXACT) else TEACHER) + LEARNED_OVERRIDES.get(method, [])
+    extra = ([] if method == EXACT else teacher_overrides(model)) + LEARNED_OVERRIDES.get(method, [])
     if method == EXACT:  # text-only, like the learned teacher (quickstart.yaml's toy teacher is camera-aware)
         extra = [*extra, "teacher.name=toyworld"]
     finished = sorted(out.glob("*/metrics.json"))
@@ -112,11 +120,11 @@ def training_summary(log: Path) -> dict:
             "batch_size": json.loads(command.group(1)).get("batch_size") if command else None}
 
 
-def sample_quality(samples: int, steps: int, guidance: float) -> dict:
+def sample_quality(model: Path, samples: int, steps: int, guidance: float) -> dict:
     """``tools/train_toy_teacher.py evaluate`` on the shipped model (no view-labelled samples)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "eval.json"
-        subprocess.run([sys.executable, str(REPO / "tools" / "train_toy_teacher.py"), "evaluate", "--model", str(MODEL),
+        subprocess.run([sys.executable, str(REPO / "tools" / "train_toy_teacher.py"), "evaluate", "--model", str(model),
                         "--samples", str(samples), "--steps", str(steps), "--guidance", str(guidance),
                         "--view-samples", "0", "--json", str(out)], check=True, capture_output=True, text=True)
         return json.loads(out.read_text())
@@ -155,15 +163,19 @@ def main() -> None:
     parser.add_argument("--sample-guidance", type=float, default=7.5)
     parser.add_argument("--quality", help="read the sample quality from this evaluate --json file instead")
     parser.add_argument("--workdir", help="keep the run directories here (default: a temporary folder)")
+    parser.add_argument("--model", default="toy-learned", help="the shipped model: toy-learned (text only) or "
+                        "toy-learned-camera (camera-conditioned)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "learned_teacher.md"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    training = training_summary(MODEL / "training-log.txt")
+    model = MODELS / args.model
+    training = training_summary(model / "training-log.txt")
     if args.quality:  # a JSON written by ``tools/train_toy_teacher.py evaluate --json``
         quality = json.loads(Path(args.quality).read_text())
     else:
-        quality = sample_quality(args.samples, args.sample_steps, args.sample_guidance) if args.samples else None
+        quality = sample_quality(model, args.samples, args.sample_steps, args.sample_guidance) \
+            if args.samples else None
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         # prompt-major, so an interrupted run has every method on the first prompt
@@ -172,12 +184,12 @@ def main() -> None:
         if args.exact:
             cases += [(EXACT, p) for p in [*args.prompts, *args.sds_prompts]]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            rows = list(pool.map(lambda case: run(*case, args.overrides, workdir), cases))
+            rows = list(pool.map(lambda case: run(*case, args.overrides, workdir, args.model), cases))
     for r in rows:
         print(f"{r['method']} / {r['prompt']}: {r.get('mask_iou', r.get('error'))}", file=sys.stderr)
 
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    lines = [f"# Learned toy teacher ({time.strftime('%Y-%m-%d')}, dreamengine/models/toy-learned)", "",
+    lines = [f"# Learned toy teacher ({time.strftime('%Y-%m-%d')}, dreamengine/models/{args.model})", "",
              "## Training", ""]
     if training:
         lines += [f"tools/train_toy_teacher.py on one CPU thread: {training['minutes']:.1f} min, {training['steps']} "
@@ -202,7 +214,7 @@ def main() -> None:
                   "| " + " | ".join(f"{groups[k]:.2f}" for k in colors) + " |", ""]
     lines += ["## Guidance methods through the learned teacher", "",
               f"NeRF, seed 0, each method's `<method>-toy` settings (SDS: `learned-toy`) with "
-              f"`{' '.join(TEACHER)}`; learned-teacher overrides: "
+              f"`{' '.join(teacher_overrides(args.model))}`; learned-teacher overrides: "
               + ("; ".join(f"{m}: `{' '.join(o)}`" for m, o in LEARNED_OVERRIDES.items()) or "none")
               + f"; overrides for every run: `{' '.join(args.overrides) or 'none'}`; OMP_NUM_THREADS={threads}, "
               f"{args.jobs} run(s) at a time. Mask IoU over all held-out views (elevations -10, 20, 50 and one from "

@@ -152,8 +152,10 @@ def tiny_t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-def save_tiny_if(folder: Path, seed: int = 0) -> Path:
-    """Write a tiny DeepFloyd IF stage-I stack (6-channel learned-variance UNet, T5 encoder) to ``folder``."""
+def save_tiny_if(folder: Path, seed: int = 0, camera: bool = False) -> Path:
+    """Write a tiny DeepFloyd IF stage-I stack (6-channel learned-variance UNet, T5 encoder) to ``folder``;
+    ``camera``: its UNet has MVDream's camera embedding (a "projection" class embedding of 16 inputs), as the
+    camera-conditioned learned toy teacher does."""
     from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
     from transformers import T5Config, T5EncoderModel
 
@@ -168,7 +170,8 @@ def save_tiny_if(folder: Path, seed: int = 0) -> Path:
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), in_channels=3, out_channels=6,
         cross_attention_dim=TEXT_DIM, encoder_hid_dim=TEXT_DIM, attention_head_dim=8, addition_embed_type="text",
         addition_embed_type_num_heads=2, cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift",
-        act_fn="gelu", norm_num_groups=8)
+        act_fn="gelu", norm_num_groups=8,
+        **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": 16} if camera else {}))
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", thresholding=True,
                               dynamic_thresholding_ratio=0.95, sample_max_value=1.0, prediction_type="epsilon",
                               variance_type="learned_range")

@@ -17,6 +17,15 @@ What it builds
     variance): ``IFPipeline.__call__`` assumes IF's 6-channel output, so sample with :func:`sample_images` (or
     the ``evaluate`` command), not with the pipeline's ``__call__``.
 
+Camera conditioning (``--camera``; the shipped ``toy-learned-camera``)
+    The UNet also gets MVDream's camera embedding: diffusers' "projection" class embedding of the view's
+    16-number camera (``dreamengine.teachers.mvdream.mvdream_camera``: the camera-to-world matrix with unit-length
+    translation), added to the time embedding, its last layer zero-initialised. ``--camera-drop`` of the samples
+    train without it (the embedding's output zeroed: the no-camera mode the teacher uses when scored without
+    cameras). ``--init FOLDER`` starts from a saved model's weights (fine-tuning the text-only model; the new
+    embedding then starts by adding nothing), ``--camera-lr-scale`` multiplies the embedding's learning rate.
+    How toy-learned-camera was made: its README.md.
+
 Data
     Every toy-world object (8 colors x 5 shapes + 6 view-asymmetric objects) rendered by
     ``dreamengine.toyworld.render_toy`` from random cameras: elevation uniform in [-15, 75] degrees, azimuth
@@ -49,9 +58,11 @@ Run (one CPU thread; about an hour)
         --samples 4 --guidance 7.5 --sheet /tmp/learned_teacher/samples.png
 
 ``evaluate`` samples every object with classifier-free guidance (ancestral DDPM, 100 steps, as IF samples;
-``--sampler ddim`` for DDIM) and reports how often a sample's nearest (L2) entry of the exact toy teacher's bank
-belongs to the prompted object (per shape, per color), and for the view-asymmetric objects how often a
-"<name>, <view> view" sample's nearest entry is that object seen from that view.
+``--sampler ddim`` for DDIM; a camera-conditioned model at random training cameras, and then also scored by the
+RMS error to the true render at the sample's camera against other cameras) and reports how often a sample's
+nearest (L2) entry of the exact toy teacher's bank belongs to the prompted object (per shape, per color), and
+for the view-asymmetric objects how often a "<name>, <view> view" sample's nearest entry is that object seen
+from that view.
 """
 
 from __future__ import annotations
@@ -63,6 +74,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +88,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dreamengine.core.cameras import cameras_from_spherical, direction_labels  # noqa: E402
+from dreamengine.teachers.mvdream import CAMERA_DIM, mvdream_camera  # noqa: E402
 from dreamengine.toyworld import all_objects, render_toy  # noqa: E402
 from dreamengine.toyworld.objects import ToyObject  # noqa: E402
 
@@ -100,6 +114,7 @@ class ModelConfig:
     text_layers: int = 4
     text_heads: int = 4
     text_time_embedding: bool = True  # IF-style: attention-pooled text added to the time embedding of every block
+    camera: bool = False  # MVDream-style camera embedding (16 -> time embedding, diffusers' "projection" class)
 
 
 # -- models ----------------------------------------------------------------------------------------------------
@@ -131,7 +146,12 @@ def build_models(cfg: ModelConfig, tokenizer: Any) -> tuple[Any, Any]:
         layers_per_block=1, down_block_types=down, up_block_types=up, cross_attention_dim=cfg.text_hidden,
         attention_head_dim=cfg.attention_heads, norm_num_groups=min(16, cfg.unet_channels[0]),
         **({"addition_embed_type": "text", "addition_embed_type_num_heads": cfg.text_heads}
-           if cfg.text_time_embedding else {}))
+           if cfg.text_time_embedding else {}),
+        **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": CAMERA_DIM}
+           if cfg.camera else {}))
+    if cfg.camera:  # starts adding nothing: a text-only model it is initialised from keeps its behaviour
+        torch.nn.init.zeros_(unet.class_embedding.linear_2.weight)
+        torch.nn.init.zeros_(unet.class_embedding.linear_2.bias)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
         num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=MAX_TOKENS,
@@ -196,8 +216,9 @@ class EMA:
 # -- data -------------------------------------------------------------------------------------------------------
 
 
-def random_views(obj: ToyObject, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """``count`` renders of ``obj`` from random cameras: (uint8 images [n, 3, 32, 32], view indices [n])."""
+def random_views(obj: ToyObject, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """``count`` renders of ``obj`` from random cameras: (uint8 images [n, 3, 32, 32], view indices [n],
+    MVDream camera conditions [n, 16])."""
     elevation = ELEVATION_RANGE[0] + (ELEVATION_RANGE[1] - ELEVATION_RANGE[0]) * torch.rand(count, generator=generator)
     azimuth = -180.0 + 360.0 * torch.rand(count, generator=generator)
     cameras = cameras_from_spherical(elevation, azimuth, torch.full((count,), DISTANCE),
@@ -205,38 +226,43 @@ def random_views(obj: ToyObject, count: int, generator: torch.Generator) -> tupl
     rgb = render_toy(obj, cameras, RESOLUTION, RESOLUTION, background=(1.0, 1.0, 1.0), supersample=SUPERSAMPLE)["rgb"]
     images = (rgb.permute(0, 3, 1, 2) * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
     labels = direction_labels(cameras, *VIEW_THRESHOLDS)
-    return images, torch.tensor([VIEWS.index(label) for label in labels])
+    return images, torch.tensor([VIEWS.index(label) for label in labels]), mvdream_camera(cameras).float()
 
 
 class ViewPool:
     """Pre-rendered random views of every object, partly refreshed during training.
 
-    ``images`` [O, V, 3, 32, 32] uint8, ``views`` [O, V] direction-label indices into :data:`VIEWS`.
+    ``images`` [O, V, 3, 32, 32] uint8, ``views`` [O, V] direction-label indices into :data:`VIEWS`,
+    ``cameras`` [O, V, 16] their MVDream camera conditions.
     """
 
-    def __init__(self, objects: list[ToyObject], images: Tensor, views: Tensor, next_object: int = 0) -> None:
-        self.objects, self.images, self.views, self.next_object = objects, images, views, next_object
+    def __init__(self, objects: list[ToyObject], images: Tensor, views: Tensor, cameras: Tensor,
+                 next_object: int = 0) -> None:
+        self.objects, self.images, self.views, self.cameras = objects, images, views, cameras
+        self.next_object = next_object
 
     @classmethod
     def render(cls, objects: list[ToyObject], views_per_object: int, generator: torch.Generator) -> ViewPool:
         rendered = [random_views(obj, views_per_object, generator) for obj in objects]
-        return cls(objects, torch.stack([images for images, _ in rendered]), torch.stack([v for _, v in rendered]))
+        return cls(objects, *(torch.stack([r[k] for r in rendered]) for k in range(3)))
 
     def refresh(self, count: int, generator: torch.Generator) -> None:
         """Re-render ``count`` random slots of the next object (round robin) from new random cameras."""
         index = self.next_object
         self.next_object = (index + 1) % len(self.objects)
         slots = torch.randperm(self.images.shape[1], generator=generator)[:count]
-        images, views = random_views(self.objects[index], len(slots), generator)
+        images, views, cameras = random_views(self.objects[index], len(slots), generator)
         self.images[index, slots] = images
         self.views[index, slots] = views
+        self.cameras[index, slots] = cameras
 
-    def sample(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """(images [B, 3, 32, 32] float in [-1, 1], object indices [B], view indices [B]); objects uniform."""
+    def sample(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(images [B, 3, 32, 32] float in [-1, 1], object indices [B], view indices [B], cameras [B, 16]);
+        objects uniform."""
         objects = torch.randint(0, self.images.shape[0], (batch,), generator=generator)
         slots = torch.randint(0, self.images.shape[1], (batch,), generator=generator)
         images = self.images[objects, slots].float() / 127.5 - 1.0
-        return images, objects, self.views[objects, slots]
+        return images, objects, self.views[objects, slots], self.cameras[objects, slots]
 
 
 def prompt_table(objects: list[ToyObject]) -> list[str]:
@@ -270,16 +296,33 @@ def learning_rate(args: argparse.Namespace, step: int, progress: float) -> float
     return args.lr * warm * cosine
 
 
+@contextmanager
+def camera_dropout(unet: Any, keep: Tensor | None) -> Iterator[None]:
+    """While active, the camera embedding's output is zeroed on the rows where ``keep`` [B] is 0: those samples
+    train the model's no-camera mode (the teacher scores without cameras by removing the embedding)."""
+    if keep is None or getattr(unet, "class_embedding", None) is None:
+        yield
+        return
+    handle = unet.class_embedding.register_forward_hook(lambda _m, _i, out: out * keep.view(-1, 1).to(out.dtype))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def diffusion_loss(unet: Any, text_encoder: Any, alphas: Tensor, x0: Tensor, ids: Tensor, mask: Tensor,
-                   t: Tensor, noise: Tensor, min_snr: float) -> tuple[Tensor, Tensor]:
-    """(min-SNR-weighted eps MSE used for training, plain eps MSE) of one batch."""
+                   t: Tensor, noise: Tensor, min_snr: float, cameras: Tensor | None = None,
+                   camera_keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(min-SNR-weighted eps MSE used for training, plain eps MSE) of one batch; ``cameras`` [B, 16] feed a
+    camera-conditioned UNet (``camera_keep`` [B]: 0 where the camera is dropped)."""
     alpha = alphas[t].view(-1, 1, 1, 1)
     z_t = alpha.sqrt() * x0 + (1.0 - alpha).sqrt() * noise
     unique, inverse = torch.unique(ids, dim=0, return_inverse=True)
     unique_mask = torch.zeros(unique.shape[0], mask.shape[1], dtype=mask.dtype)
     unique_mask[inverse] = mask
     hidden = encode_text(text_encoder, unique, unique_mask)[inverse]
-    eps = unet(z_t, t, encoder_hidden_states=hidden).sample
+    with camera_dropout(unet, camera_keep):
+        eps = unet(z_t, t, encoder_hidden_states=hidden, class_labels=cameras).sample
     per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
     if min_snr > 0:
         snr = alpha.view(-1) / (1.0 - alpha.view(-1))
@@ -287,6 +330,20 @@ def diffusion_loss(unet: Any, text_encoder: Any, alphas: Tensor, x0: Tensor, ids
     else:
         weight = torch.ones_like(per_sample)
     return (weight * per_sample).mean(), per_sample.mean().detach()
+
+
+def initialise_from(unet: Any, text_encoder: Any, folder: Path) -> None:
+    """Load a saved model folder's UNet and text encoder weights (fine-tuning); a camera embedding the folder's
+    UNet lacks keeps its zero initialisation."""
+    from safetensors.torch import load_file
+
+    unet_state = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    missing, unexpected = unet.load_state_dict({k: v.float() for k, v in unet_state.items()}, strict=False)
+    if unexpected or any(not key.startswith("class_embedding.") for key in missing):
+        raise SystemExit(f"--init {folder}: its UNet does not match the model options (missing {missing}, "
+                         f"unexpected {unexpected})")
+    text_state = load_file(str(folder / "text_encoder" / "model.safetensors"))
+    text_encoder.load_state_dict({k: v.float() for k, v in text_state.items()}, strict=False)
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -315,18 +372,20 @@ class Log:
 def validation_batch(objects: list[ToyObject], tokenizer: Any, seed: int = 1234) -> dict[str, Tensor]:
     """Fixed held-out renders (cameras never in the pool), prompts with view suffixes, noise and timesteps."""
     generator = torch.Generator().manual_seed(seed)
-    images, object_index, view_index = [], [], []
+    images, object_index, view_index, cameras = [], [], [], []
     for index, obj in enumerate(objects):
-        rendered, views = random_views(obj, 2, generator)
+        rendered, views, camera = random_views(obj, 2, generator)
         images.append(rendered)
         view_index.append(views)
+        cameras.append(camera)
         object_index += [index, index]
     x0 = torch.cat(images).float() / 127.5 - 1.0
     prompts = prompt_table(objects)
     rows = prompt_indices(torch.tensor(object_index), torch.cat(view_index), 0.0, 0.0, generator)
     ids, mask = tokenize(tokenizer, [prompts[int(r)] for r in rows])
     t = torch.linspace(20, NUM_TRAIN_TIMESTEPS - 20, x0.shape[0]).long()
-    return {"x0": x0, "ids": ids, "mask": mask, "t": t, "noise": torch.randn(x0.shape, generator=generator)}
+    return {"x0": x0, "ids": ids, "mask": mask, "t": t, "noise": torch.randn(x0.shape, generator=generator),
+            "cameras": torch.cat(cameras)}
 
 
 def train(args: argparse.Namespace) -> None:
@@ -340,7 +399,7 @@ def train(args: argparse.Namespace) -> None:
     tokenizer = build_tokenizer()
     cfg = ModelConfig(unet_channels=tuple(args.unet_channels), attention_levels=args.attention_levels,
                       text_hidden=args.text_hidden, text_layers=args.text_layers,
-                      text_time_embedding=not args.no_text_time_embedding)
+                      text_time_embedding=not args.no_text_time_embedding, camera=args.camera)
     resume = checkpoint_path.exists() and not args.fresh
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if resume else None
     if state is not None:
@@ -348,17 +407,26 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     unet, text_encoder = build_models(cfg, tokenizer)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, foreach=True)
+    camera_params = list(unet.class_embedding.parameters()) if cfg.camera else []
+    camera_ids = {id(p) for p in camera_params}
+    groups = [{"params": [p for p in params if id(p) not in camera_ids], "lr_scale": 1.0}]
+    if camera_params:  # a camera embedding added to a trained model learns faster than the model is changed
+        groups.append({"params": camera_params, "lr_scale": args.camera_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01, foreach=True)
     ema = EMA([unet, text_encoder], args.ema)
     generator = torch.Generator().manual_seed(args.seed)
     objects = all_objects()
+    if state is None and args.init:
+        initialise_from(unet, text_encoder, Path(args.init))
+        ema = EMA([unet, text_encoder], args.ema)  # the average starts at the loaded weights
     if state is not None:
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
         generator.set_state(state["generator"])
-        pool = ViewPool(objects, state["pool_images"], state["pool_views"], int(state["pool_next"]))
+        pool = ViewPool(objects, state["pool_images"], state["pool_views"], state["pool_cameras"],
+                        int(state["pool_next"]))
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
         log(f"# resumed from {checkpoint_path} at step {step} ({format_time(elapsed_before)} trained before)")
     else:
@@ -396,7 +464,8 @@ def train(args: argparse.Namespace) -> None:
         text_encoder.eval()
         with torch.no_grad():
             _, loss = diffusion_loss(unet, text_encoder, alphas, validation["x0"], validation["ids"],
-                                     validation["mask"], validation["t"], validation["noise"], 0.0)
+                                     validation["mask"], validation["t"], validation["noise"], 0.0,
+                                     validation["cameras"] if cfg.camera else None)
         unet.train()
         text_encoder.train()
         ema.swap()
@@ -405,7 +474,8 @@ def train(args: argparse.Namespace) -> None:
     def save() -> None:
         save_atomic({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
                      "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(),
-                     "pool_images": pool.images, "pool_views": pool.views, "pool_next": pool.next_object,
+                     "pool_images": pool.images, "pool_views": pool.views, "pool_cameras": pool.cameras,
+                     "pool_next": pool.next_object,
                      "step": step, "elapsed": elapsed(), "model_config": asdict(cfg)}, checkpoint_path)
 
     stop = {"signal": None}
@@ -422,13 +492,14 @@ def train(args: argparse.Namespace) -> None:
     while progress() < 1.0 and stop["signal"] is None:
         lr = learning_rate(args, step, progress())
         for group in optimizer.param_groups:
-            group["lr"] = lr
-        x0, obj_index, view_index = pool.sample(args.batch_size, generator)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        x0, obj_index, view_index, cameras = pool.sample(args.batch_size, generator)
         rows = prompt_indices(obj_index, view_index, args.cond_drop, args.plain_prob, generator)
         t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (args.batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
+        keep = (torch.rand(args.batch_size, generator=generator) >= args.camera_drop).float() if cfg.camera else None
         loss, plain = diffusion_loss(unet, text_encoder, alphas, x0, all_ids[rows], all_mask[rows], t, noise,
-                                     args.min_snr)
+                                     args.min_snr, cameras if cfg.camera else None, keep)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -505,11 +576,13 @@ def load_folder(folder: str) -> Any:
 
 @torch.no_grad()
 def sample_images(pipe: Any, prompts: list[str], guidance: float, steps: int, generator: torch.Generator,
-                  sampler: str = "ddpm", batch: int = 64) -> Tensor:
+                  sampler: str = "ddpm", batch: int = 64, cameras: Tensor | None = None) -> Tensor:
     """Classifier-free-guided samples [P, 3, 32, 32] in [-1, 1] from the pipeline's own UNet, text encoder and
     noise schedule. ``sampler``: "ddpm" (ancestral, the folder's DDPMScheduler as IF samples; x0 clipped to
     [-1, 1]) or "ddim" (deterministic, eta 0, x0 clipped). This small, briefly trained model samples far better
-    with the stochastic sampler: DDIM accumulates its errors (see README.md)."""
+    with the stochastic sampler: DDIM accumulates its errors (see README.md). ``cameras`` [P, 16]: MVDream
+    cameras for a camera-conditioned model (both branches get them); None samples it without its camera
+    embedding."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     if sampler == "ddpm":
@@ -523,16 +596,24 @@ def sample_images(pipe: Any, prompts: list[str], guidance: float, steps: int, ge
     size = int(pipe.unet.config.sample_size)
     uncond = encode_text(pipe.text_encoder, *tokenize(pipe.tokenizer, [""]))
     extra = {"generator": generator} if sampler == "ddpm" else {}
+    camera_embedding = pipe.unet.class_embedding
+    if cameras is None:
+        pipe.unet.class_embedding = None
     out = []
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start:start + batch]
-        cond = encode_text(pipe.text_encoder, *tokenize(pipe.tokenizer, chunk))
-        hidden = torch.cat([uncond.expand(len(chunk), -1, -1), cond])
-        x = torch.randn(len(chunk), 3, size, size, generator=generator)
-        for t in scheduler.timesteps:
-            eps_u, eps_c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=hidden).sample[:, :3].chunk(2)
-            x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x, **extra).prev_sample
-        out.append(x.clamp(-1.0, 1.0))
+    try:
+        for start in range(0, len(prompts), batch):
+            chunk = prompts[start:start + batch]
+            cond = encode_text(pipe.text_encoder, *tokenize(pipe.tokenizer, chunk))
+            hidden = torch.cat([uncond.expand(len(chunk), -1, -1), cond])
+            labels = None if cameras is None else cameras[start:start + batch].repeat(2, 1)
+            x = torch.randn(len(chunk), 3, size, size, generator=generator)
+            for t in scheduler.timesteps:
+                eps_u, eps_c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=hidden,
+                                         class_labels=labels).sample[:, :3].chunk(2)
+                x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x, **extra).prev_sample
+            out.append(x.clamp(-1.0, 1.0))
+    finally:
+        pipe.unet.class_embedding = camera_embedding
     return torch.cat(out)
 
 
@@ -572,7 +653,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(args.seed)
     prompts = [obj.name for obj in objects for _ in range(args.samples)]
     start = time.perf_counter()
-    images = sample_images(pipe, prompts, args.guidance, args.steps, generator, args.sampler)
+    camera_model = getattr(pipe.unet, "class_embedding", None) is not None
+    views, truths = None, None
+    if camera_model:  # sample each at a random training camera; compare with the truth there and elsewhere
+        rendered = [random_views(obj, 2 * args.samples, generator) for obj in objects]
+        views = torch.cat([r[2][: args.samples] for r in rendered])
+        truths = torch.stack([torch.cat([r[0][: args.samples], r[0][args.samples:]]) for r in rendered])
+    images = sample_images(pipe, prompts, args.guidance, args.steps, generator, args.sampler, cameras=views)
     teacher = ToyWorldTeacher(resolution=RESOLUTION, distance=DISTANCE, fovy_deg=FOVY_DEG)
     bank = teacher.bank_images().flatten(1)
     distance = torch.cdist(images.flatten(1), bank)
@@ -598,6 +685,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "per_object": {obj.name: fraction(list(range(k * args.samples, (k + 1) * args.samples)))
                        for k, obj in enumerate(objects)},
         "nearest_distance_mean": float(distance.min(dim=1).values.mean()),
+        **(camera_consistency(images, truths, args.samples) if truths is not None else {}),
         "sampling_seconds": time.perf_counter() - start,
     }
     if args.view_samples:
@@ -609,6 +697,18 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def camera_consistency(images: Tensor, truths: Tensor, per_object: int) -> dict[str, float]:
+    """For a camera-conditioned model's samples [O * n, 3, 32, 32], each drawn at a random camera: the RMS error
+    to the true render at that camera and to true renders of the same object at other random cameras (truths
+    [O, 2n, 3, 32, 32] uint8: the sampled cameras first). Below 1, their ratio says the camera is followed."""
+    truth = truths.float() / 127.5 - 1.0
+    samples = images.reshape(truth.shape[0], per_object, *images.shape[1:])
+    own = (samples - truth[:, :per_object]).pow(2).mean(dim=(2, 3, 4)).sqrt().mean()
+    other = (samples - truth[:, per_object:]).pow(2).mean(dim=(2, 3, 4)).sqrt().mean()
+    return {"rms_to_own_camera_truth": float(own), "rms_to_other_camera_truth": float(other),
+            "camera_ratio": float(own / other)}
 
 
 def view_accuracy(pipe: Any, teacher: Any, args: argparse.Namespace, generator: torch.Generator) -> dict[str, float]:
@@ -654,6 +754,14 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--text-layers", type=int, default=4)
     run.add_argument("--no-text-time-embedding", action="store_true",
                      help="condition through cross-attention only (no pooled text in the time embedding)")
+    run.add_argument("--camera", action="store_true",
+                     help="condition the UNet on the camera too (MVDream's 16-number camera, a projection class "
+                          "embedding added to the time embedding)")
+    run.add_argument("--camera-drop", type=float, default=0.1,
+                     help="probability of training a sample without its camera (the no-camera mode)")
+    run.add_argument("--camera-lr-scale", type=float, default=1.0,
+                     help="learning-rate factor of the camera embedding (fine-tuning a text-only model: 10)")
+    run.add_argument("--init", default="", help="start from this saved model folder's weights (fine-tuning)")
     run.add_argument("--log-every", type=int, default=50)
     run.add_argument("--checkpoint-every", type=int, default=250)
     run.add_argument("--seed", type=int, default=0)

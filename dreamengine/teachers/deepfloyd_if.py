@@ -10,6 +10,13 @@ accept its license on the hub first) or a local diffusers folder. There is no VA
 
 Like the SD teacher it can carry VSD's LoRA (``add_lora_adapter`` / ``predict_with_adapter``).
 
+Camera-conditioned pixel-space models (DreamEngine's learned toy teacher ``builtin:toy-learned-camera``): a UNet
+with MVDream's camera embedding (a diffusers "projection" class embedding of 16 inputs) is scored with each view's
+MVDream camera (:func:`~dreamengine.teachers.mvdream.mvdream_camera`) as ``class_labels`` when the guidance passes
+cameras, and with the embedding removed when it does not (the model's no-camera mode, as MVDream with
+``camera=None``). Views are scored one at a time (no attention across views). VSD's LoRA score model then sees
+the camera twice: through the teacher's own embedding and through its own zero-initialised one.
+
 The prompt is not "cleaned" (IFPipeline's optional caption cleaning needs bs4 and ftfy).
 """
 
@@ -27,6 +34,7 @@ from dreamengine.config.teachers import DeepFloydIFTeacherConfig
 from dreamengine.core.cameras import Cameras
 from dreamengine.core.protocols import TeacherContext
 from dreamengine.errors import ConfigError, DreamEngineError
+from dreamengine.teachers.mvdream import CAMERA_DIM, mvdream_camera, without_camera_embedding
 from dreamengine.teachers.stable_diffusion import (
     PREDICTION_TYPES,
     UNetLoraAdapter,
@@ -87,6 +95,7 @@ class DeepFloydIFTeacher(UNetLoraAdapter):
             warnings.warn(f"teacher.resolution={self.resolution} differs from {self.model}'s native {native} px; "
                           "set teacher.resolution=null to use the model's own", stacklevel=2)
         self.channels = int(pipe.unet.config.in_channels)
+        self.camera_conditioned = camera_inputs(pipe.unet) == CAMERA_DIM
         self._alphas64 = alphas_cumprod_from_scheduler(pipe.scheduler).to(self.device)
         self.alphas_cumprod = self._alphas64.float()  # [T]
         self.num_train_timesteps = int(self.alphas_cumprod.shape[0])
@@ -134,19 +143,62 @@ class DeepFloydIFTeacher(UNetLoraAdapter):
         z_t = z_t.to(self.device)
         if z_t.dim() != 4 or z_t.shape[1] != self.channels:
             raise ValueError(f"z_t must be [B, {self.channels}, h, w], got {tuple(z_t.shape)}")
-        t = t.to(self.device).long().reshape(-1).expand(z_t.shape[0])
-        output = self.unet(z_t.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.device, self.dtype)).sample
+        batch = z_t.shape[0]
+        t = t.to(self.device).long().reshape(-1).expand(batch)
+        text = embeddings.to(self.device, self.dtype)
+        if not self.camera_conditioned:
+            output = self.unet(z_t.to(self.dtype), t, encoder_hidden_states=text).sample
+        elif cameras is None:
+            with without_camera_embedding(self.unet) as unet:
+                output = unet(z_t.to(self.dtype), t, encoder_hidden_states=text).sample
+        else:
+            output = self.unet(z_t.to(self.dtype), t, encoder_hidden_states=text,
+                               class_labels=self.camera_labels(cameras, batch)).sample
         output = output[:, : self.channels].float()  # drop the learned-variance channels
         return to_epsilon(output, z_t.float(), self._alphas64[t], self.prediction_type)
+
+    def camera_labels(self, cameras: Cameras, batch: int) -> Float[Tensor, "B 16"]:
+        """MVDream camera conditions [batch, 16] of ``cameras`` (batch / len(cameras) copies, in order)."""
+        if batch % len(cameras):
+            raise ValueError(f"{batch} images to score for {len(cameras)} cameras: the batch must be whole copies")
+        return mvdream_camera(cameras).to(self.device, self.dtype).repeat(batch // len(cameras), 1)
 
     def predict_with_adapter(self, z_t: Tensor, t: Tensor, embeddings: Tensor, class_embedding: torch.nn.Module,
                              class_labels: Tensor) -> Tensor:
         """Raw eps output [B, 3, 64, 64] float32 with the LoRA enabled and ``class_embedding(class_labels)``
-        added to the time embedding (learned-variance channels dropped); with gradients unless under no_grad."""
+        added to the time embedding (learned-variance channels dropped); with gradients unless under no_grad.
+        A camera-conditioned UNet adds its own camera embedding of the same cameras (``class_labels`` are
+        camera-to-world matrices [B, 16], :func:`~dreamengine.guidance.particle_score.camera_condition`)."""
         t = t.to(self.device).long().reshape(-1).expand(z_t.shape[0])
+        if self.camera_conditioned:
+            class_embedding = WithTeacherCamera(self.unet.class_embedding, class_embedding)
         output = self._adapter_output(z_t.to(self.device, self.dtype), t, embeddings, class_embedding, class_labels)
         return output[:, : self.channels].float()
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "revision": self.revision, "prediction_type": self.prediction_type,
-                "dtype": str(self.dtype).replace("torch.", ""), "resolution": self.resolution}
+                "dtype": str(self.dtype).replace("torch.", ""), "resolution": self.resolution,
+                "camera_conditioned": self.camera_conditioned}
+
+
+def camera_inputs(unet: torch.nn.Module) -> int | None:
+    """Input width of the UNet's projection class embedding (MVDream's camera: 16), None without one."""
+    linear = getattr(getattr(unet, "class_embedding", None), "linear_1", None)
+    return int(linear.in_features) if linear is not None else None
+
+
+class WithTeacherCamera(torch.nn.Module):
+    """VSD's class embedding plus the camera-conditioned teacher's own camera embedding, both of one camera:
+    ``labels`` [B, 16] are camera-to-world matrices; the teacher's embedding gets them as MVDream cameras
+    (translation scaled to unit length), rows of zeros (a dropped camera) stay zeros."""
+
+    def __init__(self, teacher_embedding: torch.nn.Module, adapter_embedding: torch.nn.Module) -> None:
+        super().__init__()
+        self.teacher_embedding, self.adapter_embedding = teacher_embedding, adapter_embedding
+
+    def forward(self, labels: Float[Tensor, "B 16"]) -> Float[Tensor, "B D"]:
+        c2w = labels.reshape(-1, 4, 4).clone()
+        translation = c2w[:, :3, 3]
+        c2w[:, :3, 3] = translation / (translation.norm(dim=-1, keepdim=True) + 1e-8)
+        camera = c2w.reshape(-1, CAMERA_DIM).to(self.teacher_embedding.linear_1.weight.dtype)
+        return self.teacher_embedding(camera) + self.adapter_embedding(labels)

@@ -101,8 +101,8 @@ def test_every_packaged_config_loads(name):
     cfg = load_config(name, prompt="a red cube")
     assert cfg.prompt == "a red cube"
     if name == "learned-toy":  # the toy world through the shipped learned model (no user path)
-        assert (cfg.teacher.name, cfg.teacher.model, cfg.guidance.name) == ("deepfloyd-if", "builtin:toy-learned",
-                                                                            "sds")
+        assert (cfg.teacher.name, cfg.teacher.model, cfg.guidance.name) == \
+            ("deepfloyd-if", "builtin:toy-learned-camera", "sds")
     elif name.endswith("-toy"):
         assert cfg.teacher.name.startswith("toyworld")  # toyworld or toyworld-multiview (mvdream-toy)
         method = name[: -len("-toy")]

@@ -88,3 +88,65 @@ def test_packaged_dreamfusion_if_config():
     assert (cfg.teacher.name, cfg.teacher.model, cfg.teacher.variant) == ("deepfloyd-if", "DeepFloyd/IF-I-XL-v1.0",
                                                                           "fp16")
     assert (cfg.guidance.name, cfg.guidance.guidance_scale) == ("sds", 20.0)
+
+
+@pytest.fixture(scope="module")
+def camera_teacher(tmp_path_factory):
+    folder = save_tiny_if(tmp_path_factory.mktemp("tiny-if-camera"), seed=1, camera=True)
+    return DeepFloydIFTeacher(str(folder), device="cpu")
+
+
+def camera_batch():
+    from dreamengine.core.cameras import cameras_from_spherical
+
+    return cameras_from_spherical(torch.tensor([10.0, 45.0]), torch.tensor([0.0, 120.0]), torch.tensor([2.5, 3.0]),
+                                  torch.tensor([40.0, 40.0]))
+
+
+def test_a_camera_conditioned_pixel_model_gets_each_views_mvdream_camera(camera_teacher, teacher):
+    """Scored with cameras, the UNet's camera embedding gets MVDream's camera of each view (translation unit
+    length), repeated for the batch's copies; without cameras the embedding is removed (MVDream's camera=None);
+    a model without a camera embedding ignores cameras."""
+    from dreamengine.teachers.mvdream import mvdream_camera
+
+    assert camera_teacher.camera_conditioned and not teacher.camera_conditioned
+    cameras = camera_batch()
+    g = torch.Generator().manual_seed(0)
+    z_t, t = torch.randn(4, 3, 32, 32, generator=g), torch.tensor([100, 700, 100, 700])
+    emb = camera_teacher.embed(["a cube", "a cube", "", ""])
+    unet = camera_teacher.unet
+    labels = mvdream_camera(cameras).repeat(2, 1)
+    assert torch.allclose(labels[:, [3, 7, 11]].norm(dim=1), torch.ones(4), atol=1e-5)
+    with torch.no_grad():
+        expected = unet(z_t, t, encoder_hidden_states=emb, class_labels=labels).sample[:, :3]
+        embedding, unet.class_embedding = unet.class_embedding, None
+        expected_plain = unet(z_t, t, encoder_hidden_states=emb).sample[:, :3]
+        unet.class_embedding = embedding
+    with_cameras = camera_teacher.predict_noise(z_t, t, emb, cameras)
+    assert torch.allclose(with_cameras, expected, atol=1e-5)
+    assert torch.allclose(camera_teacher.predict_noise(z_t, t, emb), expected_plain, atol=1e-5)
+    assert not torch.allclose(with_cameras, expected_plain, atol=1e-3)  # the camera reaches the UNet
+    swapped = camera_batch()[torch.tensor([1, 0])]
+    assert not torch.allclose(camera_teacher.predict_noise(z_t, t, emb, swapped), with_cameras, atol=1e-3)
+    with pytest.raises(ValueError, match="whole copies"):
+        camera_teacher.predict_noise(z_t[:3], t[:3], emb[:3], cameras)
+    plain_emb = teacher.embed(["a cube"] * 4)
+    assert torch.equal(teacher.predict_noise(z_t, t, plain_emb, cameras), teacher.predict_noise(z_t, t, plain_emb))
+    assert camera_teacher.describe()["camera_conditioned"] is True
+
+
+def test_vsd_lora_on_a_camera_conditioned_model_adds_the_teachers_camera(camera_teacher):
+    """VSD's LoRA score model on a camera-conditioned teacher: with its fresh LoRA (B = 0) and its zero-initialised
+    camera embedding it predicts exactly the teacher's camera-conditioned eps of the same cameras (class labels are
+    camera-to-world matrices, particle_score.camera_condition)."""
+    from dreamengine.guidance.particle_score import build_score_model, camera_condition
+
+    cameras = camera_batch()
+    score_model = build_score_model(camera_teacher, lora_rank=4, lora_alpha=4.0, pixel_width=8)
+    g = torch.Generator().manual_seed(2)
+    z_t, t = torch.randn(2, 3, 32, 32, generator=g), torch.tensor([300, 600])
+    emb = camera_teacher.embed(["a cube", "a cube"])
+    with torch.no_grad():
+        adapter = camera_teacher.predict_with_adapter(z_t, t, emb, score_model.camera,
+                                                      camera_condition(cameras))
+    assert torch.allclose(adapter, camera_teacher.predict_noise(z_t, t, emb, cameras), atol=1e-5)

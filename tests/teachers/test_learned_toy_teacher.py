@@ -56,10 +56,11 @@ def truth(prompt: str, count: int, seed: int) -> torch.Tensor:
 
 
 def test_builtin_name_resolves_to_the_shipped_folder_and_unknown_names_are_clear_errors():
-    folder = builtin_model("builtin:toy-learned")
-    assert folder is not None and (folder / "model_index.json").is_file()
-    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
-        assert (folder / part).stat().st_size < 8_000_000  # fp16, a few MB
+    for name in ("toy-learned", "toy-learned-camera"):
+        folder = builtin_model(f"builtin:{name}")
+        assert folder is not None and folder.name == name and (folder / "model_index.json").is_file()
+        for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+            assert (folder / part).stat().st_size < 8_000_000  # fp16, a few MB
     assert builtin_model("DeepFloyd/IF-I-XL-v1.0") is None
     with pytest.raises(ModelNotFoundError, match="builtin:toy-learned"):
         builtin_model("builtin:toy-unlearned")
@@ -157,7 +158,7 @@ def test_learned_toy_config_runs_end_to_end_and_is_evaluated(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["teacher"]["name"] == "deepfloyd-if" and config["teacher"]["model"] == "builtin:toy-learned"
+    assert config["teacher"]["name"] == "deepfloyd-if" and config["teacher"]["model"] == "builtin:toy-learned-camera"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["object"] == "a red cube" and 0.0 <= metrics["mask_iou"] <= 1.0
     assert (run_dir / "final" / "model.glb").is_file()
@@ -169,3 +170,37 @@ def test_loading_casts_nothing_twice(capfd):
     teacher = DeepFloydIFTeacher("builtin:toy-learned", device="cpu")
     assert teacher.unet.dtype == torch.float32 and teacher.text_encoder.dtype == torch.float32
     assert "should be kept in float32" not in capfd.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def camera_teacher() -> DeepFloydIFTeacher:
+    return DeepFloydIFTeacher("builtin:toy-learned-camera", device="cpu")
+
+
+def test_the_camera_model_denoises_toward_the_view_its_camera_names(camera_teacher):
+    """The camera-conditioned learned teacher (builtin:toy-learned-camera) predicts x0 from a noisy render closer
+    to the truth when it is given the render's own camera than when given another camera (the elevation mirrored,
+    the azimuth turned half way): the camera reaches the UNet through the IF teacher and the model uses it."""
+    from dreamengine.core.cameras import cameras_from_spherical
+
+    assert camera_teacher.camera_conditioned
+    prompts = ["an orange cone", "a house", "a blue torus"]
+    cameras = views(4, seed=7)
+    x0 = torch.cat([2.0 * render_toy(parse_prompt(p), cameras, 32, 32, background=(1.0, 1.0, 1.0),
+                                     supersample=2)["rgb"].permute(0, 3, 1, 2) - 1.0 for p in prompts])
+    g = torch.Generator().manual_seed(3)
+    t = torch.full((len(x0),), 700)
+    a = camera_teacher.alphas_cumprod[t].view(-1, 1, 1, 1)
+    z_t = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
+    emb = camera_teacher.embed(prompts).repeat_interleave(4, dim=0)
+    wrong = cameras_from_spherical(50.0 - cameras.elevation, cameras.azimuth + 180.0, torch.full((4,), 2.5),
+                                   torch.full((4,), 40.0))
+    per_prompt = torch.arange(4).repeat(len(prompts))  # the 4 cameras for each prompt's 4 renders
+
+    def error(cams) -> float:
+        eps = camera_teacher.predict_noise(z_t, t, emb, cams[per_prompt])
+        x0_hat = ((z_t - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+        return float((x0_hat - x0).pow(2).mean())
+
+    right, other = error(cameras), error(wrong)
+    assert right < 0.8 * other, (right, other)
