@@ -36,7 +36,8 @@ def run(method: str, prompt: str, overrides: list[str], workdir: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
     # every method under the same teacher and learning rates (the <method>-toy configs': quickstart.yaml's earlier)
-    text_only = ["teacher.name=toyworld", "optim.lr_encoding=0.01", "optim.lr_network=0.001"] if method == "sds" else []
+    text_only = ["teacher.name=toyworld", "optim.lr_encoding=0.01", "optim.lr_network=0.001",
+                 "camera.elevation_range=[-10,60]"] if method == "sds" else []
     result = subprocess.run([sys.executable, "-m", "dreamengine.cli", "generate", prompt, "--config", config,
                              f"output_dir={out}", "trainer.preview_every=0", *text_only, *overrides],
                             capture_output=True, text=True, env=env)

@@ -73,7 +73,7 @@ def run(method: str, prompt: str, overrides: list[str], workdir: Path, model: st
         return json.loads(done.read_text())
     extra = ([] if method == EXACT else teacher_overrides(model)) + LEARNED_OVERRIDES.get(method, [])
     if method == EXACT:  # text-only, like the learned teacher (quickstart.yaml's toy teacher is camera-aware)
-        extra = [*extra, "teacher.name=toyworld"]
+        extra = [*extra, "teacher.name=toyworld", "camera.elevation_range=[-10,60]"]
     finished = sorted(out.glob("*/metrics.json"))
     if finished:  # a run finished outside this script (same command): adopt it, wall time from its files
         metrics_file = finished[-1]

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OBJECTS = ["a snowman", "a house", "a penguin", "a mug", "a car", "a duck"]
 RUNS = {"single": ["--config", "quickstart", "teacher.name=toyworld", "optim.lr_encoding=0.01",
-                   "optim.lr_network=0.001"],
+                   "optim.lr_network=0.001", "camera.elevation_range=[-10,60]"],
         "multi": ["--system", "mvdream-toy"]}
 COMMON = ["trainer.progress=false", "trainer.preview_every=0", "export.formats=[]", "report.turntable=false"]
 STEP_PARTS = ("render", "guidance", "backward", "after_step")
@@ -101,8 +101,8 @@ def main() -> None:
     threads = f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if os.environ.get("OMP_NUM_THREADS") else ""
     lines = [f"# Single-view vs multi-view teacher on the view-asymmetric toy objects ({time.strftime('%Y-%m-%d')}, "
              f"NeRF, seed 0, bench/multiview.py{threads})", "",
-             "single: `--config quickstart teacher.name=toyworld`, learning rates 0.01 / 0.001 (text-only toy "
-             "teacher, SDS CFG 7.5, 600 steps x 1 view at 48 px); multi: "
+             "single: `--config quickstart teacher.name=toyworld`, learning rates 0.01 / 0.001, elevations -10..60 "
+             "(text-only toy teacher, SDS CFG 7.5, 600 steps x 1 view at 48 px); multi: "
              "`--system mvdream-toy` (multi-view toy teacher, MVDream's x0-reconstruction SDS, CFG 3, rescale 0.5, "
              "300 steps x 4 views at 32 px). Held-out mask IoU and PSNR over 25 views; Janus: fraction of 5 back "
              "views closer to the back of the object's two-faced version (dreamengine/evaluate.py).", "",

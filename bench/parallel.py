@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ["report.turntable=false", "trainer.preview_every=0", "trainer.progress=false"]
 ROWS: dict[str, tuple[str, list[str]]] = {  # name: (config, overrides)
     # the quickstart as measured before it switched teacher and learning rates
-    "nerf-sds": ("quickstart", ["teacher.name=toyworld", "optim.lr_encoding=0.01", "optim.lr_network=0.001"]),
+    "nerf-sds": ("quickstart", ["teacher.name=toyworld", "optim.lr_encoding=0.01", "optim.lr_network=0.001",
+                                "camera.elevation_range=[-10,60]"]),
     "nerf-vsd": ("vsd-toy", []),
     "gaussian-sds": ("gaussian-toy", []),
     "gaussian-vsd": ("gaussian-toy", ["guidance.name=vsd", "guidance.camera_condition_type=c2w",
