@@ -75,7 +75,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dreamengine.core.cameras import cameras_from_spherical, direction_labels  # noqa: E402
-from dreamengine.teachers.mvdream import CAMERA_DIM, mvdream_camera  # noqa: E402
+from dreamengine.teachers.mvdream import CAMERA_DIM, mvdream_camera, without_camera_embedding  # noqa: E402
 from dreamengine.toyworld import all_objects, render_toy  # noqa: E402
 from dreamengine.toyworld.objects import ToyObject  # noqa: E402
 
@@ -596,11 +596,8 @@ def sample_images(pipe: Any, prompts: list[str], guidance: float, steps: int, ge
     size = int(pipe.unet.config.sample_size)
     uncond = encode_text(pipe.text_encoder, *tokenize(pipe.tokenizer, [""]))
     extra = {"generator": generator} if sampler == "ddpm" else {}
-    camera_embedding = pipe.unet.class_embedding
-    if cameras is None:
-        pipe.unet.class_embedding = None
     out = []
-    try:
+    with without_camera_embedding(pipe.unet) if cameras is None else nullcontext(pipe.unet) as unet:
         for start in range(0, len(prompts), batch):
             chunk = prompts[start:start + batch]
             cond = encode_text(pipe.text_encoder, *tokenize(pipe.tokenizer, chunk))
@@ -608,12 +605,10 @@ def sample_images(pipe: Any, prompts: list[str], guidance: float, steps: int, ge
             labels = None if cameras is None else cameras[start:start + batch].repeat(2, 1)
             x = torch.randn(len(chunk), 3, size, size, generator=generator)
             for t in scheduler.timesteps:
-                eps_u, eps_c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=hidden,
-                                         class_labels=labels).sample[:, :3].chunk(2)
+                eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=hidden,
+                                    class_labels=labels).sample[:, :3].chunk(2)
                 x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x, **extra).prev_sample
             out.append(x.clamp(-1.0, 1.0))
-    finally:
-        pipe.unet.class_embedding = camera_embedding
     return torch.cat(out)
 
 

@@ -34,7 +34,13 @@ from dreamengine.config.teachers import DeepFloydIFTeacherConfig
 from dreamengine.core.cameras import Cameras
 from dreamengine.core.protocols import TeacherContext
 from dreamengine.errors import ConfigError, DreamEngineError
-from dreamengine.teachers.mvdream import CAMERA_DIM, mvdream_camera, without_camera_embedding
+from dreamengine.teachers.mvdream import (
+    CAMERA_DIM,
+    camera_inputs,
+    mvdream_camera,
+    normalize_camera,
+    without_camera_embedding,
+)
 from dreamengine.teachers.stable_diffusion import (
     PREDICTION_TYPES,
     UNetLoraAdapter,
@@ -181,12 +187,6 @@ class DeepFloydIFTeacher(UNetLoraAdapter):
                 "camera_conditioned": self.camera_conditioned}
 
 
-def camera_inputs(unet: torch.nn.Module) -> int | None:
-    """Input width of the UNet's projection class embedding (MVDream's camera: 16), None without one."""
-    linear = getattr(getattr(unet, "class_embedding", None), "linear_1", None)
-    return int(linear.in_features) if linear is not None else None
-
-
 class WithTeacherCamera(torch.nn.Module):
     """VSD's class embedding plus the camera-conditioned teacher's own camera embedding, both of one camera:
     ``labels`` [B, 16] are camera-to-world matrices; the teacher's embedding gets them as MVDream cameras
@@ -197,8 +197,5 @@ class WithTeacherCamera(torch.nn.Module):
         self.teacher_embedding, self.adapter_embedding = teacher_embedding, adapter_embedding
 
     def forward(self, labels: Float[Tensor, "B 16"]) -> Float[Tensor, "B D"]:
-        c2w = labels.reshape(-1, 4, 4).clone()
-        translation = c2w[:, :3, 3]
-        c2w[:, :3, 3] = translation / (translation.norm(dim=-1, keepdim=True) + 1e-8)
-        camera = c2w.reshape(-1, CAMERA_DIM).to(self.teacher_embedding.linear_1.weight.dtype)
+        camera = normalize_camera(labels).to(self.teacher_embedding.linear_1.weight.dtype)
         return self.teacher_embedding(camera) + self.adapter_embedding(labels)

@@ -57,10 +57,21 @@ CAMERA_DIM = 16
 def mvdream_camera(cameras: Cameras) -> Float[Tensor, "B 16"]:
     """MVDream's camera condition of each camera: its OpenGL camera-to-world matrix (Z-up world) with the
     translation scaled to unit length (MVDream's ``normalize_camera``), flattened row-major, [B, 16]."""
-    c2w = cameras.c2w.clone()
-    translation = c2w[:, :3, 3]
-    c2w[:, :3, 3] = translation / (translation.norm(dim=-1, keepdim=True) + 1e-8)
-    return c2w.reshape(len(cameras), CAMERA_DIM)
+    return normalize_camera(cameras.c2w.reshape(len(cameras), CAMERA_DIM))
+
+
+def normalize_camera(c2w: Float[Tensor, "B 16"]) -> Float[Tensor, "B 16"]:
+    """Flattened camera-to-world matrices with the translation scaled to unit length (a zero one stays zero)."""
+    matrices = c2w.reshape(-1, 4, 4).clone()
+    translation = matrices[:, :3, 3]
+    matrices[:, :3, 3] = translation / (translation.norm(dim=-1, keepdim=True) + 1e-8)
+    return matrices.reshape(-1, CAMERA_DIM)
+
+
+def camera_inputs(unet: torch.nn.Module) -> int | None:
+    """Input width of the UNet's projection class embedding (MVDream's camera: 16), None without one."""
+    linear = getattr(getattr(unet, "class_embedding", None), "linear_1", None)
+    return int(linear.in_features) if linear is not None else None
 
 
 @contextmanager
@@ -99,9 +110,7 @@ class MVDreamTeacher(StableDiffusionTeacher):
             torch_dtype = resolve_dtype(dtype, torch.device(device))
             pipeline = load_mvdream_pipeline(str(model), checkpoint_file, base_model, original_config, revision,
                                              torch_dtype)
-        embedding = getattr(pipeline.unet, "class_embedding", None)
-        linear = getattr(embedding, "linear_1", None)
-        if linear is None or linear.in_features != CAMERA_DIM:
+        if camera_inputs(pipeline.unet) != CAMERA_DIM:
             raise ModelNotFoundError(f"teacher model {model} has no MVDream camera embedding (its UNet needs a "
                                      f"'projection' class embedding of {CAMERA_DIM} inputs): it is a single-view "
                                      "model; use teacher.name=stable-diffusion for it, or give MVDream's checkpoint")
@@ -157,4 +166,5 @@ class MVDreamTeacher(StableDiffusionTeacher):
         return {**super().describe(), "views_per_group": self.views_per_group}
 
 
-__all__ = ["CAMERA_DIM", "MVDreamTeacher", "mvdream_camera", "without_camera_embedding"]
+__all__ = ["CAMERA_DIM", "MVDreamTeacher", "camera_inputs", "mvdream_camera", "normalize_camera",
+           "without_camera_embedding"]
