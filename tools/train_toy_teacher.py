@@ -340,10 +340,14 @@ def initialise_from(unet: Any, text_encoder: Any, folder: Path) -> None:
     unet_state = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
     missing, unexpected = unet.load_state_dict({k: v.float() for k, v in unet_state.items()}, strict=False)
     if unexpected or any(not key.startswith("class_embedding.") for key in missing):
+        hint = "; a camera-conditioned folder needs --camera" if any("class_embedding" in k for k in unexpected) else ""
         raise SystemExit(f"--init {folder}: its UNet does not match the model options (missing {missing}, "
-                         f"unexpected {unexpected})")
+                         f"unexpected {unexpected}){hint}")
     text_state = load_file(str(folder / "text_encoder" / "model.safetensors"))
-    text_encoder.load_state_dict({k: v.float() for k, v in text_state.items()}, strict=False)
+    missing, unexpected = text_encoder.load_state_dict({k: v.float() for k, v in text_state.items()}, strict=False)
+    if missing or unexpected:
+        raise SystemExit(f"--init {folder}: its text encoder does not match the model options (missing {missing}, "
+                         f"unexpected {unexpected})")
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -406,6 +410,8 @@ def train(args: argparse.Namespace) -> None:
         cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["model_config"].items()})
     torch.manual_seed(args.seed)
     unet, text_encoder = build_models(cfg, tokenizer)
+    if state is None and args.init:  # fine-tuning: the optimizer and the average start at the loaded weights
+        initialise_from(unet, text_encoder, Path(args.init))
     params = list(unet.parameters()) + list(text_encoder.parameters())
     camera_params = list(unet.class_embedding.parameters()) if cfg.camera else []
     camera_ids = {id(p) for p in camera_params}
@@ -416,9 +422,6 @@ def train(args: argparse.Namespace) -> None:
     ema = EMA([unet, text_encoder], args.ema)
     generator = torch.Generator().manual_seed(args.seed)
     objects = all_objects()
-    if state is None and args.init:
-        initialise_from(unet, text_encoder, Path(args.init))
-        ema = EMA([unet, text_encoder], args.ema)  # the average starts at the loaded weights
     if state is not None:
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
