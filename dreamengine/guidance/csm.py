@@ -17,7 +17,13 @@ Choices made here (not from the paper; check its §III-C before relying on them)
 * ``w(t)``: ``"ism"`` ``sqrt((1 - abar_t) / abar_t)`` (LucidDreamer's, the default), ``"sds"``
   ``1 - abar_t`` or ``"uniform"`` 1.
 * Timesteps, interval annealing, offset noise and ``grad_scale = 0.1`` are LucidDreamer's (see ism.py).
-* The visual-prompt (IP-Adapter) branch of VPCSM and the Semantic-Geometry Calibration loss are left out.
+* VPCSM, the visual-prompt branch, is this same gradient on a teacher that holds an image prompt: the
+  conditional branch ``e_c`` then sees text + image, while the unconditional branch and the inversion (the empty
+  prompt) drop both, so ``g = w gamma (eps(x_t; y, v) - eps(x_t; 0))`` (guidance-math.md §3c). On Stable Diffusion
+  the image goes in through an IP-Adapter (``teacher.ip_adapter``; StableDiffusionTeacher.image_prompt_rows); in the
+  toy world the exact image-conditioned teacher (``toyworld-image``) plays that part. The ``tv3dg`` / ``tv3dg-toy``
+  systems take the visual prompt from ``--image`` or sample one for the prompt. The fusion weights of the paper's
+  visual-prompt attention and its Semantic-Geometry Calibration loss are not public and are left out.
 
 Injected as ISM's (``grad_injection: sum``, d loss / dz = g, LucidDreamer's ``SpecifyGradient``).
 Settings: :class:`dreamengine.config.guidance.CSMConfig`;
