@@ -7,10 +7,12 @@ elevations -10, 20, 50 and overhead, none of them the reference view), the Janus
 the wall time. Goal (issue 14): IoU >= 0.85 on every single shape and >= 0.80 on the asymmetric objects.
 
     python bench/image_to_3d.py [--system zero123-toy] [--objects "a red cube" ...] [--workers 2]
-                                [--workdir DIR] [key=value ...]
+                                [--workdir DIR] [--depth] [--out image_to_3d] [key=value ...]
 
-Extra ``key=value`` overrides go to every run (e.g. ``trainer.max_steps=300``). Prints a markdown table and
-writes bench/results/image_to_3d.md.
+Extra ``key=value`` overrides go to every run (e.g. ``trainer.max_steps=300``). ``--depth`` also hands each run the
+reference view's exact depth map (``image.depth_path``, a .npy written beside the PNG; weigh it with
+``image.lambda_depth=...`` / ``image.lambda_depth_rel=...``). Prints a markdown table and writes
+bench/results/OUT.md.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ REFERENCE_VIEW = (15.0, 0.0)  # elevation, azimuth in degrees: a front view from
 GOALS = {"single shape": 0.85, "asymmetric": 0.80}
 
 
-def render_reference(name: str, path: Path, size: int = 64) -> None:
+def render_reference(name: str, path: Path, size: int = 64, depth_path: Path | None = None) -> None:
+    """``name`` rendered at REFERENCE_VIEW as an RGBA PNG at ``path`` (and its depth map as .npy at ``depth_path``)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -49,14 +52,18 @@ def render_reference(name: str, path: Path, size: int = 64) -> None:
     out = render_toy(obj, cameras, size, size, supersample=2)
     rgba = torch.cat([out["rgb"][0], out["mask"][0]], dim=-1).numpy()
     Image.fromarray((rgba * 255.0 + 0.5).astype(np.uint8), "RGBA").save(path)
+    if depth_path is not None:
+        np.save(depth_path, out["depth"][0, ..., 0].numpy())
 
 
-def run(name: str, system: str, workdir: Path, overrides: list[str]) -> dict:
+def run(name: str, system: str, workdir: Path, overrides: list[str], depth: bool = False) -> dict:
     slug = name.replace(" ", "-")
-    out = workdir / f"{system}-{slug}"
-    image = workdir / f"{slug}.png"
-    if not image.is_file():
-        render_reference(name, image)
+    out = workdir / f"{system}-{slug}{'-depth' if depth else ''}"
+    image, depth_map = workdir / f"{slug}.png", workdir / f"{slug}-depth.npy"
+    if not image.is_file() or not depth_map.is_file():
+        render_reference(name, image, depth_path=depth_map)
+    if depth:
+        overrides = [*overrides, f"image.depth_path={depth_map}"]
     finished = list(out.glob("*/metrics.json"))
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -109,21 +116,24 @@ def main() -> None:
     parser.add_argument("--objects", nargs="*", default=SINGLE_SHAPES + ASYMMETRIC)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--workdir", default=None, help="keep the runs here (finished ones are read, not rerun)")
+    parser.add_argument("--depth", action="store_true", help="give each run the reference view's exact depth map")
+    parser.add_argument("--out", default="image_to_3d", help="bench/results/OUT.md")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-image-"))
     workdir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.workers) as pool:
-        rows = list(pool.map(lambda name: run(name, args.system, workdir, args.overrides), args.objects))
+        rows = list(pool.map(lambda name: run(name, args.system, workdir, args.overrides, args.depth), args.objects))
     elevation, azimuth = REFERENCE_VIEW
     text = (f"# Image-to-3D in the toy world (bench/image_to_3d.py)\n\n"
             f"`dreamengine generate --image REF.png --system {args.system}` "
-            f"{' '.join(args.overrides)} on 64 px RGBA toy renders from elevation {elevation:g}°, azimuth "
+            f"{' '.join(args.overrides)}{' with the exact depth map (--depth)' if args.depth else ''} "
+            f"on 64 px RGBA toy renders from elevation {elevation:g}°, azimuth "
             f"{azimuth:g}°; held-out views are novel views (25 per object). {time.strftime('%Y-%m-%d')}, "
             f"{os.cpu_count()} CPU cores, {args.workers} run(s) at a time (shared machine: wall times are "
             "indicative).\n\n" + table(rows) + "\n")
     print(text)
-    out = REPO / "bench" / "results" / "image_to_3d.md"
+    out = REPO / "bench" / "results" / f"{args.out}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from dreamengine.build import build_reference, teacher_context
 from dreamengine.config import RunConfig, load_config
-from dreamengine.errors import DreamEngineError
+from dreamengine.errors import ConfigError, DreamEngineError
 from dreamengine.images import read_image
 from dreamengine.pipeline import run_stage
 from dreamengine.runs import init_run_dir, is_system_run, plan_run_dir
@@ -117,15 +117,24 @@ def prepare(prompt: str = "", *, image: str | Path | None = None, config: str | 
     configs = plan_stages(spec, prompt, overrides, run_dir)
     trainer = Trainer(configs[0], stage_dir(run_dir, 0, spec.stages[0].name), stage=spec.stages[0].name)
     extra = None
+    depth_files = {Path(cfg.image.depth_path).expanduser() for cfg in configs if cfg.image.depth_path}
+    if len(depth_files) > 1:
+        raise ConfigError("the stages of this run name different depth maps (image.depth_path): give one")
+    depth_file = depth_files.pop() if depth_files else None
     if input_file is not None:  # every stage's recorded config reads the run's own copy of the image
         copy = run_dir.resolve() / "input" / input_file.name  # absolute: stages and resumes read it from anywhere
         configs = [_with_input(cfg, "image", copy) if cfg.image.path else cfg for cfg in configs]
+        if depth_file is not None:
+            depth_copy = run_dir.resolve() / "input" / depth_copy_name(depth_file)
+            configs = [_with_depth(cfg, depth_copy) if cfg.image.depth_path else cfg for cfg in configs]
         trainer.cfg = configs[0]
-        extra = {"input": str(input_file)}
+        extra = {"input": str(input_file), **({"depth": str(depth_file)} if depth_file is not None else {})}
     init_run_dir(run_dir, configs[0], command, _teacher_info(trainer), write_config=False, extra=extra)
     write_system_run(run_dir, spec, prompt, configs)
     if input_file is not None:
         _copy_input(input_file, run_dir)
+        if depth_file is not None:
+            _copy_input(depth_file, run_dir, depth_copy_name(depth_file))
     return Run(run_dir, trainer, system=True, export=export)
 
 
@@ -275,13 +284,18 @@ def _start_single(cfg: RunConfig, run_dir: str | Path | None, command: list[str]
     run_dir = Path(run_dir) if run_dir is not None else plan_run_dir(cfg)
     trainer = Trainer(cfg, run_dir)
     extra = None
+    depth_file = Path(cfg.image.depth_path).expanduser() if input_key == "image" and cfg.image.depth_path else None
     if input_file is not None:
         folder = run_dir.resolve() if input_key == "image" else run_dir  # refine records the path as given
         trainer.cfg = _with_input(cfg, input_key, folder / "input" / input_file.name)
-        extra = {"input": str(input_file)}
+        if depth_file is not None:
+            trainer.cfg = _with_depth(trainer.cfg, folder / "input" / depth_copy_name(depth_file))
+        extra = {"input": str(input_file), **({"depth": str(depth_file)} if depth_file is not None else {})}
     init_run_dir(run_dir, trainer.cfg, command, _teacher_info(trainer), extra=extra)
     if input_file is not None:
         _copy_input(input_file, run_dir)
+        if depth_file is not None:
+            _copy_input(depth_file, run_dir, depth_copy_name(depth_file))
     return Run(run_dir, trainer, system=False, export=export)
 
 
@@ -292,10 +306,20 @@ def _with_input(cfg: RunConfig, section: str, copy: Path) -> RunConfig:
     return dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, path=str(copy)))
 
 
-def _copy_input(input_file: Path, run_dir: Path) -> None:
-    """The user's file, copied byte for byte (never modified) to ``RUN_DIR/input/``."""
+def _with_depth(cfg: RunConfig, copy: Path) -> RunConfig:
+    """``cfg`` reading the reference image's depth map (``image.depth_path``) from ``copy``."""
+    return dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, depth_path=str(copy)))
+
+
+def depth_copy_name(depth_file: Path) -> str:
+    """The name of the depth map's copy in ``RUN_DIR/input/`` (prefixed: it never collides with the image's)."""
+    return f"depth-{depth_file.name}"
+
+
+def _copy_input(input_file: Path, run_dir: Path, name: str | None = None) -> None:
+    """The user's file, copied byte for byte (never modified) to ``RUN_DIR/input/`` (as ``name``, default its own)."""
     (run_dir / "input").mkdir(exist_ok=True)
-    shutil.copy2(input_file, run_dir / "input" / input_file.name)
+    shutil.copy2(input_file, run_dir / "input" / (name or input_file.name))
 
 
 def _with_output_dir(cfg: Any, overrides: list[str]) -> Any:

@@ -33,6 +33,7 @@ from dreamengine.scenes import SCENES
 from dreamengine.scenes.densify import DensifyStrategy
 from dreamengine.scenes.gaussian_init import gaussians_at
 from dreamengine.scenes.gaussians import GaussianScene
+from dreamengine.schedules import schedule_max
 from dreamengine.teachers import TEACHERS
 from dreamengine.teachers.cache import reuse_or_build
 
@@ -129,13 +130,22 @@ def build_text_prior(cfg: RunConfig, device: torch.device) -> TextPrior | None:
 
 def build_reference(cfg: RunConfig, device: torch.device) -> ReferenceView | None:
     """The run's reference view (``image.path``), or None for a text-only run. Bad images raise ImageFileError."""
-    if not cfg.image.path:
+    image_cfg = cfg.image
+    depth_weights = [image_cfg.lambda_depth, image_cfg.lambda_depth_rel]
+    if not image_cfg.path:
+        if image_cfg.depth_path:
+            raise ConfigError("image.depth_path is the depth map of a reference image: give the image too "
+                              "(dreamengine generate --image REF.png)")
         return None
-    image = load_reference_image(cfg.image.path, cfg.camera.height, cfg.camera.width,
-                                 tuple(cfg.render.background_color), cfg.image.mask, cfg.image.background_tolerance,
-                                 cfg.image.recenter, cfg.image.fill)
+    if image_cfg.depth_path is None and any(schedule_max(weight) > 0 for weight in depth_weights):
+        raise ConfigError("image.lambda_depth / image.lambda_depth_rel weigh the reference view's depth against its "
+                          "depth map: give one with image.depth_path=DEPTH.png (or .npy), or set them to 0")
+    image = load_reference_image(image_cfg.path, cfg.camera.height, cfg.camera.width,
+                                 tuple(cfg.render.background_color), image_cfg.mask, image_cfg.background_tolerance,
+                                 image_cfg.recenter, image_cfg.fill, depth_path=image_cfg.depth_path)
     moved = dataclasses.replace(image, rgb=image.rgb.to(device), mask=image.mask.to(device),
-                                foreground=image.foreground.to(device))
+                                foreground=image.foreground.to(device),
+                                depth=image.depth.to(device) if image.depth is not None else None)
     return ReferenceView(moved, reference_camera(cfg).to(device))
 
 

@@ -15,8 +15,12 @@ what to do):
   is centered and scaled so that its longer side is ``image.fill`` of the image side, on a square canvas. Without
   recentering (toy-world renders, which are framed like the run already) a non-square image is padded to a square
   with the background. The result is resized to the training render size (area filter).
+* A depth map of the image (``image.depth_path``, optional; for the reference-view depth losses): a grayscale PNG
+  or TIFF (8/16-bit or float) or a ``.npy`` array, the image's size, depth or disparity at any scale (the losses
+  fit scale and shift). It is framed and resized with the image; only the object's pixels are used. A color-mapped
+  visualization, another size, non-finite values or a constant map are refused.
 
-The input file is never modified.
+The input files are never modified.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class ReferenceImage:
     mask_method: str  # alpha | color | rembg
     original_size: tuple[int, int]  # (height, width) of the file
     notes: list[str] = field(default_factory=list)  # what was done to it (converted, padded, ...)
+    depth: Float[Tensor, "H W 1"] | None = None  # the depth map's values (image.depth_path), None without one
 
     def composite(self, background: Float[Tensor, "H W 3"]) -> Float[Tensor, "H W 3"]:
         """The object over another background (threestudio: gt_rgb * mask + bg * (1 - mask))."""
@@ -101,6 +106,44 @@ def _has_alpha_mode(image: object) -> bool:
     return mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info)  # type: ignore[attr-defined]
 
 
+def read_depth(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """The depth (or disparity) map [H, W] float32 of a reference image of ``shape`` (H, W) (module docstring)."""
+    from PIL import Image, UnidentifiedImageError
+
+    source = Path(path).expanduser()
+    help_text = ("give the reference image's depth or disparity map (e.g. from DPT or Depth Anything) as a grayscale "
+                 "PNG / TIFF or a .npy array of the image's size")
+    if not source.is_file():
+        raise ImageFileError(f"depth map {source} does not exist (or is not a file); {help_text}")
+    try:
+        if source.suffix.lower() == ".npy":
+            depth = np.load(source, allow_pickle=False)
+        else:
+            with Image.open(source) as image:
+                image.load()
+                depth = np.asarray(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise ImageFileError(f"could not read depth map {source} ({type(error).__name__}: {error}); "
+                             f"{help_text}") from None
+    depth = np.asarray(depth)
+    if depth.ndim == 3 and depth.shape[2] in (3, 4):  # a gray image saved as RGB(A) is fine, a color map is not
+        if not (np.array_equal(depth[..., 0], depth[..., 1]) and np.array_equal(depth[..., 0], depth[..., 2])):
+            raise ImageFileError(f"depth map {source} is a color image (a color-mapped visualization?); {help_text}")
+        depth = depth[..., 0]
+    depth = np.squeeze(depth)
+    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
+        raise ImageFileError(f"depth map {source} has shape {depth.shape} ({depth.dtype}); {help_text}")
+    if depth.shape != tuple(shape):
+        raise ImageFileError(f"depth map {source} is {depth.shape[1]}x{depth.shape[0]} pixels but the image is "
+                             f"{shape[1]}x{shape[0]}; {help_text}")
+    depth = depth.astype(np.float64)
+    if not np.isfinite(depth).all():
+        raise ImageFileError(f"depth map {source} holds non-finite values (NaN or inf); {help_text}")
+    if np.ptp(depth) <= 0.0:
+        raise ImageFileError(f"depth map {source} is constant: it holds no depth; {help_text}")
+    return depth.astype(np.float32)
+
+
 def border_color(rgb: np.ndarray, width: int = 2) -> tuple[np.ndarray, float]:
     """(median color of the image's border pixels [3], their largest per-channel spread (90th percentile of
     distances to it))."""
@@ -149,15 +192,16 @@ def foreground_mask(rgba: np.ndarray, has_alpha: bool, method: str, tolerance: f
     return rembg_mask(rgb), "rembg"
 
 
-def recenter(rgba: np.ndarray, mask: np.ndarray, fill: float) -> np.ndarray:
+def recenter(rgba: np.ndarray, mask: np.ndarray, fill: float, extra: np.ndarray | None = None) -> np.ndarray:
     """The object's bounding box centered on a square canvas, its longer side ``fill`` of the canvas side;
-    returns [S, S, 4] (rgb, mask) with zeros outside the image."""
+    returns [S, S, 4 + k] (rgb, mask, then the k channels of ``extra`` [H, W, k]) with zeros outside the image."""
     rows, cols = np.nonzero(mask > 0.5)
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     box = max(bottom - top, right - left)
     side = max(int(np.ceil(box / fill)), 1)
-    canvas = np.zeros((side, side, 4), dtype=np.float32)
-    crop = np.concatenate([rgba[top:bottom, left:right, :3], mask[top:bottom, left:right, None]], axis=2)
+    channels = [rgba[..., :3], mask[..., None], *([extra] if extra is not None else [])]
+    crop = np.concatenate([c[top:bottom, left:right] for c in channels], axis=2)
+    canvas = np.zeros((side, side, crop.shape[2]), dtype=np.float32)
     y0 = (side - (bottom - top)) // 2
     x0 = (side - (right - left)) // 2
     canvas[y0:y0 + bottom - top, x0:x0 + right - left] = crop
@@ -165,10 +209,11 @@ def recenter(rgba: np.ndarray, mask: np.ndarray, fill: float) -> np.ndarray:
 
 
 def pad_square(rgb_mask: np.ndarray) -> np.ndarray:
-    """[H, W, 4] (rgb, mask) centered on a square canvas of side max(H, W), mask 0 in the padding."""
+    """[H, W, C] (rgb, mask, any further channels) centered on a square canvas of side max(H, W), zeros (mask 0)
+    in the padding."""
     height, width = rgb_mask.shape[:2]
     side = max(height, width)
-    canvas = np.zeros((side, side, 4), dtype=np.float32)
+    canvas = np.zeros((side, side, rgb_mask.shape[2]), dtype=np.float32)
     y0, x0 = (side - height) // 2, (side - width) // 2
     canvas[y0:y0 + height, x0:x0 + width] = rgb_mask
     return canvas
@@ -176,10 +221,12 @@ def pad_square(rgb_mask: np.ndarray) -> np.ndarray:
 
 def load_reference_image(path: str | Path, height: int, width: int, background: tuple[float, float, float],
                          mask_method: str = "auto", tolerance: float = 0.1, center: bool = True,
-                         fill: float = 0.8) -> ReferenceImage:
-    """Read, mask and frame a reference image (module docstring) at ``height`` x ``width``."""
+                         fill: float = 0.8, depth_path: str | Path | None = None) -> ReferenceImage:
+    """Read, mask and frame a reference image (module docstring) at ``height`` x ``width``, with its depth map
+    framed the same way when ``depth_path`` is given."""
     source = str(Path(path).expanduser())
     rgba, has_alpha, notes = read_image(source)
+    depth = read_depth(depth_path, rgba.shape[:2])[..., None] if depth_path is not None else None
     if not 0.1 <= fill <= 1.0:
         raise ImageFileError(f"image.fill must be in [0.1, 1], got {fill}")
     mask, method = foreground_mask(rgba, has_alpha, mask_method, tolerance, source)
@@ -193,26 +240,32 @@ def load_reference_image(path: str | Path, height: int, width: int, background: 
         warnings.warn(message + "; the missing part is left to the guidance", stacklevel=2)
     original = rgba.shape[:2]
     if center:
-        framed = recenter(rgba, mask, fill)
+        framed = recenter(rgba, mask, fill, depth)
         notes.append(f"recentered, object fills {fill:.0%} of the side")
     else:
-        framed = pad_square(np.concatenate([rgba[..., :3], mask[..., None]], axis=2))
+        framed = pad_square(np.concatenate([rgba[..., :3], mask[..., None], *([depth] if depth is not None else [])],
+                                           axis=2))
         if original[0] != original[1]:
             notes.append(f"padded from {original[1]}x{original[0]} to a square")
     tensor = torch.from_numpy(framed).permute(2, 0, 1)[None]  # [1, 4, S, S]
-    rgb_mask = tensor[:, :3] * tensor[:, 3:]  # premultiplied, so resizing does not bleed the background in
+    rgb_mask = tensor[:, :3] * tensor[:, 3:4]  # premultiplied, so resizing does not bleed the background in
     size = (int(height), int(width))
     mode = "area" if framed.shape[0] >= max(size) else "bilinear"
     kwargs = {} if mode == "area" else {"align_corners": False}
     resized_rgb = F.interpolate(rgb_mask, size=size, mode=mode, **kwargs)[0].permute(1, 2, 0)
-    resized_mask = F.interpolate(tensor[:, 3:], size=size, mode=mode, **kwargs)[0].permute(1, 2, 0).clamp(0, 1)
+    resized_mask = F.interpolate(tensor[:, 3:4], size=size, mode=mode, **kwargs)[0].permute(1, 2, 0).clamp(0, 1)
+    resized_depth = None
+    if depth is not None:  # premultiplied by the mask as the colors are, then divided by the resized mask
+        summed = F.interpolate(tensor[:, 4:5] * tensor[:, 3:4], size=size, mode=mode, **kwargs)[0].permute(1, 2, 0)
+        resized_depth = torch.where(resized_mask > 1e-6, summed / resized_mask.clamp(min=1e-6),
+                                    torch.zeros_like(summed))
     foreground = resized_rgb / resized_mask.clamp(min=1e-6)
     foreground = torch.where(resized_mask > 1e-6, foreground, torch.zeros_like(foreground)).clamp(0, 1)
     bg = torch.tensor(background, dtype=torch.float32).view(1, 1, 3)
     return ReferenceImage(rgb=(resized_rgb + (1.0 - resized_mask) * bg).clamp(0, 1), mask=resized_mask,
                           foreground=foreground, source=source, mask_method=method,
-                          original_size=(original[0], original[1]), notes=notes)
+                          original_size=(original[0], original[1]), notes=notes, depth=resized_depth)
 
 
 __all__ = ["MASK_METHODS", "MIN_SIDE", "ReferenceImage", "border_color", "foreground_mask", "load_reference_image",
-           "pad_square", "read_image", "recenter"]
+           "pad_square", "read_depth", "read_image", "recenter"]

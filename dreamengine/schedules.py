@@ -51,3 +51,8 @@ def schedule_value(spec: Any, step: int) -> float:
         return start_value if step <= start_step else end_value
     fraction = min((step - start_step) / (end_step - start_step), 1.0)
     return start_value + fraction * (end_value - start_value)
+
+
+def schedule_max(spec: Any) -> float:
+    """The largest value schedule ``spec`` takes (a piecewise-linear schedule peaks at one of its ends)."""
+    return max(schedule_value(spec, 0), schedule_value(spec, 2**62))

@@ -25,6 +25,7 @@ from typing import Any
 import imageio.v3 as iio
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from dreamengine.build import (
@@ -122,7 +123,35 @@ def regularizer_losses(render: RenderOut, cfg: RunConfig, step: int) -> dict[str
             raise TrainingError("loss.lambda_orient > 0 needs normals: set render.shading to diffuse or "
                                 "textureless, or set loss.lambda_orient=0")
         losses["orient"] = weight * render.orientation_loss
+    weight = schedule_value(cfg.loss.lambda_normal_smooth, step)
+    if weight > 0:
+        if render.normal is None:
+            raise TrainingError("loss.lambda_normal_smooth > 0 needs normals: set render.shading to diffuse or "
+                                "textureless (NeRF scenes), or set loss.lambda_normal_smooth=0")
+        losses["normal_smooth"] = weight * normal_smoothness(render.normal)
     return losses
+
+
+def normal_smoothness(normal: Float[Tensor, "B H W 3"]) -> Tensor:
+    """threestudio zero123's 2D normal smoothness: mean squared difference of vertically plus of horizontally
+    neighbouring pixels of the rendered normal map."""
+    return ((normal[:, 1:] - normal[:, :-1]).square().mean() + (normal[:, :, 1:] - normal[:, :, :-1]).square().mean())
+
+
+def fitted_depth_loss(depth: Float[Tensor, "M 1"], target: Float[Tensor, "M 1"]) -> Tensor:
+    """threestudio zero123's reference depth loss: the target (depth or disparity, any scale) fitted to the
+    rendered depth by least squares, ``a target + b`` (no gradient through the fit), then their mean squared error."""
+    with torch.no_grad():
+        design = torch.cat([target, torch.ones_like(target)], dim=1)  # [M, 2]
+        fitted = design @ torch.linalg.lstsq(design, depth.detach()).solution  # [M, 1]
+    return torch.nn.functional.mse_loss(fitted, depth)
+
+
+def depth_correlation_loss(depth: Float[Tensor, "M 1"], target: Float[Tensor, "M 1"]) -> Tensor:
+    """Magic123's relative depth loss: 1 - the Pearson correlation of the rendered depth and the target."""
+    centered, target_centered = depth - depth.mean(), target - target.mean()
+    correlation = (centered * target_centered).sum() / (centered.norm() * target_centered.norm()).clamp(min=1e-12)
+    return 1.0 - correlation
 
 
 def image_grid(images: list[Tensor]) -> np.ndarray:
@@ -426,7 +455,9 @@ class Trainer:
     def reference_losses(self) -> dict[str, Tensor]:
         """Each particle rendered from the reference camera against the reference image, weighted:
         ``ref_rgb`` = lambda_rgb MSE(render, image over the render's background), ``ref_mask`` = lambda_mask
-        MSE(opacity, mask) (threestudio's zero123 system)."""
+        MSE(opacity, mask) (threestudio's zero123 system); with a depth map (``image.depth_path``), on the object's
+        pixels, ``ref_depth`` = lambda_depth :func:`fitted_depth_loss` and ``ref_depth_rel`` = lambda_depth_rel
+        :func:`depth_correlation_loss`."""
         reference, image_cfg = self.reference, self.cfg.image
         height, width = reference.image.mask.shape[:2]
         cameras = reference.cameras
@@ -442,6 +473,14 @@ class Trainer:
                      * torch.nn.functional.mse_loss(out.rgb[0], target_rgb),
                      "ref_mask": schedule_value(image_cfg.lambda_mask, self.step)
                      * torch.nn.functional.mse_loss(out.opacity[0], reference.image.mask)}
+            if reference.image.depth is not None:  # on the object's pixels: the map says nothing elsewhere
+                inside = reference.image.mask[..., 0] > 0.5
+                depth, target = out.depth[0][inside], reference.image.depth[inside]  # [M, 1] each
+                for name, key, loss in (("ref_depth", "lambda_depth", fitted_depth_loss),
+                                        ("ref_depth_rel", "lambda_depth_rel", depth_correlation_loss)):
+                    weight = schedule_value(getattr(image_cfg, key), self.step)
+                    if weight > 0:
+                        terms[name] = weight * loss(depth, target)
             for name, value in terms.items():
                 losses[name] = losses[name] + value if name in losses else value
         return losses

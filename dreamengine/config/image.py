@@ -29,6 +29,11 @@ class ImageConfig:
     lambda_guidance: Any = 1.0  # weight of the guidance loss on the other cameras (threestudio's lambda_sds)
     lambda_rgb: Any = 500.0  # weight of the reference view's RGB mean squared error
     lambda_mask: Any = 50.0  # weight of the reference view's mask (opacity) mean squared error
+    # the reference image's depth (or disparity) map, e.g. from a monocular depth model (DPT, Depth Anything): a
+    # grayscale PNG / TIFF or a .npy array of the image's size, any scale (dreamengine/images.py); null: none
+    depth_path: str | None = None
+    lambda_depth: Any = 0.0  # MSE of the render's depth against the map fitted to it by scale + shift (threestudio)
+    lambda_depth_rel: Any = 0.0  # 1 - Pearson correlation of the render's depth and the map (Magic123)
     # VP3D's visual prompt: with no --image, the text prior's teacher (text_prior.teacher / model / guidance_scale)
     # first samples the reference image for the prompt
     sample: bool = False

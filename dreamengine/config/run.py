@@ -125,6 +125,9 @@ class LossConfig:
     lambda_sparsity: Any = 0.0  # mean opacity of the render: discourages floaters
     lambda_opaque: Any = 0.0  # binary cross-entropy pushing opacity to 0 or 1
     lambda_orient: Any = 0.0  # normals facing away from the camera (needs shading != albedo)
+    # threestudio zero123's 2D normal smoothness: squared differences of neighbouring pixels of the rendered normal
+    # map (needs normals: shading != albedo on a NeRF)
+    lambda_normal_smooth: Any = 0.0
 
 
 @dataclass
