@@ -172,13 +172,16 @@ def build_scenes(cfg: RunConfig, device: torch.device) -> tuple[list[Scene], Bac
     """``trainer.n_particles`` fresh scenes of ``cfg.scene`` (particle i seeded ``scene.seed + i`` where the scene
     has a seed), one background, and one renderer per scene, all on ``device``."""
     scenes, renderers = [], []
+    render_cfg = cfg.render
+    if schedule_max(cfg.loss.lambda_normal_smooth) > 0:  # it reads the rendered normals, whatever the shading
+        render_cfg = dataclasses.replace(render_cfg, compute_normals=True)
     for particle in range(cfg.trainer.n_particles):
         scene_cfg = cfg.scene
         if particle and hasattr(scene_cfg, "seed"):
             scene_cfg = dataclasses.replace(scene_cfg, seed=scene_cfg.seed + particle)
         scene = build_scene(scene_cfg).to(device)
         scenes.append(scene)
-        renderers.append(RENDERERS[cfg.scene.name](cfg.render, scene.radius, device))
+        renderers.append(RENDERERS[cfg.scene.name](render_cfg, scene.radius, device))
     return scenes, build_background(cfg).to(device), renderers
 
 

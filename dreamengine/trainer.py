@@ -126,8 +126,8 @@ def regularizer_losses(render: RenderOut, cfg: RunConfig, step: int) -> dict[str
     weight = schedule_value(cfg.loss.lambda_normal_smooth, step)
     if weight > 0:
         if render.normal is None:
-            raise TrainingError("loss.lambda_normal_smooth > 0 needs normals: set render.shading to diffuse or "
-                                "textureless (NeRF scenes), or set loss.lambda_normal_smooth=0")
+            raise TrainingError("loss.lambda_normal_smooth > 0 needs rendered normals, which this scene's renderer "
+                                "does not make (NeRF scenes render them); set loss.lambda_normal_smooth=0")
         losses["normal_smooth"] = weight * normal_smoothness(render.normal)
     return losses
 

@@ -112,7 +112,7 @@ def test_a_run_with_a_depth_map_keeps_a_copy_and_weighs_the_reference_depth(tmp_
     image, depth, _ = toy_render_with_depth(tmp_path)
     before = depth.read_bytes()
     overrides = [*FAST, f"image.depth_path={depth}", "image.lambda_depth=0.5", "image.lambda_depth_rel=0.1",
-                 "render.shading=diffuse", "loss.lambda_normal_smooth=2.0"]
+                 "loss.lambda_normal_smooth=2.0"]  # normals rendered under albedo shading for the smoothness
     run = prepare(image=image, system="zero123-toy", overrides=overrides, run_dir=tmp_path / "run")
     copy = tmp_path / "run" / "input" / "depth-ref_depth.npy"
     assert copy.read_bytes() == before == depth.read_bytes()  # copied byte for byte, the user's file untouched
@@ -136,8 +136,8 @@ def test_depth_settings_without_their_inputs_stop_before_any_work(tmp_path):
         Image.open(image).resize((40, 40)).save(small)
         prepare(image=small, system="zero123-toy", overrides=[*FAST, f"image.depth_path={depth}"],
                 run_dir=tmp_path / "c")
-    run = prepare(image=image, system="zero123-toy", overrides=[*FAST, "loss.lambda_normal_smooth=1"],
+    run = prepare(image=image, system="dreamgaussian-image-toy", overrides=[*FAST, "loss.lambda_normal_smooth=1"],
                   run_dir=tmp_path / "d")
-    with pytest.raises(TrainingError, match="needs normals"):  # albedo shading renders no normals
+    with pytest.raises(TrainingError, match="needs rendered normals"):  # splats render no normals
         run.trainer.train_step()
     assert not any((tmp_path / name).exists() for name in "abc")

@@ -92,6 +92,9 @@ class RenderConfig:
     # background color instead of the background (source: 0.5 where used, e.g. ScaleDreamer, CSD); 0: off
     random_background_prob: float = 0.0
     backend: str = "auto"  # auto | cuda | torch: CUDA accelerators (nerfacc, tiny-cuda-nn) when present
+    # NeRF: render normals even under albedo shading (set by the run when loss.lambda_normal_smooth needs them, as
+    # threestudio computes them under ambient-only shading)
+    compute_normals: bool = False
     occupancy_grid: bool = True  # skip samples in empty cells of a coarse grid (Instant-NGP); much faster
     occupancy_resolution: int = 32  # cells per side
     occupancy_update_every: int = 16  # steps between grid refreshes

@@ -457,7 +457,8 @@ class VolumeRenderer:
             light = sample_light_positions(cameras, generator).to(cameras.device)
         return render_volume(scene, cameras, height, width, num_samples=self.cfg.num_samples, background=background,
                              shading=shading, light_positions=light, perturb=perturb, generator=generator,
-                             compute_normals=self.cfg.shading != "albedo", backend=self.cfg.backend,
+                             compute_normals=self.cfg.shading != "albedo" or self.cfg.compute_normals,
+                             backend=self.cfg.backend,
                              occupancy=self.occupancy)
 
     def after_step(self, scene: Field, step: int) -> None:
