@@ -37,7 +37,7 @@ from dreamengine.config.teachers import ToyImageTeacherConfig
 from dreamengine.core.cameras import Cameras, wrap_azimuth
 from dreamengine.core.protocols import TeacherContext
 from dreamengine.errors import ConfigError
-from dreamengine.teachers.toyworld import ToyWorldTeacher
+from dreamengine.teachers.toyworld import ToyWorldTeacher, bank_mean
 
 
 @dataclass
@@ -185,7 +185,7 @@ class ToyImageTeacher:
         alpha = self._alphas64[t.to(self.device).long().reshape(-1).expand(batch)]  # [B]
         distance = alpha[:, None] * self.world._bank_sqnorm[None] - 2.0 * alpha.sqrt()[:, None] * (z @ self.bank.T)
         weights = torch.softmax(log_prior - distance / (2.0 * (1.0 - alpha))[:, None], dim=1)  # [B, N]
-        return z, weights @ self.bank, alpha
+        return z, bank_mean(weights, self.bank), alpha
 
     @torch.no_grad()
     def denoise(self, z_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Cameras | None = None) -> Tensor:

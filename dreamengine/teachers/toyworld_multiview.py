@@ -48,7 +48,7 @@ from dreamengine.config.teachers import ToyWorldMultiViewTeacherConfig
 from dreamengine.core.cameras import Cameras
 from dreamengine.core.protocols import TeacherContext
 from dreamengine.errors import ConfigError
-from dreamengine.teachers.toyworld import ToyWorldTeacher
+from dreamengine.teachers.toyworld import ToyWorldTeacher, bank_mean
 from dreamengine.toyworld.vocabulary import parse_prompt, split_view
 
 
@@ -199,7 +199,7 @@ class ToyWorldMultiViewTeacher:
         for k in range(views):  # weights of each bank image as view k, then the mean image
             image_weights = torch.zeros(groups, bank.shape[0], dtype=torch.float64, device=self.device)
             image_weights.index_add_(1, table[:, k], weights)
-            x0[:, k] = image_weights @ bank
+            x0[:, k] = bank_mean(image_weights, bank)
         return z, x0.view(batch, dim), alpha
 
     def _group_log_prior(self, prior: Tensor, cameras: Cameras, batch: int) -> Tensor:
