@@ -349,8 +349,8 @@ def print_metrics(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"held-out views of '{results['prompt']}' ({results['views']} views, "
-                        f"{results['resolution']}px)")
+    truth = results.get("object") or results["prompt"]  # an image run is measured against the object it shows
+    table = Table(title=f"held-out views of '{truth}' ({results['views']} views, {results['resolution']}px)")
     for column in ("elevation (°)", "views", "mask IoU", "PSNR (dB)"):
         table.add_column(column, justify="right")
     for band, values in results.get("bands", {}).items():
