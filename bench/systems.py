@@ -6,9 +6,11 @@ and PSNR of the final scene against the toy world's ground truth, the Janus scor
 objects), the exported GLB's volumetric IoU against the true shape, and export fidelity (the GLB rendered
 against the scene's own renders).
 
-    python bench/systems.py [--systems dreamfusion-toy ...] [--prompts "a red cube" ...] [--workdir DIR]
+    python bench/systems.py [--systems dreamfusion-toy ...] [--prompts "a red cube" ...] [--workdir DIR] [--jobs 2]
 
-Prints a markdown table and writes bench/results/systems.md.
+The image-to-3D systems (their first stage needs --image: zero123-toy, magic123-toy, dreamgaussian-image-toy) are
+left out by default; bench/image_to_3d.py measures them. ``--jobs`` runs that many at a time (each with
+``OMP_NUM_THREADS=1`` unless it is set). Prints a markdown table and writes bench/results/systems.md.
 """
 
 from __future__ import annotations
@@ -20,20 +22,29 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dreamengine.systems import packaged_systems  # noqa: E402
+from dreamengine.systems import load_system, packaged_systems  # noqa: E402
+from dreamengine.systems.driver import plan_stages  # noqa: E402
 
 PROMPTS = ["a red cube", "a snowman"]
+
+
+def text_to_3d(system: str) -> bool:
+    """Whether a system runs from a prompt alone: its first stage's teacher reads text, or it samples its image."""
+    first = plan_stages(load_system(system), "a red cube", [], Path("unused"))[0]
+    return first.teacher.name != "toyworld-image" or first.image.sample
 
 
 def run(system: str, prompt: str, workdir: Path, overrides: list[str]) -> dict:
     out = workdir / f"{system}-{prompt.replace(' ', '-')}"
     finished = list(out.glob("*/metrics.json"))
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {"OMP_NUM_THREADS": "1", **os.environ,
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     wall = None
     if not finished:  # --workdir keeps runs: a finished one is read, not run again
         start = time.perf_counter()
@@ -55,19 +66,23 @@ def fmt(value: object, spec: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--systems", nargs="+", default=sorted(n for n in packaged_systems() if n.endswith("-toy")))
+    parser.add_argument("--systems", nargs="+",
+                        default=sorted(n for n in packaged_systems() if n.endswith("-toy") and text_to_3d(n)))
     parser.add_argument("--prompts", nargs="+", default=PROMPTS)
     parser.add_argument("--workdir", default=None, help="keep the runs here (and reuse finished ones)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
-        for system in args.systems:
-            for prompt in args.prompts:
-                rows.append(run(system, prompt, workdir, args.overrides))
-                print(f"done: {system} / {prompt}: {rows[-1].get('mask_iou', rows[-1].get('error'))}",
-                      file=sys.stderr, flush=True)
+        def one(system: str, prompt: str) -> dict:
+            row = run(system, prompt, workdir, args.overrides)
+            print(f"done: {system} / {prompt}: {row.get('mask_iou', row.get('error'))}", file=sys.stderr, flush=True)
+            return row
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            rows = list(pool.map(lambda pair: one(*pair),
+                                 [(system, prompt) for system in args.systems for prompt in args.prompts]))
     threads = os.environ.get("OMP_NUM_THREADS")
     lines = [f"# Systems on the toy world ({time.strftime('%Y-%m-%d')}, full length, seed 0, bench/systems.py)", "",
              "Shared 2-core machine" + (f", OMP_NUM_THREADS={threads}" if threads else "") + ": wall times are "
