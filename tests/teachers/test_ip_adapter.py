@@ -67,16 +67,23 @@ def test_scale_zero_is_the_text_only_teacher(teacher, folder):
         teacher.visual_prompt = saved
 
 
-def test_vp3d_samples_a_visual_prompt_and_guides_with_it(folder, tmp_path):
+def tiny_visual_prompt_overrides(folder, tmp_path) -> list[str]:
+    """Overrides that put a visual-prompt system (vp3d, tv3dg) on the tiny SD stack with a tiny IP-Adapter, small."""
     from diffusers import UNet2DConditionModel
 
-    from dreamengine.api import prepare
     from tests.tiny_sd import save_tiny_ip_adapter
 
     adapter = save_tiny_ip_adapter(tmp_path / "ip", UNet2DConditionModel.from_pretrained(folder / "unet"))
-    overrides = [f"teacher.model={folder}", f"teacher.ip_adapter={adapter}", "teacher.resolution=64",
-                 f"text_prior.model={folder}", "image.sample_steps=4", "camera.height=24", "camera.width=24",
-                 "render.num_samples=16", "scene.log2_hashmap_size=12", "trainer.max_steps=1", "device=cpu"]
+    return [f"teacher.model={folder}", f"teacher.ip_adapter={adapter}", "teacher.resolution=64",
+            f"text_prior.model={folder}", "image.sample_steps=4", "camera.height=24", "camera.width=24",
+            "trainer.max_steps=1", "device=cpu"]
+
+
+def test_vp3d_samples_a_visual_prompt_and_guides_with_it(folder, tmp_path):
+    from dreamengine.api import prepare
+
+    overrides = [*tiny_visual_prompt_overrides(folder, tmp_path), "render.num_samples=16",
+                 "scene.log2_hashmap_size=12"]
     run = prepare("a red cube", system="vp3d", overrides=overrides, run_dir=tmp_path / "run")
     assert (tmp_path / "run" / "input" / "visual-prompt.png").is_file()  # the sampled image is kept in the run
     assert run.trainer.teacher.visual_prompt is not None  # and is the teacher's image prompt
@@ -119,16 +126,11 @@ def test_vpcsm_takes_the_classifier_term_between_text_plus_image_and_nothing(tea
 
 
 def test_tv3dg_guides_gaussians_with_a_given_or_sampled_visual_prompt(folder, tmp_path):
-    from diffusers import UNet2DConditionModel
     from PIL import Image
 
     from dreamengine.api import prepare
-    from tests.tiny_sd import save_tiny_ip_adapter
 
-    adapter = save_tiny_ip_adapter(tmp_path / "ip", UNet2DConditionModel.from_pretrained(folder / "unet"))
-    overrides = [f"teacher.model={folder}", f"teacher.ip_adapter={adapter}", "teacher.resolution=64",
-                 f"text_prior.model={folder}", "image.sample_steps=4", "camera.height=24", "camera.width=24",
-                 "camera.batch_size=1", "scene.num_points=200", "trainer.max_steps=1", "device=cpu"]
+    overrides = [*tiny_visual_prompt_overrides(folder, tmp_path), "camera.batch_size=1", "scene.num_points=200"]
     sampled = prepare("a red cube", system="tv3dg", overrides=overrides, run_dir=tmp_path / "sampled")
     assert (tmp_path / "sampled" / "input" / "visual-prompt.png").is_file()
     assert sampled.trainer.cfg.guidance.name == "csm" and sampled.trainer.teacher.visual_prompt is not None
