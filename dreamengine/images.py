@@ -126,7 +126,9 @@ def read_depth(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
         raise ImageFileError(f"could not read depth map {source} ({type(error).__name__}: {error}); "
                              f"{help_text}") from None
     depth = np.asarray(depth)
-    if depth.ndim == 3 and depth.shape[2] in (3, 4):  # a gray image saved as RGB(A) is fine, a color map is not
+    if depth.ndim == 3 and depth.shape[2] == 2:  # gray + alpha: the gray channel
+        depth = depth[..., 0]
+    elif depth.ndim == 3 and depth.shape[2] in (3, 4):  # a gray image saved as RGB(A) is fine, a color map is not
         if not (np.array_equal(depth[..., 0], depth[..., 1]) and np.array_equal(depth[..., 0], depth[..., 2])):
             raise ImageFileError(f"depth map {source} is a color image (a color-mapped visualization?); {help_text}")
         depth = depth[..., 0]

@@ -41,6 +41,8 @@ def test_depth_maps_in_every_accepted_form_and_the_refused_ones(tmp_path):
     gray = np.repeat((values * 255).astype(np.uint8)[..., None], 3, axis=2)
     Image.fromarray(gray, "RGB").save(tmp_path / "gray_rgb.png")  # a gray map saved as RGB is read
     assert read_depth(tmp_path / "gray_rgb.png", (20, 30)).shape == (20, 30)
+    Image.fromarray(np.stack([gray[..., 0], np.full_like(gray[..., 0], 255)], axis=2), "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_depth(tmp_path / "la.png", (20, 30)), gray[..., 0])  # gray + alpha
 
     colored = gray.copy()
     colored[..., 0] = 255 - colored[..., 0]
