@@ -117,10 +117,7 @@ def prepare(prompt: str = "", *, image: str | Path | None = None, config: str | 
     configs = plan_stages(spec, prompt, overrides, run_dir)
     trainer = Trainer(configs[0], stage_dir(run_dir, 0, spec.stages[0].name), stage=spec.stages[0].name)
     extra = None
-    depth_files = {Path(cfg.image.depth_path).expanduser() for cfg in configs if cfg.image.depth_path}
-    if len(depth_files) > 1:
-        raise ConfigError("the stages of this run name different depth maps (image.depth_path): give one")
-    depth_file = depth_files.pop() if depth_files else None
+    depth_file = _depth_file(configs)
     if input_file is not None:  # every stage's recorded config reads the run's own copy of the image
         copy = run_dir.resolve() / "input" / input_file.name  # absolute: stages and resumes read it from anywhere
         configs = [_with_input(cfg, "image", copy) if cfg.image.path else cfg for cfg in configs]
@@ -128,13 +125,11 @@ def prepare(prompt: str = "", *, image: str | Path | None = None, config: str | 
             depth_copy = run_dir.resolve() / "input" / depth_copy_name(depth_file)
             configs = [_with_depth(cfg, depth_copy) if cfg.image.depth_path else cfg for cfg in configs]
         trainer.cfg = configs[0]
-        extra = {"input": str(input_file), **({"depth": str(depth_file)} if depth_file is not None else {})}
+        extra = _input_record(input_file, depth_file)
     init_run_dir(run_dir, configs[0], command, _teacher_info(trainer), write_config=False, extra=extra)
     write_system_run(run_dir, spec, prompt, configs)
     if input_file is not None:
-        _copy_input(input_file, run_dir)
-        if depth_file is not None:
-            _copy_input(depth_file, run_dir, depth_copy_name(depth_file))
+        _copy_inputs(run_dir, input_file, depth_file)
     return Run(run_dir, trainer, system=True, export=export)
 
 
@@ -284,18 +279,16 @@ def _start_single(cfg: RunConfig, run_dir: str | Path | None, command: list[str]
     run_dir = Path(run_dir) if run_dir is not None else plan_run_dir(cfg)
     trainer = Trainer(cfg, run_dir)
     extra = None
-    depth_file = Path(cfg.image.depth_path).expanduser() if input_key == "image" and cfg.image.depth_path else None
+    depth_file = _depth_file([cfg]) if input_key == "image" else None
     if input_file is not None:
         folder = run_dir.resolve() if input_key == "image" else run_dir  # refine records the path as given
         trainer.cfg = _with_input(cfg, input_key, folder / "input" / input_file.name)
         if depth_file is not None:
             trainer.cfg = _with_depth(trainer.cfg, folder / "input" / depth_copy_name(depth_file))
-        extra = {"input": str(input_file), **({"depth": str(depth_file)} if depth_file is not None else {})}
+        extra = _input_record(input_file, depth_file)
     init_run_dir(run_dir, trainer.cfg, command, _teacher_info(trainer), extra=extra)
     if input_file is not None:
-        _copy_input(input_file, run_dir)
-        if depth_file is not None:
-            _copy_input(depth_file, run_dir, depth_copy_name(depth_file))
+        _copy_inputs(run_dir, input_file, depth_file)
     return Run(run_dir, trainer, system=False, export=export)
 
 
@@ -316,10 +309,26 @@ def depth_copy_name(depth_file: Path) -> str:
     return f"depth-{depth_file.name}"
 
 
-def _copy_input(input_file: Path, run_dir: Path, name: str | None = None) -> None:
-    """The user's file, copied byte for byte (never modified) to ``RUN_DIR/input/`` (as ``name``, default its own)."""
+def _depth_file(configs: Sequence[RunConfig]) -> Path | None:
+    """The depth map of the reference image that the run's stages name (``image.depth_path``), None without one."""
+    files = {Path(cfg.image.depth_path).expanduser() for cfg in configs if cfg.image.depth_path}
+    if len(files) > 1:
+        raise ConfigError("the stages of this run name different depth maps (image.depth_path): give one")
+    return files.pop() if files else None
+
+
+def _input_record(input_file: Path, depth_file: Path | None) -> dict[str, str]:
+    """The manifest's record of the user's input files."""
+    return {"input": str(input_file), **({"depth": str(depth_file)} if depth_file is not None else {})}
+
+
+def _copy_inputs(run_dir: Path, input_file: Path, depth_file: Path | None = None) -> None:
+    """The user's files, copied byte for byte (never modified) to ``RUN_DIR/input/``: the input under its own name,
+    the depth map under :func:`depth_copy_name`."""
     (run_dir / "input").mkdir(exist_ok=True)
-    shutil.copy2(input_file, run_dir / "input" / (name or input_file.name))
+    shutil.copy2(input_file, run_dir / "input" / input_file.name)
+    if depth_file is not None:
+        shutil.copy2(depth_file, run_dir / "input" / depth_copy_name(depth_file))
 
 
 def _with_output_dir(cfg: Any, overrides: list[str]) -> Any:

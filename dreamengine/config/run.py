@@ -129,7 +129,7 @@ class LossConfig:
     lambda_opaque: Any = 0.0  # binary cross-entropy pushing opacity to 0 or 1
     lambda_orient: Any = 0.0  # normals facing away from the camera (needs shading != albedo)
     # threestudio zero123's 2D normal smoothness: squared differences of neighbouring pixels of the rendered normal
-    # map (needs normals: shading != albedo on a NeRF)
+    # map (NeRF scenes; the normals are rendered for it whatever the shading, which costs about 3x a step on a CPU)
     lambda_normal_smooth: Any = 0.0
 
 
