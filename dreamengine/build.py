@@ -39,6 +39,7 @@ from dreamengine.teachers.cache import reuse_or_build
 
 GUIDANCES_THAT_ADAPT_THE_TEACHER = ("vsd", "dsd")  # they attach trainable adapters to the teacher's network
 DENSIFIED_SCENES = ("gaussians",)  # scene types whose primitives are cloned, split and pruned during training
+SCENES_WITHOUT_NORMALS = ("gaussians",)  # scene types whose renderer makes no normal maps
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,6 +175,9 @@ def build_scenes(cfg: RunConfig, device: torch.device) -> tuple[list[Scene], Bac
     scenes, renderers = [], []
     render_cfg = cfg.render
     if schedule_max(cfg.loss.lambda_normal_smooth) > 0:  # it reads the rendered normals, whatever the shading
+        if cfg.scene.name in SCENES_WITHOUT_NORMALS:
+            raise ConfigError(f"loss.lambda_normal_smooth smooths rendered normal maps, which scene.name="
+                              f"{cfg.scene.name} does not render; use a nerf or mesh scene, or set it to 0")
         render_cfg = dataclasses.replace(render_cfg, compute_normals=True)
     for particle in range(cfg.trainer.n_particles):
         scene_cfg = cfg.scene

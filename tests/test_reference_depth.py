@@ -11,10 +11,11 @@ from PIL import Image
 
 from dreamengine.api import prepare
 from dreamengine.core.cameras import cameras_from_spherical
-from dreamengine.errors import ConfigError, ImageFileError, TrainingError
+from dreamengine.errors import ConfigError, ImageFileError
 from dreamengine.images import load_reference_image, read_depth
 from dreamengine.toyworld import all_objects, render_toy
 from dreamengine.trainer import depth_correlation_loss, fitted_depth_loss, normal_smoothness
+from tests.cli_helpers import run_cli_in_process
 from tests.test_image_to_3d import FAST
 
 
@@ -138,8 +139,11 @@ def test_depth_settings_without_their_inputs_stop_before_any_work(tmp_path):
         Image.open(image).resize((40, 40)).save(small)
         prepare(image=small, system="zero123-toy", overrides=[*FAST, f"image.depth_path={depth}"],
                 run_dir=tmp_path / "c")
-    run = prepare(image=image, system="dreamgaussian-image-toy", overrides=[*FAST, "loss.lambda_normal_smooth=1"],
-                  run_dir=tmp_path / "d")
-    with pytest.raises(TrainingError, match="needs rendered normals"):  # splats render no normals
-        run.trainer.train_step()
-    assert not any((tmp_path / name).exists() for name in "abc")
+    with pytest.raises(ConfigError, match="does not render"):  # splats render no normal maps
+        prepare(image=image, system="dreamgaussian-image-toy", overrides=[*FAST, "loss.lambda_normal_smooth=1"],
+                run_dir=tmp_path / "d")
+    assert not any((tmp_path / name).exists() for name in "abcd")
+    result = run_cli_in_process(["generate", "--image", str(image), "--system", "zero123-toy", "image.lambda_depth=1"],
+                                tmp_path)
+    assert result.returncode == 2 and "image.depth_path" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
