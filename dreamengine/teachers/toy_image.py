@@ -37,7 +37,7 @@ from dreamengine.config.teachers import ToyImageTeacherConfig
 from dreamengine.core.cameras import Cameras, wrap_azimuth
 from dreamengine.core.protocols import TeacherContext
 from dreamengine.errors import ConfigError
-from dreamengine.teachers.toyworld import ToyWorldTeacher, bank_mean
+from dreamengine.teachers.toyworld import ToyWorldTeacher
 
 
 @dataclass
@@ -83,7 +83,7 @@ class ToyImageTeacher:
         self.num_views = len(self.world.cameras)
         self.view_elevation = self.world.cameras.elevation.to(self.device, torch.float64)  # [V] degrees
         self.view_azimuth = self.world.cameras.azimuth.to(self.device, torch.float64)  # [V]
-        self.bank = self.world.bank  # [O * V, D] float64 in [-1, 1], object-major
+        self.bank = self.world.bank  # [O * V, D] float32 in [-1, 1], object-major
         self.reference_log_likelihood: Tensor | None = None  # [O, V] log p(x_ref | o, v) + const
         self.reference_camera: tuple[float, float, float] | None = None  # (elevation, azimuth, distance)
 
@@ -183,9 +183,7 @@ class ToyImageTeacher:
             log_prior[conditioned] = self.conditional_log_prior(cameras.to(self.device))[rows[conditioned]]
         z = z_t.reshape(batch, dim).to(self.device, torch.float64)
         alpha = self._alphas64[t.to(self.device).long().reshape(-1).expand(batch)]  # [B]
-        distance = alpha[:, None] * self.world._bank_sqnorm[None] - 2.0 * alpha.sqrt()[:, None] * (z @ self.bank.T)
-        weights = torch.softmax(log_prior - distance / (2.0 * (1.0 - alpha))[:, None], dim=1)  # [B, N]
-        return z, bank_mean(weights, self.bank), alpha
+        return z, self.world.pixel_bank.posterior(z, alpha, log_prior).mean, alpha
 
     @torch.no_grad()
     def denoise(self, z_t: Tensor, t: Tensor, embeddings: Tensor, cameras: Cameras | None = None) -> Tensor:

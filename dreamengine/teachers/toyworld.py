@@ -36,6 +36,7 @@ from dreamengine.core.cameras import Cameras, cameras_from_spherical, direction_
 from dreamengine.core.files import atomic_path
 from dreamengine.core.protocols import TeacherContext
 from dreamengine.errors import ConfigError, PromptError
+from dreamengine.teachers.pixel_bank import PixelBank
 from dreamengine.toyworld import render as toy_render
 from dreamengine.toyworld.objects import ToyObject
 from dreamengine.toyworld.vocabulary import VIEWS, all_objects, parse_prompt, split_view
@@ -65,17 +66,6 @@ def to_teacher_space(rgb: Float[Tensor, "B 3 H W"], resolution: int) -> Float[Te
         else:
             rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
     return 2.0 * rgb - 1.0
-
-
-def bank_mean(weights: Float[Tensor, "B N"], bank: Float[Tensor, "N D"]) -> Float[Tensor, "B D"]:
-    """``weights @ bank`` reading only the bank rows with a nonzero weight in some row of the batch. The posterior
-    weights of an exact teacher are mostly exact zeros (softmax underflow: at most ~1000 of 7728 candidates stay
-    nonzero for the camera-aware quickstart teacher even at t ~ T), and skipping a zero term leaves the sum as it
-    is, so this is the same mean for a fraction of the memory traffic."""
-    used = weights.ne(0).any(dim=0).nonzero().squeeze(1)  # [U]
-    if used.numel() * 2 > bank.shape[0]:  # most rows are used: gathering them would cost more than it saves
-        return weights @ bank
-    return weights[:, used] @ bank[used]
 
 
 def default_cache_dir() -> Path:
@@ -137,9 +127,10 @@ class ToyWorldTeacher:
                 self._save_cache(pixels)
 
         views = len(self.cameras)
-        # float64 for the denoiser: logits are divided by 2 (1 - a), about 1.7e-3 at t = 0.
-        self.bank = pixels.to(self.device, torch.float64)  # [N, 3 * res * res] in [-1, 1]
-        self._bank_sqnorm = (self.bank * self.bank).sum(dim=1)  # [N]
+        self.bank = pixels.to(self.device, torch.float32)  # [N, 3 * res * res] in [-1, 1]
+        # the denoiser works in float64 (logits are divided by 2 (1 - a), about 1.7e-3 at t = 0), reading the rows
+        # whose posterior weight can be nonzero only
+        self.pixel_bank = PixelBank(self.bank)
         self.bank_object = torch.arange(len(self.objects)).repeat_interleave(views).to(self.device)  # [N]
         labels = direction_labels(self.cameras, front_threshold, back_threshold, overhead_threshold)
         self.bank_labels: list[str] = labels * len(self.objects)  # [N]
@@ -210,7 +201,7 @@ class ToyWorldTeacher:
 
     def bank_images(self) -> Tensor:
         """The bank as images [N_bank, 3, res, res] in [-1, 1], float32."""
-        return self.bank.float().view(-1, 3, self.resolution, self.resolution)
+        return self.bank.view(-1, 3, self.resolution, self.resolution)
 
     def _posterior_mean(self, z_t: Tensor, t: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(z [B, D], x0_hat [B, D], alpha_bar [B]), all float64 on the teacher's device."""
@@ -223,12 +214,8 @@ class ToyWorldTeacher:
                              f"got {tuple(embeddings.shape)}")
         z = z_t.reshape(batch, dim).to(self.device, torch.float64)
         alpha = self._alphas64[t.to(self.device).long().reshape(-1).expand(batch)]  # [B]
-        # |z - sqrt(a) x|^2 = |z|^2 - 2 sqrt(a) z.x + a |x|^2; |z|^2 is the same for every entry of a row
-        # and cancels in the softmax, so it is left out.
-        distance = alpha[:, None] * self._bank_sqnorm[None] - 2.0 * alpha.sqrt()[:, None] * (z @ self.bank.T)
-        log_prior = embeddings.to(self.device, torch.float64).log()  # zero prior -> -inf
-        weights = torch.softmax(log_prior - distance / (2.0 * (1.0 - alpha))[:, None], dim=1)  # [B, N]
-        return z, bank_mean(weights, self.bank), alpha
+        log_prior = embeddings.to(self.device, torch.float64).log().expand(batch, -1)  # zero prior -> -inf
+        return z, self.pixel_bank.posterior(z, alpha, log_prior).mean, alpha
 
     def object_position(self, obj: ToyObject, prompt: str) -> int:
         """Index of ``obj`` in this teacher's world; PromptError (naming ``prompt``) when the world leaves it out."""

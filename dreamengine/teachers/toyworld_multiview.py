@@ -48,7 +48,7 @@ from dreamengine.config.teachers import ToyWorldMultiViewTeacherConfig
 from dreamengine.core.cameras import Cameras
 from dreamengine.core.protocols import TeacherContext
 from dreamengine.errors import ConfigError
-from dreamengine.teachers.toyworld import ToyWorldTeacher, bank_mean
+from dreamengine.teachers.toyworld import ToyWorldTeacher
 from dreamengine.toyworld.vocabulary import parse_prompt, split_view
 
 
@@ -182,25 +182,15 @@ class ToyWorldMultiViewTeacher:
                              f"got {tuple(embeddings.shape)}")
         prior = embeddings.to(self.device, torch.float64).expand(batch, -1)  # [B, S]
         if cameras is None:  # every view alone, under the marginal: candidates are (set, view) pairs
-            views, table = 1, self.set_images.reshape(-1, 1)  # [S n, 1]
+            table = self.set_images.reshape(-1, 1)  # [S n, 1]
             log_prior = (prior / self.views_per_group).repeat_interleave(self.views_per_group, dim=1).log()
         else:
-            views, table = self.views_per_group, self.set_images
+            table = self.set_images  # [S, n]
             log_prior = self._group_log_prior(prior, cameras, batch)
-        groups = batch // views
         z = z_t.reshape(batch, dim).to(self.device, torch.float64)
         alpha = self._alphas64[t.to(self.device).long().reshape(-1).expand(batch)]  # [B]
-        # |z - sqrt(a) x|^2 / (2 (1 - a)) per view and bank image, without |z|^2 (the same for every candidate)
-        scaled = (alpha[:, None] * self.bank_teacher._bank_sqnorm[None] - 2.0 * alpha.sqrt()[:, None] * (z @ bank.T))
-        scaled = (scaled / (2.0 * (1.0 - alpha))[:, None]).view(groups, views, -1)  # [G, n, N]
-        distance = sum(scaled[:, k, table[:, k]] for k in range(views))  # [G, C]
-        weights = torch.softmax(log_prior - distance, dim=1)  # [G, C]
-        x0 = torch.empty(groups, views, dim, dtype=torch.float64, device=self.device)
-        for k in range(views):  # weights of each bank image as view k, then the mean image
-            image_weights = torch.zeros(groups, bank.shape[0], dtype=torch.float64, device=self.device)
-            image_weights.index_add_(1, table[:, k], weights)
-            x0[:, k] = bank_mean(image_weights, bank)
-        return z, x0.view(batch, dim), alpha
+        # sum over the views of |z^k - sqrt(a_k) x_{s,k}|^2 / (2 (1 - a_k)) (less |z^k|^2, the same for every set)
+        return z, self.bank_teacher.pixel_bank.posterior(z, alpha, log_prior, table).mean, alpha
 
     def _group_log_prior(self, prior: Tensor, cameras: Cameras, batch: int) -> Tensor:
         """log p_s(y) + log K_s(c) per group [G, S], checking that the batch is made of whole groups."""

@@ -217,14 +217,3 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DREAMENGINE_CACHE", str(tmp_path))
     small = ToyWorldTeacher(resolution=4, elevations=(0.0,), azimuth_step=180.0, objects=("a red cube",))
     assert small.cache_path.parent == tmp_path / "toyworld"
-def test_bank_mean_reads_only_the_used_rows_and_gives_the_same_mean():
-    from dreamengine.teachers.toyworld import bank_mean
-
-    generator = torch.Generator().manual_seed(0)
-    bank = torch.randn(400, 30, generator=generator, dtype=torch.float64)
-    logits = torch.randn(3, 400, generator=generator, dtype=torch.float64) * 2000.0  # sharp: mostly exact zeros
-    weights = torch.softmax(logits, dim=1)
-    assert int(weights.ne(0).any(dim=0).sum()) < 200  # the sparse path is the one taken
-    torch.testing.assert_close(bank_mean(weights, bank), weights @ bank, rtol=1e-15, atol=1e-15)
-    dense = torch.softmax(logits / 400.0, dim=1)  # every row used: the plain product
-    assert torch.equal(bank_mean(dense, bank), dense @ bank)
