@@ -229,11 +229,9 @@ class ToyWorldTeacher:
 
     def _render_bank(self) -> Tensor:
         """Render every object from every grid camera -> [N_objects * V, 3 * res * res] in [-1, 1]."""
-        rows = []
-        for obj in self.objects:
-            out = toy_render.render_toy(obj, self.cameras, self.resolution, self.resolution,
-                                        background=self.background, supersample=BANK_SUPERSAMPLE)
-            rows.append(out["rgb"].permute(0, 3, 1, 2).reshape(len(self.cameras), -1) * 2.0 - 1.0)
+        renders = toy_render.render_toys(self.objects, self.cameras, self.resolution, self.resolution,
+                                         background=self.background, supersample=BANK_SUPERSAMPLE)
+        rows = [out["rgb"].permute(0, 3, 1, 2).reshape(len(self.cameras), -1) * 2.0 - 1.0 for out in renders]
         return torch.cat(rows).float()
 
     def _cache_key(self) -> str:

@@ -133,6 +133,35 @@ def test_supersampling_is_box_filter_of_fine_render():
                                torch.tensor([[0.2, 0.3, 0.4]]).expand(int(empty.sum()), 3))
 
 
+@pytest.mark.parametrize("shaded", [True, False])
+def test_render_toys_shares_one_trace_per_shape_and_gives_each_render_bit_for_bit(shaded):
+    names = ["a red cube", "a snowman", "a blue cube", "a pink torus", "a yellow cube", "a red torus"]
+    objects = [parse_prompt(name) for name in names]
+    cameras, background = _cameras([-15.0, 40.0], [0.0, 110.0]), (0.2, 0.3, 0.4)
+    traced = []
+    original_trace = toy_render.trace
+
+    def counting_trace(obj, origins, directions):
+        traced.append(obj.name)
+        return original_trace(obj, origins, directions)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(toy_render, "trace", counting_trace)
+        renders = toy_render.render_toys(objects, cameras, 12, 12, background=background, supersample=2,
+                                         shaded=shaded)
+    assert sorted(traced) == ["a pink torus", "a red cube", "a snowman"]  # cubes share one trace, tori another
+    for obj, out in zip(objects, renders, strict=True):  # each against the renderer's primitives, one by one
+        origins, directions = (x.reshape(-1, 3) for x in cameras.rays(24, 24))
+        hit, t = toy_render.trace(obj, origins, directions)
+        points = origins[hit] + t[hit, None] * directions[hit]
+        rgb = torch.tensor(background).repeat(origins.shape[0], 1)
+        rgb[hit] = toy_render.shade_points(obj, points) if shaded else obj.color(points)
+        pooled = F.avg_pool2d(rgb.view(2, 24, 24, 3).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+        mask = F.avg_pool2d(hit.float().view(2, 1, 24, 24), 2).permute(0, 2, 3, 1)
+        assert torch.equal(out["rgb"], pooled), obj.name
+        assert torch.equal(out["mask"], mask), obj.name
+
+
 def _camera_looking_at(target: torch.Tensor, position: torch.Tensor) -> Cameras:
     c2w = look_at_origin((position - target)[None])
     c2w[0, :3, 3] = position
