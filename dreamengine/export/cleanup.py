@@ -38,7 +38,8 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05,
       6. if ``target_faces`` is given and smaller than the face count: quadric edge-collapse decimation
          to about ``target_faces`` faces, with normal-flip prevention
          [meshing_decimation_quadric_edge_collapse], then step 1's duplicate / zero-area face removal and
-         step 3's repairs again (decimation can fold two faces back to back onto the same vertices).
+         steps 2-4 again (decimation can fold two faces back to back onto the same vertices, and the repairs cut
+         holes and split off fragments where it folds a surface with many handles).
 
     Args:
         mesh: V vertices [V, 3], F faces [F, 3].
@@ -72,18 +73,9 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05,
     meshset.meshing_remove_duplicate_faces()
     meshset.meshing_remove_unreferenced_vertices()
 
-    if min_component_fraction > 0.0:
-        meshset.compute_selection_by_small_disconnected_components_per_face(nbfaceratio=min_component_fraction)
-        if meshset.current_mesh().selected_face_number() > 0:
-            meshset.meshing_remove_selected_vertices_and_faces()
-
-    meshset.meshing_repair_non_manifold_edges(method="Remove Faces")
-    meshset.meshing_repair_non_manifold_vertices()
-
-    if max_hole_edges > 0:
-        meshset.meshing_close_holes(maxholesize=int(max_hole_edges), newfaceselected=False)
-        meshset.meshing_repair_non_manifold_edges(method="Remove Faces")
-        meshset.meshing_repair_non_manifold_vertices()
+    _drop_small_components(meshset, min_component_fraction)
+    _repair_non_manifold(meshset)
+    _close_holes(meshset, max_hole_edges)
 
     if remesh_iterations > 0:
         meshset.meshing_isotropic_explicit_remeshing(iterations=int(remesh_iterations),
@@ -95,8 +87,12 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05,
         # Decimation can fold two faces onto the same three vertices (back to back); drop such leftovers.
         meshset.meshing_remove_duplicate_faces()
         meshset.meshing_remove_null_faces()
-        meshset.meshing_repair_non_manifold_edges(method="Remove Faces")
-        meshset.meshing_repair_non_manifold_vertices()
+        _repair_non_manifold(meshset)
+        # Removing the faces of non-manifold edges cuts holes and can split off fragments (a surface with many
+        # handles, such as a noisy field's, folds at dozens of places): drop the fragments and close the holes
+        # again, as steps 2 and 4 did before decimation.
+        _drop_small_components(meshset, min_component_fraction)
+        _close_holes(meshset, max_hole_edges)
     meshset.meshing_remove_unreferenced_vertices()
 
     result = meshset.current_mesh()
@@ -104,3 +100,24 @@ def clean_mesh(mesh: trimesh.Trimesh, min_component_fraction: float = 0.05,
         raise ExportError("mesh cleanup removed every face; lower min_component_fraction or check the mesh")
     return trimesh.Trimesh(vertices=result.vertex_matrix(), faces=result.face_matrix().astype(np.int64),
                            process=False)
+
+
+def _drop_small_components(meshset: pymeshlab.MeshSet, min_component_fraction: float) -> None:
+    """Remove the connected components with fewer faces than ``min_component_fraction`` x the largest's."""
+    if min_component_fraction > 0.0:
+        meshset.compute_selection_by_small_disconnected_components_per_face(nbfaceratio=min_component_fraction)
+        if meshset.current_mesh().selected_face_number() > 0:
+            meshset.meshing_remove_selected_vertices_and_faces()
+
+
+def _repair_non_manifold(meshset: pymeshlab.MeshSet) -> None:
+    """Delete the faces on non-manifold edges and split non-manifold vertices."""
+    meshset.meshing_repair_non_manifold_edges(method="Remove Faces")
+    meshset.meshing_repair_non_manifold_vertices()
+
+
+def _close_holes(meshset: pymeshlab.MeshSet, max_hole_edges: int) -> None:
+    """Close the holes with at most ``max_hole_edges`` boundary edges (0: none), then repair what that folds."""
+    if max_hole_edges > 0:
+        meshset.meshing_close_holes(maxholesize=int(max_hole_edges), newfaceselected=False)
+        _repair_non_manifold(meshset)

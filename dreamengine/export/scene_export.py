@@ -146,7 +146,9 @@ def stable_topology_level(volume: np.ndarray, fitted: float, num_levels: int = 1
     when the topology stays the same over the first ``plateau`` levels of a geometric ladder down to
     ``lowest_fraction * fitted``, else the second level of the highest such plateau.
     Where no level is stable, the highest level of the ladder with the fewest handles (largest Euler
-    characteristic) on which 6- and 26-connectivity agree; ``fitted`` itself when they agree nowhere.
+    characteristic) on which 6- and 26-connectivity agree; when they agree nowhere, the highest level with the
+    fewest handles by the smaller of the two counts (a NeRF snowman whose interior is foam at every level: the
+    fitted level had -225 / -256, this rule takes a level with -10 / -12).
 
     Why: the silhouette fit only sees outlines. A field whose interior is barely denser than the fitted level
     (a camera-aware toy run's sphere: interior 1.6-2.6, fitted level 2.56, issue 17) is cut by that level into a
@@ -173,7 +175,11 @@ def stable_topology_level(volume: np.ndarray, fitted: float, num_levels: int = 1
     # no plateau (a thin part opens and closes a handle from level to level): the highest level among those with
     # the fewest handles on which both connectivities agree
     agreeing = [(euler, -index) for index, (euler, euler_26) in enumerate(topologies) if euler == euler_26]
-    return float(ladder[-max(agreeing)[1]]) if agreeing else float(fitted)
+    if agreeing:
+        return float(ladder[-max(agreeing)[1]])
+    # they agree nowhere (a foam at every level): the highest level with the fewest handles counted by the
+    # connectivity that sees more of them
+    return float(ladder[-max((min(pair), -index) for index, pair in enumerate(topologies))[1]])
 
 
 def surface_level(scene: ExportField, threshold: float | None,
