@@ -134,9 +134,11 @@ def render_toys(objects: Sequence[ToyObject], cameras: Cameras, height: int, wid
 
 
 def _geometry_key(obj: ToyObject, index: int) -> object:
-    """Objects with equal keys have the same surface and a solid color each: one trace serves them all."""
-    if len(obj.parts) == 1 and isinstance(obj.parts[0].color, Solid):
-        return ("solid", obj.parts[0].sdf)
+    """Objects with equal keys have the same surface and a solid color each: one trace serves them all. Anything
+    else that answers ``sdf`` and ``color`` (the evaluation's two-faced objects) is traced on its own."""
+    parts = obj.parts if isinstance(obj, ToyObject) else ()
+    if len(parts) == 1 and isinstance(parts[0].color, Solid):
+        return ("solid", parts[0].sdf)
     return ("own", index)
 
 
