@@ -64,10 +64,6 @@ class PixelBank:
         self._gathered = torch.empty(0, dim, dtype=torch.float32, device=rows.device)
         self._widened = torch.empty(0, dim, dtype=torch.float64, device=rows.device)
 
-    @property
-    def shape(self) -> torch.Size:
-        return self.rows.shape
-
     def rows64(self, images: Int[Tensor, " U"]) -> Float[Tensor, "U D"]:
         """The rows ``images`` in float64 (exact: they are float32 numbers). A view into a buffer that the next
         call overwrites."""
@@ -78,12 +74,6 @@ class PixelBank:
             self._widened = torch.empty(size, self.rows.shape[1], dtype=torch.float64, device=self.rows.device)
         torch.index_select(self.rows, 0, images, out=self._gathered[:count])
         return self._widened[:count].copy_(self._gathered[:count])
-
-    def scaled_distances(self, z: Float[Tensor, "B D"], alpha: Float[Tensor, " B"],
-                         images: Int[Tensor, " U"]) -> Float[Tensor, "B U"]:
-        """d_s = (a |x_s|^2 - 2 sqrt(a) z.x_s) / (2 (1 - a)) in float64 for the bank rows ``images``.
-        ``z`` [B, D] float64, ``alpha`` [B] float64 (alpha-bar of each row's timestep)."""
-        return _scaled(z @ self.rows64(images).T, self.sqnorm[images], alpha)
 
     def estimated_distances(self, z: Float[Tensor, "B D"],
                             alpha: Float[Tensor, " B"]) -> tuple[Float[Tensor, "B N"], Float[Tensor, "B N"]]:

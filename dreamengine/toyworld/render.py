@@ -152,26 +152,21 @@ def _render_same_geometry(objects: list[ToyObject], cameras: Cameras, height: in
     hit, t = trace(geometry, origins, directions)
     points = origins[hit] + t[hit, None] * directions[hit]
     light = surface_light(geometry, points) if shaded and points.shape[0] > 0 else None
-    mask = hit.to(origins.dtype)[:, None]  # [R, 1]
-    depth = torch.where(hit, t, torch.zeros_like(t))[:, None]
+    mask = _pooled(hit.to(origins.dtype).reshape(num, h, w, 1), k)  # the group's shared mask and depth
+    depth_sum = _pooled(torch.where(hit, t, torch.zeros_like(t)).reshape(num, h, w, 1), k)
+    depth = depth_sum if k == 1 else torch.where(mask > 0, depth_sum / mask.clamp(min=1e-12),
+                                                 torch.zeros_like(depth_sum))
     outputs = []
     for obj in objects:
         rgb = origins.new_tensor(background).repeat(origins.shape[0], 1)  # [R, 3]
         if points.shape[0] > 0:
             rgb[hit] = (obj.color(points) * light).clamp(0.0, 1.0) if light is not None else obj.color(points)
-        outputs.append(_filtered([x.reshape(num, h, w, -1) for x in (rgb, mask, depth)], k))
+        outputs.append({"rgb": _pooled(rgb.reshape(num, h, w, 3), k), "mask": mask, "depth": depth})
     return outputs
 
 
-def _filtered(images: list[Tensor], k: int) -> dict[str, Tensor]:
-    """rgb, mask, depth [B, h, w, C] traced at k x the size -> box-filtered to the output size."""
+def _pooled(images: Tensor, k: int) -> Tensor:
+    """[B, h, w, C] traced at k x the size -> box-filtered to [B, h/k, w/k, C] (itself for k = 1)."""
     if k == 1:
-        return {"rgb": images[0], "mask": images[1], "depth": images[2]}
-
-    def pool(x: Tensor) -> Tensor:  # [B, h, w, C] -> [B, h/k, w/k, C]
-        return F.avg_pool2d(x.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1)
-
-    rgb_pooled, mask_pooled, depth_sum = pool(images[0]), pool(images[1]), pool(images[2])
-    depth_pooled = torch.where(mask_pooled > 0, depth_sum / mask_pooled.clamp(min=1e-12),
-                               torch.zeros_like(depth_sum))
-    return {"rgb": rgb_pooled, "mask": mask_pooled, "depth": depth_pooled}
+        return images
+    return F.avg_pool2d(images.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1)
