@@ -22,6 +22,7 @@ checkpoint from one does not load into the other.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -113,44 +114,56 @@ class HashGridEncoding(nn.Module):
 
         Corner ``c = 4 di + 2 dj + dk`` is the vertex ``(i + di, j + dj, k + dk)`` of the point's cell.
         Both the rows and the weights are built per axis and combined by broadcasting, which keeps the
-        integer work at [N, L, 3, 2] instead of [N, L, 8, 3]. That work is done in int32 when the table has
-        fewer than 2^31 rows (always, in practice), 1.6x faster than in int64; the hash products then wrap around
-        modulo 2^32, which leaves their low bits, the only ones the table-size mask keeps, as Instant-NGP's uint32
-        arithmetic has them (tests/scenes/test_encoding.py checks against Python integers). The rows are returned
-        as int64: torch's lookup and its backward (``index_add_``) are much slower with int32 indices.
+        integer work at [L, 3, 2, N] instead of [L, 8, 3, N]. The points are the last (contiguous) dimension
+        while building: torch's elementwise kernels run their inner loop along it, and with the corner or axis
+        dimensions (length 2) innermost they ran 3-8x slower per element. The results are transposed to
+        [N, L, 8] at the end, the order the lookup and its gradient have always used. The integer work is done
+        in int32 when the table has fewer than 2^31 rows (always, in practice), 1.6x faster than in int64; the
+        hash products then wrap around modulo 2^32, which leaves their low bits, the only ones the table-size
+        mask keeps, as Instant-NGP's uint32 arithmetic has them (tests/scenes/test_encoding.py checks against
+        Python integers). The rows are returned as int64: torch's lookup and its backward (``index_add_``) are
+        much slower with int32 indices.
 
         Args:
             points: [N, 3] in [0, 1] (clamped).
         Returns:
             rows: [N, L, 8] long, indices into ``self.table`` (already offset to the level's block).
-            weights: [N, L, 8], the trilinear weights (they sum to 1 over the corners).
+            weights: [N, L, 8], the trilinear weights (they sum to 1 over the corners); differentiable in the
+                points.
         """
-        n = points.shape[0]
-        res = self.resolutions  # [L]
-        scaled = points.clamp(0.0, 1.0)[:, None, :] * res[None, :, None].to(points.dtype)  # [N, L, 3]
-        # Lower cell corner; a point exactly on the far face stays in the last cell with frac = 1.
-        cell = torch.minimum(scaled.detach().floor(), (res - 1)[None, :, None].to(points.dtype))
-        frac = scaled - cell  # [N, L, 3]
+        n, levels, dense = points.shape[0], self.num_levels, self.num_dense_levels
         index = self.index_dtype
-        axis_vertex = cell.to(index)[..., None] + torch.arange(2, device=points.device, dtype=index)  # [N, L, 3, 2]
+        res = self.resolutions.to(points.dtype)  # [L]
+        scaled = points.clamp(0.0, 1.0).T[None] * res[:, None, None]  # [L, 3, N]
+        # Lower cell corner; a point exactly on the far face stays in the last cell with frac = 1.
+        cell = torch.minimum(scaled.detach().floor(), (res - 1.0)[:, None, None])
+        frac = scaled - cell  # [L, 3, N]
+        lower = cell.to(index)
+        axis_vertex = torch.stack([lower, lower + 1], dim=2)  # [L, 3, 2, N]: the two vertex indices per axis
 
-        d = self.num_dense_levels
-        side = (res[:d] + 1).to(index)  # vertices per axis of each dense level
-        dense_mult = torch.stack([torch.ones_like(side), side, side * side], dim=-1)  # [D, 3]
-        dense_terms = axis_vertex[:, :d] * dense_mult[None, :, :, None]  # [N, D, 3, 2]
-        dense_rows = (dense_terms[:, :, 0, :, None, None] + dense_terms[:, :, 1, None, :, None]
-                      + dense_terms[:, :, 2, None, None, :])  # [N, D, 2, 2, 2]
-        primes = torch.tensor([_wrapped(prime, index) for prime in HASH_PRIMES], dtype=index, device=points.device)
-        hash_terms = axis_vertex[:, d:] * primes[None, None, :, None]  # [N, L - D, 3, 2]
-        hashed_rows = (hash_terms[:, :, 0, :, None, None] ^ hash_terms[:, :, 1, None, :, None]
-                       ^ hash_terms[:, :, 2, None, None, :]) & (2 ** self.log2_hashmap_size - 1)
-        rows = torch.cat([dense_rows, hashed_rows], dim=1).reshape(n, self.num_levels, 8)
-        rows = (rows + self.level_offsets.to(index)[None, :, None]).long()
+        offsets = self.level_offsets.to(index)
+        blocks = []  # per level block: rows [levels of the block, 2, 2, 2, N]
+        if dense:
+            side = (self.resolutions[:dense] + 1).to(index)  # vertices per axis of each dense level
+            dense_mult = torch.stack([torch.ones_like(side), side, side * side], dim=-1)  # [D, 3]
+            terms = axis_vertex[:dense] * dense_mult[:, :, None, None]  # [D, 3, 2, N]
+            k_terms = terms[:, 2] + offsets[:dense, None, None]  # [D, 2, N], the level's offset folded in
+            blocks.append(terms[:, 0, :, None, None] + terms[:, 1, None, :, None] + k_terms[:, None, None])
+        if dense < levels:
+            primes = torch.tensor([_wrapped(prime, index) for prime in HASH_PRIMES], dtype=index,
+                                  device=points.device)
+            # the table-size mask distributes over XOR: mask each axis's term before combining
+            terms = (axis_vertex[dense:] * primes[None, :, None, None]) & (2**self.log2_hashmap_size - 1)
+            hashed = terms[:, 0, :, None, None] ^ terms[:, 1, None, :, None] ^ terms[:, 2, None, None]
+            blocks.append(hashed + offsets[dense:, None, None, None, None])
+        corner_rows = torch.cat(blocks) if len(blocks) > 1 else blocks[0]  # [L, 2, 2, 2, N]
+        rows = torch.empty(n, levels, 8, dtype=torch.long, device=points.device)
+        rows.copy_(corner_rows.view(levels, 8, n).permute(2, 0, 1))
 
-        axis_weight = torch.stack([1.0 - frac, frac], dim=-1)  # [N, L, 3, 2]
-        weights = (axis_weight[:, :, 0, :, None, None] * axis_weight[:, :, 1, None, :, None]
-                   * axis_weight[:, :, 2, None, None, :])  # [N, L, 2, 2, 2]
-        return rows, weights.reshape(n, self.num_levels, 8)
+        axis_weight = torch.stack([1.0 - frac, frac], dim=2)  # [L, 3, 2, N]
+        weights = (axis_weight[:, 0, :, None, None] * axis_weight[:, 1, None, :, None]
+                   * axis_weight[:, 2, None, None])  # [L, 2, 2, 2, N]
+        return rows, weights.view(levels, 8, n).permute(2, 0, 1).contiguous()
 
     def forward(self, points: Tensor, active_levels: Tensor | int | None = None) -> Tensor:
         """[N, 3] in [0, 1] -> [N, num_levels * features_per_level] (float32). With ``active_levels`` n the
@@ -159,8 +172,7 @@ class HashGridEncoding(nn.Module):
             encoded = self.tcnn_encoding(points.clamp(0.0, 1.0)).float()
         else:
             rows, weights = self.level_indices(points)
-            features = self.table.index_select(0, rows.reshape(-1)).view(*rows.shape, self.features_per_level)
-            encoded = (weights[..., None] * features).sum(dim=2).reshape(points.shape[0], self.output_dim)
+            encoded = _InterpolateCorners.apply(self.table, rows, weights).reshape(points.shape[0], self.output_dim)
         if active_levels is None:
             return encoded
         return encoded * self.level_mask(active_levels, encoded.device)
@@ -170,3 +182,45 @@ class HashGridEncoding(nn.Module):
         else 0 (the output is level-major)."""
         level = torch.arange(self.output_dim, device=device) // self.features_per_level
         return (level < torch.as_tensor(active_levels, device=device)).float()
+
+
+def _sum_corners(values: Tensor) -> Tensor:
+    """[..., 8] -> [...]: the sum over the 8 corners, in the order torch's ``sum(dim=2)`` over [N, L, 8, 2]
+    took on the machine the quickstart's results were measured on (AVX2): the two halves added lane by lane,
+    then left to right. Keeping that order keeps every earlier result bit for bit."""
+    halves = values[..., :4] + values[..., 4:]
+    return ((halves[..., 0] + halves[..., 1]) + halves[..., 2]) + halves[..., 3]
+
+
+class _InterpolateCorners(torch.autograd.Function):
+    """``sum_c weights[n, l, c] * table[rows[n, l, c]]``: table [T, F], rows and weights [N, L, 8] -> [N, L, F].
+
+    The same numbers as ``(weights[..., None] * table[rows]).sum(dim=2)`` with autograd, computed one feature
+    column at a time so that every elementwise kernel runs along a contiguous [N, L, 8] block (broadcasting
+    over the length-F last dimension made torch's kernels 2-3x slower). The table's gradient is accumulated
+    with ``index_add_`` in the lookup's own order, as autograd's gradient of ``index_select`` does.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+        features = table.index_select(0, rows.reshape(-1)).view(*rows.shape, table.shape[1])  # [N, L, 8, F]
+        encoded = torch.empty(*rows.shape[:2], table.shape[1], dtype=table.dtype, device=table.device)
+        for column in range(table.shape[1]):
+            encoded[..., column] = _sum_corners(weights * features[..., column])
+        ctx.save_for_backward(table, rows, weights)
+        return encoded
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
+        table, rows, weights = ctx.saved_tensors
+        width = table.shape[1]
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            per_corner = torch.empty(*rows.shape, width, dtype=grad.dtype, device=grad.device)  # [N, L, 8, F]
+            for column in range(width):
+                torch.mul(weights, grad[..., column, None], out=per_corner[..., column])
+            grad_table = torch.zeros_like(table).index_add_(0, rows.reshape(-1), per_corner.view(-1, width))
+        if ctx.needs_input_grad[2]:
+            features = table.index_select(0, rows.reshape(-1)).view(*rows.shape, width)
+            grad_weights = (features * grad[:, :, None, :]).sum(dim=-1)
+        return grad_table, None, grad_weights
