@@ -18,7 +18,9 @@ from dreamengine.export import clean_mesh, extract_mesh, load_mesh, save_mesh
 from dreamengine.export.scene_export import export_scene, file_scale
 from dreamengine.export.texture import (
     bake_field,
+    default_pieces,
     fill_empty_texels,
+    spatial_pieces,
     texel_samples,
     texture_mesh,
     unwrap_uv,
@@ -64,7 +66,13 @@ def uv_coverage_count(uv: np.ndarray, faces: np.ndarray, size: int) -> np.ndarra
     return count
 
 
-def test_uv_atlas_covers_the_mesh_without_overlapping_charts(sphere, atlas):
+@pytest.fixture(scope="module", params=[1, 4], ids=["whole", "4 pieces"])
+def any_atlas(request, sphere):
+    return unwrap_uv(sphere, resolution=128, padding=2, pieces=request.param)
+
+
+def test_uv_atlas_covers_the_mesh_without_overlapping_charts(sphere, any_atlas):
+    atlas = any_atlas
     assert atlas.faces.shape == sphere.faces.shape
     np.testing.assert_array_equal(atlas.vmapping[atlas.faces], sphere.faces)  # same faces, split vertices
     assert atlas.charts > 1 and (atlas.uv >= 0).all() and (atlas.uv <= 1).all()
@@ -81,6 +89,21 @@ def test_uv_atlas_covers_the_mesh_without_overlapping_charts(sphere, atlas):
     _, distance, face = trimesh.proximity.closest_point(sphere, samples.points[:2000])
     assert distance.max() < 1e-9
     np.testing.assert_allclose(np.linalg.norm(samples.points, axis=1), 0.5, atol=0.02)
+
+
+def test_spatial_pieces_partition_the_faces_into_compact_halves():
+    centers = np.random.default_rng(0).uniform(-1.0, 1.0, size=(1001, 3)) * np.array([3.0, 1.0, 0.5])
+    for count in (1, 2, 3, 4, 8):
+        groups = spatial_pieces(centers, count)
+        assert len(groups) == count
+        np.testing.assert_array_equal(np.sort(np.concatenate(groups)), np.arange(1001))  # each face exactly once
+    left, right = spatial_pieces(centers, 2)  # the first cut halves the longest side (x)
+    assert abs(len(left) - len(right)) <= 1 and centers[left, 0].max() <= centers[right, 0].min()
+    sizes = [len(group) for group in spatial_pieces(centers, 8)]
+    assert max(sizes) - min(sizes) <= 1
+    assert [default_pieces(faces) for faces in (100, 9999, 10000, 15000, 20000, 39999, 10**6)] == [1, 1, 2, 2, 4, 4, 8]
+    with pytest.raises(ExportError, match="at least 1 piece"):
+        spatial_pieces(centers, 0)
 
 
 def test_seam_padding_keeps_filtered_lookups_on_the_surface_color(sphere, atlas):
