@@ -79,7 +79,10 @@ class PixelBank:
                             alpha: Float[Tensor, " B"]) -> tuple[Float[Tensor, "B N"], Float[Tensor, "B N"]]:
         """(d_s from float32 dot products, a bound on their distance from the float64 d_s), both [B, N] float64.
         ``z`` [B, D] float64, ``alpha`` [B] float64 (alpha-bar of each row's timestep)."""
-        dots = (self.rows @ z.float().T).T.double()  # [B, N]; this order is the faster product on a CPU
+        # Rows of z that are the same image (classifier-free guidance scores one z under two prompts) share one
+        # product: the bank is read once per distinct image, and a product with one column is 20% faster.
+        distinct, which = _distinct_rows(z.float())
+        dots = (self.rows @ distinct.T).T.double()[which]  # [B, N]; this order is the faster product on a CPU
         scale = alpha.sqrt() / (1.0 - alpha)  # [B]: |d d_s / d dot| = 2 sqrt(a) / (2 (1 - a))
         # 1.01: room for the float64 rounding of the norms and of this product
         bound = 1.01 * self._dot_error * (scale * z.norm(dim=1))[:, None] * self.norm[None]
@@ -111,6 +114,19 @@ class PixelBank:
         weights = torch.zeros_like(log_prior, dtype=torch.float64)
         weights[:, needed] = candidate_weights
         return Posterior(weights, image_weights.view(z.shape[0], -1) @ rows, unique.numel())
+
+
+def _distinct_rows(rows: Float[Tensor, "B D"]) -> tuple[Float[Tensor, "U D"], Int[Tensor, " B"]]:
+    """(the first U rows [U, D], the index of each row among them [B]) when ``rows`` is B / U copies of its first
+    U rows (the guidance batch's layout: conditional, unconditional, ... copies of the same noised renders), U as
+    small as the copies allow; else (rows, 0 .. B - 1)."""
+    batch = rows.shape[0]
+    for copies in range(batch, 1, -1):
+        if batch % copies == 0:
+            first = rows[: batch // copies]
+            if torch.equal(rows.view(copies, *first.shape), first.expand(copies, *first.shape)):
+                return first, torch.arange(batch, device=rows.device) % first.shape[0]
+    return rows, torch.arange(batch, device=rows.device)
 
 
 def _scaled(dots: Float[Tensor, "B U"], sqnorm: Float[Tensor, " U"], alpha: Float[Tensor, " B"]) -> Tensor:

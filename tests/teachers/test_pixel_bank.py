@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dreamengine.teachers.pixel_bank import PixelBank
+from dreamengine.teachers.pixel_bank import PixelBank, _distinct_rows
 from dreamengine.teachers.toyworld import scaled_linear_alphas_cumprod
 
 ALPHAS = scaled_linear_alphas_cumprod()
@@ -79,6 +79,29 @@ def test_grouped_posterior_sums_the_views_of_each_set(seed, timestep):
     assert torch.equal(posterior.weights.eq(0), expected_weights.eq(0))
     torch.testing.assert_close(posterior.weights, expected_weights, rtol=1e-9, atol=1e-300)
     torch.testing.assert_close(posterior.mean, expected_mean, rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), timestep=st.integers(0, 999), copies=st.integers(1, 3),
+       distinct=st.integers(1, 2))
+def test_guidance_copies_of_one_batch_share_the_product_and_keep_the_posterior(seed, timestep, copies, distinct):
+    """Classifier-free guidance scores copies of the same noised renders under different prompts: the bank is read
+    once per distinct render, and each copy's posterior is still the dense one under its own prior."""
+    rows = random_bank(30, 48, seed)
+    bank = PixelBank(rows)
+    z, alpha = noised_bank_rows(rows, [3, 17][:distinct], [timestep, max(timestep - 11, 0)][:distinct], seed)
+    z, alpha = z.repeat(copies, 1), alpha.repeat(copies)
+    first, which = _distinct_rows(z.float())
+    assert torch.equal(first, z[:distinct].float()) and torch.equal(first[which], z.float())
+    log_prior = torch.randn(z.shape[0], 30, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 30.0
+    expected_weights, expected_mean = dense_posterior(rows, z, alpha, log_prior, torch.arange(30)[:, None])
+    posterior = bank.posterior(z, alpha, log_prior)
+    assert torch.equal(posterior.weights.eq(0), expected_weights.eq(0))
+    torch.testing.assert_close(posterior.weights, expected_weights, rtol=1e-9, atol=1e-300)
+    torch.testing.assert_close(posterior.mean, expected_mean, rtol=1e-9, atol=1e-12)
+    different = z.float().clone()
+    different[-1, 0] += 1.0  # not copies any more: every row keeps its own product
+    assert _distinct_rows(different)[0].shape[0] == z.shape[0]
 
 
 def test_float32_estimate_stays_within_its_bound_where_rounding_is_worst():
