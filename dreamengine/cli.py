@@ -25,7 +25,7 @@ DreamEngine turns a text prompt into a 3D asset by score distillation: a frozen 
 (the teacher) scores renders of a 3D scene from random cameras and the scene is optimized until every
 view looks like the prompt. The result is exported as a mesh (GLB).
 
-Start here (runs offline on a CPU with the toy-world teacher, about 2-3 minutes):
+Start here (runs offline on a CPU with the toy-world teacher, about 1-2 minutes):
   dreamengine generate "a red cube"
 """
 
