@@ -62,8 +62,9 @@ def unwrap_uv(mesh: trimesh.Trimesh, resolution: int = 1024, padding: int = 4,
     its own mesh: xatlas computes the charts of its meshes in parallel (its own threads) and packs all the charts
     into one atlas. Chart finding costs more than linearly in the faces, so pieces save time on one core too:
     a 20000-face marching-cubes cube unwraps in 6.0 s whole, 2.8 s in 2 pieces and 1.6 s in 4 on 2 cores
-    (the quickstart's export: UVs 7.5 -> 1.6 s in bench/results/fixed_cost_quickstart.md). A piece's boundary is a chart boundary (a seam); the bake samples
-    the same surface on both sides of it, so the texture is continuous there.
+    (the quickstart's export: UVs 7.5 -> 1.6 s in bench/results/fixed_cost_quickstart.md). A piece's boundary is
+    a chart boundary (a seam); the bake samples the same surface on both sides of it, so the texture is continuous
+    there.
 
     Args:
         resolution: texture size the charts are packed for (texels per side).
