@@ -110,19 +110,10 @@ class HashGridEncoding(nn.Module):
         return tcnn.Encoding(n_input_dims=3, encoding_config=config)
 
     def level_indices(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """Table rows and trilinear weights of each point's 8 cell corners at every level (torch backend).
+        """Table rows and trilinear weights of each point's 8 cell corners at every level (torch backend), in
+        the point-major order the lookup's gradient accumulates in: :meth:`corner_indices` transposed.
 
         Corner ``c = 4 di + 2 dj + dk`` is the vertex ``(i + di, j + dj, k + dk)`` of the point's cell.
-        Both the rows and the weights are built per axis and combined by broadcasting, which keeps the
-        integer work at [L, 3, 2, N] instead of [L, 8, 3, N]. The points are the last (contiguous) dimension
-        while building: torch's elementwise kernels run their inner loop along it, and with the corner or axis
-        dimensions (length 2) innermost they ran 3-8x slower per element. The results are transposed to
-        [N, L, 8] at the end, the order the lookup and its gradient have always used. The integer work is done
-        in int32 when the table has fewer than 2^31 rows (always, in practice), 1.6x faster than in int64; the
-        hash products then wrap around modulo 2^32, which leaves their low bits, the only ones the table-size
-        mask keeps, as Instant-NGP's uint32 arithmetic has them (tests/scenes/test_encoding.py checks against
-        Python integers). The rows are returned as int64: torch's lookup and its backward (``index_add_``) are
-        much slower with int32 indices.
 
         Args:
             points: [N, 3] in [0, 1] (clamped).
@@ -130,6 +121,23 @@ class HashGridEncoding(nn.Module):
             rows: [N, L, 8] long, indices into ``self.table`` (already offset to the level's block).
             weights: [N, L, 8], the trilinear weights (they sum to 1 over the corners); differentiable in the
                 points.
+        """
+        rows, weights = self.corner_indices(points)
+        return rows.permute(2, 0, 1).contiguous(), weights.permute(2, 0, 1).contiguous()
+
+    def corner_indices(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`level_indices` in corner-major order: rows [L, 8, N] long and weights [L, 8, N].
+
+        Both the rows and the weights are built per axis and combined by broadcasting, which keeps the
+        integer work at [L, 3, 2, N] instead of [L, 8, 3, N]. The points are the last (contiguous) dimension:
+        torch's elementwise kernels run their inner loop along it, and with the corner or axis dimensions
+        (length 2) innermost they ran 3-8x slower per element. The interpolation reads this order directly;
+        only the table's gradient needs the point-major order (the transpose is done there, so renders without
+        gradients skip it). The integer work is done in int32 when the table has fewer than 2^31 rows (always,
+        in practice), 1.6x faster than in int64; the hash products then wrap around modulo 2^32, which leaves
+        their low bits, the only ones the table-size mask keeps, as Instant-NGP's uint32 arithmetic has them
+        (tests/scenes/test_encoding.py checks against Python integers). The rows are returned as int64: torch's
+        lookup and its backward (``index_add_``) are much slower with int32 indices.
         """
         n, levels, dense = points.shape[0], self.num_levels, self.num_dense_levels
         index = self.index_dtype
@@ -157,13 +165,11 @@ class HashGridEncoding(nn.Module):
             hashed = terms[:, 0, :, None, None] ^ terms[:, 1, None, :, None] ^ terms[:, 2, None, None]
             blocks.append(hashed + offsets[dense:, None, None, None, None])
         corner_rows = torch.cat(blocks) if len(blocks) > 1 else blocks[0]  # [L, 2, 2, 2, N]
-        rows = torch.empty(n, levels, 8, dtype=torch.long, device=points.device)
-        rows.copy_(corner_rows.view(levels, 8, n).permute(2, 0, 1))
 
         axis_weight = torch.stack([1.0 - frac, frac], dim=2)  # [L, 3, 2, N]
         weights = (axis_weight[:, 0, :, None, None] * axis_weight[:, 1, None, :, None]
                    * axis_weight[:, 2, None, None])  # [L, 2, 2, 2, N]
-        return rows, weights.view(levels, 8, n).permute(2, 0, 1).contiguous()
+        return corner_rows.view(levels, 8, n).long(), weights.view(levels, 8, n)
 
     def forward(self, points: Tensor, active_levels: Tensor | int | None = None) -> Tensor:
         """[N, 3] in [0, 1] -> [N, num_levels * features_per_level] (float32). With ``active_levels`` n the
@@ -171,7 +177,7 @@ class HashGridEncoding(nn.Module):
         if self.backend == "cuda":
             encoded = self.tcnn_encoding(points.clamp(0.0, 1.0)).float()
         else:
-            rows, weights = self.level_indices(points)
+            rows, weights = self.corner_indices(points)
             encoded = _InterpolateCorners.apply(self.table, rows, weights).reshape(points.shape[0], self.output_dim)
         if active_levels is None:
             return encoded
@@ -185,42 +191,48 @@ class HashGridEncoding(nn.Module):
 
 
 def _sum_corners(values: Tensor) -> Tensor:
-    """[..., 8] -> [...]: the sum over the 8 corners, in the order torch's ``sum(dim=2)`` over [N, L, 8, 2]
+    """[L, 8, N] -> [L, N]: the sum over the 8 corners, in the order torch's ``sum(dim=2)`` over [N, L, 8, 2]
     took on the machine the quickstart's results were measured on (AVX2): the two halves added lane by lane,
     then left to right. Keeping that order keeps every earlier result bit for bit."""
-    halves = values[..., :4] + values[..., 4:]
-    return ((halves[..., 0] + halves[..., 1]) + halves[..., 2]) + halves[..., 3]
+    halves = values[:, :4] + values[:, 4:]
+    return ((halves[:, 0] + halves[:, 1]) + halves[:, 2]) + halves[:, 3]
 
 
 class _InterpolateCorners(torch.autograd.Function):
-    """``sum_c weights[n, l, c] * table[rows[n, l, c]]``: table [T, F], rows and weights [N, L, 8] -> [N, L, F].
+    """``sum_c weights[l, c, n] * table[rows[l, c, n]]``: table [T, F], corner-major rows and weights [L, 8, N]
+    (:meth:`HashGridEncoding.corner_indices`) -> [N, L, F].
 
-    The same numbers as ``(weights[..., None] * table[rows]).sum(dim=2)`` with autograd, computed one feature
-    column at a time so that every elementwise kernel runs along a contiguous [N, L, 8] block (broadcasting
-    over the length-F last dimension made torch's kernels 2-3x slower). The table's gradient is accumulated
-    with ``index_add_`` in the lookup's own order, as autograd's gradient of ``index_select`` does.
+    The same numbers as ``(w[..., None] * table[rows]).sum(dim=2)`` over the point-major [N, L, 8] order with
+    autograd, computed one feature column at a time so that every elementwise kernel runs along a contiguous
+    block (broadcasting over the length-F last dimension made torch's kernels 2-3x slower). The table's gradient
+    is accumulated with ``index_add_`` in the point-major order, as autograd's gradient of ``index_select`` over
+    [N, L, 8] rows did (a row's contributions are summed in the same order, so the gradient is bit-identical).
     """
 
     @staticmethod
     def forward(ctx: Any, table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
-        features = table.index_select(0, rows.reshape(-1)).view(*rows.shape, table.shape[1])  # [N, L, 8, F]
-        encoded = torch.empty(*rows.shape[:2], table.shape[1], dtype=table.dtype, device=table.device)
-        for column in range(table.shape[1]):
-            encoded[..., column] = _sum_corners(weights * features[..., column])
+        levels, _, count = rows.shape
+        width = table.shape[1]
+        features = table.index_select(0, rows.reshape(-1)).view(levels, 8, count, width)  # [L, 8, N, F]
+        encoded = torch.empty(count, levels, width, dtype=table.dtype, device=table.device)
+        for column in range(width):
+            encoded[..., column] = _sum_corners(weights * features[..., column]).T
         ctx.save_for_backward(table, rows, weights)
         return encoded
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
-        table, rows, weights = ctx.saved_tensors
+        table, rows, weights = ctx.saved_tensors  # rows and weights [L, 8, N]; grad [N, L, F]
         width = table.shape[1]
         grad_table = grad_weights = None
         if ctx.needs_input_grad[0]:
-            per_corner = torch.empty(*rows.shape, width, dtype=grad.dtype, device=grad.device)  # [N, L, 8, F]
+            point_rows = rows.permute(2, 0, 1).contiguous()  # [N, L, 8]: the order of the accumulation
+            point_weights = weights.permute(2, 0, 1).contiguous()
+            per_corner = torch.empty(*point_rows.shape, width, dtype=grad.dtype, device=grad.device)  # [N, L, 8, F]
             for column in range(width):
-                torch.mul(weights, grad[..., column, None], out=per_corner[..., column])
-            grad_table = torch.zeros_like(table).index_add_(0, rows.reshape(-1), per_corner.view(-1, width))
+                torch.mul(point_weights, grad[..., column, None], out=per_corner[..., column])
+            grad_table = torch.zeros_like(table).index_add_(0, point_rows.reshape(-1), per_corner.view(-1, width))
         if ctx.needs_input_grad[2]:
-            features = table.index_select(0, rows.reshape(-1)).view(*rows.shape, width)
-            grad_weights = (features * grad[:, :, None, :]).sum(dim=-1)
+            features = table.index_select(0, rows.reshape(-1)).view(*rows.shape, width)  # [L, 8, N, F]
+            grad_weights = (features * grad.permute(1, 0, 2)[:, None]).sum(dim=-1)  # [L, 8, N]
         return grad_table, None, grad_weights

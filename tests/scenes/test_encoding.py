@@ -123,7 +123,7 @@ def test_point_gradient_is_the_derivative_of_the_interpolation_inside_a_cell() -
 def test_interpolation_gradients_pass_gradcheck_in_float64() -> None:
     """The hand-written backward of the corner interpolation (table and weights) against numerical derivatives."""
     encoding = small_encoding()
-    rows, weights = encoding.level_indices(torch.rand(6, 3, generator=torch.Generator().manual_seed(7)))
+    rows, weights = encoding.corner_indices(torch.rand(6, 3, generator=torch.Generator().manual_seed(7)))
     table = encoding.table.detach().double()[: int(rows.max()) + 1].clone().requires_grad_(True)
     corner_weights = weights.detach().double().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t, w: _InterpolateCorners.apply(t, rows, w), (table, corner_weights))
