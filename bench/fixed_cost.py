@@ -11,8 +11,9 @@ to bench/results/NAME.md.
     python bench/fixed_cost.py [--repeats 3] [--runs quickstart ten] [--label after] [--out fixed_cost]
                                [--merge] [key=value ...]
 
-``--merge`` keeps the other labels' tables already in the output file (measure "before" with
-``PYTHONPATH=<main checkout>`` and ``--label before``, then "after" here with ``--merge``). The teacher's bank
+``--merge`` keeps the other labels' tables already in the output file, and its hand-written ``## `` notes
+(measure "before" with ``PYTHONPATH=<main checkout>`` and ``--label before``, then "after" here with
+``--merge``). The teacher's bank
 cache is left as a user has it (warm after the first run); ``--cold-cache`` points ``DREAMENGINE_CACHE`` at an
 empty folder for every run instead. ``OMP_NUM_THREADS`` is left as it is (unset: torch's default).
 """
@@ -222,14 +223,17 @@ def write_table(args: argparse.Namespace, heading: str, runs: dict[str, list[dic
     print("\n".join(section))
     out = RESULTS / f"{args.out}.md"
     sections: list[str] = []
+    notes: list[str] = []  # hand-written "## " sections: kept, after the tables
     if args.merge and out.is_file():
-        text = out.read_text()
-        sections = [s for s in re.split(r"(?m)^(?=### )", text)
-                    if s.startswith("### ") and not s.startswith(f"### {args.label}:")]
+        parts = re.split(r"(?m)^(?=##+ )", out.read_text())
+        sections = [s for s in parts if s.startswith("### ") and not s.startswith(f"### {args.label}:")]
+        notes = [s for s in parts if s.startswith("## ")]
     intro = ("# Fixed cost around training (issue 16)\n\nWritten by `python bench/fixed_cost.py` (see its docstring). "
              "Wall seconds are on a shared 2-core machine: compare rows of one table, and the CPU time.\n\n")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(intro + "".join(s.rstrip() + "\n\n" for s in sections) + "\n".join(section) + "\n")
+    notes_text = "".join("\n" + s.rstrip() + "\n" for s in notes)
+    tables = intro + "".join(s.rstrip() + "\n\n" for s in sections) + "\n".join(section)
+    out.write_text(tables.rstrip() + "\n" + notes_text)
     print(f"wrote {out}", file=sys.stderr)
 
 
