@@ -13,9 +13,9 @@ to bench/results/NAME.md.
 
 ``--merge`` keeps the other labels' tables already in the output file, and its hand-written ``## `` notes
 (measure "before" with ``PYTHONPATH=<main checkout>`` and ``--label before``, then "after" here with
-``--merge``). The teacher's bank
-cache is left as a user has it (warm after the first run); ``--cold-cache`` points ``DREAMENGINE_CACHE`` at an
-empty folder for every run instead. ``OMP_NUM_THREADS`` is left as it is (unset: torch's default).
+``--merge``). The teacher's bank cache is left as a user has it (warm after the first run); ``--cold-cache``
+points ``DREAMENGINE_CACHE`` at an empty folder for every run instead. ``OMP_NUM_THREADS`` is left as it is
+(unset: torch's default).
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ class HashGridEncoding(nn.Module):
                 points.
         """
         rows, weights = self.corner_indices(points)
-        return rows.permute(2, 0, 1).contiguous(), weights.permute(2, 0, 1).contiguous()
+        return _point_major(rows), _point_major(weights)
 
     def corner_indices(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`level_indices` in corner-major order: rows [L, 8, N] long and weights [L, 8, N].
@@ -190,6 +190,11 @@ class HashGridEncoding(nn.Module):
         return (level < torch.as_tensor(active_levels, device=device)).float()
 
 
+def _point_major(corner_major: Tensor) -> Tensor:
+    """[L, 8, N] -> [N, L, 8], contiguous."""
+    return corner_major.permute(2, 0, 1).contiguous()
+
+
 def _sum_corners(values: Tensor) -> Tensor:
     """[L, 8, N] -> [L, N]: the sum over the 8 corners, in the order torch's ``sum(dim=2)`` over [N, L, 8, 2]
     took on the machine the quickstart's results were measured on (AVX2): the two halves added lane by lane,
@@ -226,8 +231,7 @@ class _InterpolateCorners(torch.autograd.Function):
         width = table.shape[1]
         grad_table = grad_weights = None
         if ctx.needs_input_grad[0]:
-            point_rows = rows.permute(2, 0, 1).contiguous()  # [N, L, 8]: the order of the accumulation
-            point_weights = weights.permute(2, 0, 1).contiguous()
+            point_rows, point_weights = _point_major(rows), _point_major(weights)  # the accumulation's order
             per_corner = torch.empty(*point_rows.shape, width, dtype=grad.dtype, device=grad.device)  # [N, L, 8, F]
             for column in range(width):
                 torch.mul(point_weights, grad[..., column, None], out=per_corner[..., column])
