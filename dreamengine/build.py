@@ -225,7 +225,16 @@ def load_run(path: str | Path, device: torch.device | str = "cpu"
     its last stage that has one (:func:`dreamengine.runs.trained_run_dir`)."""
     run_dir, cfg = open_run_dir(trained_run_dir(path))
     scenes, background, renderers = load_scenes(cfg, run_dir / "ckpt" / "last.pt", device)
+    ready_for_final_renders(scenes, renderers)
     return run_dir, cfg, scenes, background, renderers
+
+
+def ready_for_final_renders(scenes: list[Scene], renderers: list[Renderer]) -> None:
+    """Ready each renderer for the renders after training (export, evaluation, report; see
+    :meth:`~dreamengine.core.protocols.Renderer.after_training`). The state it changes is not training state:
+    call it after the last checkpoint is written, so that a run continued later trains as it would have."""
+    for scene, renderer in zip(scenes, renderers, strict=True):
+        renderer.after_training(scene.render_inputs())
 
 
 def gaussians_from_nerf_run(scene_cfg: Any, sh_degree: int, resolution: int = 64) -> dict[str, Tensor]:
@@ -240,6 +249,7 @@ def gaussians_from_nerf_run(scene_cfg: Any, sh_degree: int, resolution: int = 64
         raise ConfigError(f"scene.init_path {run_dir} is a '{run_cfg.scene.name}' run; scene.init=nerf needs a "
                           "NeRF run (scene.name=nerf)")
     scenes, background, renderers = load_scenes(run_cfg, Path(run_dir) / "ckpt" / "last.pt")
+    ready_for_final_renders(scenes, renderers)
     nerf = scenes[0]
     cameras = export_cameras(*run_cfg.camera.framing())
 
@@ -267,4 +277,4 @@ def gaussians_from_nerf_run(scene_cfg: Any, sh_degree: int, resolution: int = 64
 __all__ = ["DENSIFIED_SCENES", "GUIDANCES_THAT_ADAPT_THE_TEACHER", "ReferenceView", "TextPrior", "build_background",
            "build_densifiers", "build_guidance", "build_optimizer", "build_prompts", "build_reference", "build_scene",
            "build_scenes", "build_teacher", "build_text_prior", "gaussians_from_nerf_run", "load_run", "load_scenes",
-           "reference_camera", "resolve_device", "teacher_context"]
+           "ready_for_final_renders", "reference_camera", "resolve_device", "teacher_context"]

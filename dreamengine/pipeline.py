@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dreamengine.build import ready_for_final_renders
 from dreamengine.core.files import write_json
 from dreamengine.report import report_after_training
 from dreamengine.results import evaluate_run, export_run
@@ -36,7 +37,8 @@ def run_stage(trainer: Trainer, callbacks: Sequence[Callable[[StepEvent], None]]
     finished run has one: batch skips runs that do) and the report (its failure only warns)."""
     start = time.perf_counter()
     cfg, run_dir = trainer.cfg, trainer.run_dir
-    trainer.fit(callbacks)
+    trainer.fit(callbacks)  # ends with the last checkpoint
+    ready_for_final_renders(trainer.scenes, trainer.renderers)  # e.g. a grid a 10-step run never refreshed
     files = export_run(trainer.scenes, trainer.background, trainer.renderers, cfg, run_dir) if export else []
     metrics = evaluate_run(trainer.scene, trainer.background, trainer.renderer, cfg, run_dir)
     seconds = time.perf_counter() - start

@@ -257,6 +257,25 @@ def test_particles_scale_only_a_mean_reduced_guidance_loss(tmp_path, reduction, 
     assert terms["loss"] == pytest.approx(factor * seen[0], rel=1e-6)
 
 
+def test_a_short_run_renders_its_results_with_a_refreshed_grid_and_continues_from_the_unrefreshed_one(tmp_path):
+    """A run shorter than the occupancy grid's update period never refreshed it (every cell occupied: the renders
+    after training evaluated every sample). run_stage refreshes it for those renders only: the checkpoint keeps
+    the training grid, so a continued run trains as the uninterrupted one."""
+    from dreamengine.pipeline import run_stage
+
+    short = tiny_trainer(tmp_path / "a", "trainer.max_steps=3", "report.turntable=false")
+    run_stage(short, export=False)
+    assert short.renderer.occupancy.refreshed and not short.renderer.occupancy.occupied.all()
+    resumed = tiny_trainer(tmp_path / "a", "trainer.max_steps=20")
+    resumed.load()
+    assert resumed.step == 3 and not resumed.renderer.occupancy.refreshed
+    resumed.fit()
+    straight = tiny_trainer(tmp_path / "b", "trainer.max_steps=20")
+    straight.fit()
+    for key, value in scene_parameters(straight).items():
+        assert torch.equal(value, resumed.scene.state_dict()[key]), key
+
+
 def test_progressive_band_and_albedo_warmup_follow_the_steps_and_resume_exactly(tmp_path: Path):
     """scene.progressive_* and render.albedo_warmup_steps through fit(): the band and the shading change at their
     steps, and a run resumed in the middle ends where the uninterrupted one does."""

@@ -630,6 +630,9 @@ class RasterRenderer:
         """Count the step (the albedo warm-up); nothing to refresh."""
         self.warmup.after_step(step)
 
+    def after_training(self, mesh: MeshTensors) -> None:
+        """Nothing to ready: rasterization keeps no scene-dependent state."""
+
     def state_dict(self) -> dict[str, Any]:
         return self.warmup.state_dict()
 

@@ -352,6 +352,9 @@ class SplatRenderer:
     def after_step(self, splats: SplatTensors, step: int) -> None:
         """Nothing to refresh."""
 
+    def after_training(self, splats: SplatTensors) -> None:
+        """Nothing to ready."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -15,6 +15,7 @@ from dreamengine.errors import ConfigError
 from dreamengine.renderers.volume import (
     NORMAL_MIN_WEIGHT,
     OccupancyGrid,
+    VolumeRenderer,
     accumulate,
     composite_weights,
     render_volume,
@@ -251,6 +252,32 @@ def test_torch_occupancy_grid_marks_the_cells_a_ball_touches() -> None:
     assert grid.occupied[distance < 0.5 - half_diagonal].all()
     assert not grid.occupied[distance > 0.5 + half_diagonal].any()
     torch.testing.assert_close(grid.occupied_at(centers), grid.occupied)
+
+
+def test_a_grid_no_update_has_seen_is_refreshed_once_after_training() -> None:
+    # a run shorter than update_every steps never refreshed its grid: every cell stays occupied and the renders
+    # after training would evaluate every sample; after_training refreshes it once, with fixed random numbers
+    from dreamengine.config.run import RenderConfig
+
+    cfg = RenderConfig(num_samples=32, occupancy_resolution=16, occupancy_update_every=16, backend="torch")
+    renderer = VolumeRenderer(cfg, 1.0, torch.device("cpu"))
+    grid = renderer.occupancy
+    ball = BallField(5.0, ball=0.5)
+    renderer.after_step(ball, 10)  # step 10 of a 10-step run: no update due
+    assert grid is not None and not grid.refreshed and grid.occupied.all()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    renderer.after_training(ball)
+    assert torch.equal(torch.get_rng_state(), state)  # the run's own random stream is untouched
+    assert grid.refreshed and 0.0 < grid.occupied.float().mean() < 0.2
+    expected = OccupancyGrid(num_samples=32, resolution=16, backend="torch")
+    torch.manual_seed(0)
+    expected.update(ball, step=0)
+    assert torch.equal(grid.values, expected.values) and torch.equal(grid.occupied, expected.occupied)
+
+    values = grid.values.clone()
+    renderer.after_training(BallField(5.0, ball=0.9))  # a grid updates have seen is left as it is
+    assert torch.equal(grid.values, values)
 
 
 def test_render_with_the_torch_grid_equals_the_field_masked_to_occupied_cells() -> None:
