@@ -16,6 +16,11 @@ rigorous bound on its rounding error, then computes the float64 log-weights of t
 only. The weights it returns are the full float64 softmax's: the same nonzero entries, equal to float64
 rounding (the denominator is summed over fewer zeros, in another order), and exactly zero elsewhere.
 
+The float32 pass reads only the columns where the bank images differ: a pixel that is background in every image
+(half of the quickstart bank's, its corners and edges) adds the same z_i x_i to every dot product, computed once
+in float64. That halves the pass's memory traffic (12 -> 6 ms for the quickstart's bank on 2 cores) for a copy of
+the varying columns (104 MB for the quickstart's 213 MB bank).
+
 Bound: the bank holds float32 numbers (the renders are float32), z is rounded to float32 (|dz_i| <= u |z_i|,
 u = 2^-24), and a float32 dot product of length D is within gamma_D sum_i |z_i x_i| <= gamma_D |z| |x| of the
 exact one in any summation order (gamma_D = D u / (1 - D u); Higham, Accuracy and Stability of Numerical
@@ -59,6 +64,11 @@ class PixelBank:
         self.norm = self.sqnorm.sqrt()  # [N]
         unit, dim = FLOAT32_UNIT_ROUNDOFF, rows.shape[1]
         self._dot_error = dim * unit / (1.0 - dim * unit) + 2.0 * unit  # gamma_D, plus z's rounding to float32
+        varying = (rows != rows[:1]).any(dim=0)  # [D]: the columns where some image differs from the first
+        self._varying_columns = varying.nonzero().squeeze(1)  # [D_v]
+        self._shared_columns = (~varying).nonzero().squeeze(1)  # [D - D_v]
+        self._shared_values = rows[0, self._shared_columns].double()  # [D - D_v]: every image's value there
+        self._varying_rows = rows[:, self._varying_columns].contiguous() if not bool(varying.all()) else self.rows
         # reused buffers for the candidates' rows: a fresh allocation of this size costs more in page faults
         # than the copy itself
         self._gathered = torch.empty(0, dim, dtype=torch.float32, device=rows.device)
@@ -81,10 +91,12 @@ class PixelBank:
         ``z`` [B, D] float64, ``alpha`` [B] float64 (alpha-bar of each row's timestep)."""
         # Rows of z that are the same image (classifier-free guidance scores one z under two prompts) share one
         # product: the bank is read once per distinct image, and a product with one column is 20% faster.
-        distinct, which = _distinct_rows(z.float())
-        dots = (self.rows @ distinct.T).T.double()[which]  # [B, N]; this order is the faster product on a CPU
+        distinct, which = _distinct_rows(z[:, self._varying_columns].float())
+        dots = (self._varying_rows @ distinct.T).T.double()[which]  # [B, N]; the faster order on a CPU
+        dots = dots + (z[:, self._shared_columns] @ self._shared_values)[:, None]  # the columns all images share
         scale = alpha.sqrt() / (1.0 - alpha)  # [B]: |d d_s / d dot| = 2 sqrt(a) / (2 (1 - a))
-        # 1.01: room for the float64 rounding of the norms and of this product
+        # the float32 part's bound over all D columns (it sums fewer terms: |z_v| |x_v| <= |z| |x|); 1.01: room
+        # for the float64 rounding of the norms, of the shared columns' product and of this product
         bound = 1.01 * self._dot_error * (scale * z.norm(dim=1))[:, None] * self.norm[None]
         return _scaled(dots, self.sqnorm, alpha), bound
 

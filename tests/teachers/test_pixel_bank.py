@@ -45,11 +45,23 @@ def random_bank(count: int, dim: int, seed: int) -> torch.Tensor:
     return palette[labels].repeat_interleave(4, dim=1).float()
 
 
+def with_background(rows: torch.Tensor, seed: int) -> torch.Tensor:
+    """``rows`` with a random half of the columns set to one value each, the same in every row (the pixels that
+    are background in every bank image)."""
+    generator = torch.Generator().manual_seed(seed)
+    shared = torch.randperm(rows.shape[1], generator=generator)[: rows.shape[1] // 2]
+    rows = rows.clone()
+    rows[:, shared] = (torch.rand(shared.numel(), generator=generator) * 2.0 - 1.0).float()
+    return rows
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), timestep=st.integers(0, 999), count=st.integers(2, 60),
-       zero_prior=st.booleans())
-def test_posterior_equals_the_dense_float64_softmax(seed, timestep, count, zero_prior):
+       zero_prior=st.booleans(), background=st.booleans())
+def test_posterior_equals_the_dense_float64_softmax(seed, timestep, count, zero_prior, background):
     rows = random_bank(count, 48, seed)
+    if background:  # the float32 pass reads only the columns where the images differ
+        rows = with_background(rows, seed)
     bank = PixelBank(rows)
     z, alpha = noised_bank_rows(rows, [0, count - 1], [timestep, max(timestep - 7, 0)], seed)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -118,6 +130,19 @@ def test_float32_estimate_stays_within_its_bound_where_rounding_is_worst():
     error = (estimate - exact).abs()
     assert bool((error <= bound).all())
     assert float(error.max()) > 0.0  # the float32 pass does round
+
+
+def test_float32_pass_reads_the_varying_columns_and_stays_within_its_bound():
+    generator = torch.Generator().manual_seed(1)
+    rows = with_background((1.0 - 1e-3 * torch.rand(64, 2048, generator=generator)).float(), seed=1)
+    bank = PixelBank(rows)
+    assert bank._varying_rows.shape == (64, 1024)  # half the columns are the same in every row
+    z = (3.0 + torch.rand(4, 2048, generator=generator, dtype=torch.float64)).float().double()
+    alpha = ALPHAS[torch.tensor([0, 20, 500, 999])]
+    estimate, bound = bank.estimated_distances(z, alpha)
+    dots = z @ rows.double().T
+    exact = (alpha[:, None] * bank.sqnorm[None] - 2.0 * alpha.sqrt()[:, None] * dots) / (2.0 * (1.0 - alpha))[:, None]
+    assert bool(((estimate - exact).abs() <= bound).all())
 
 
 def test_sharp_posterior_reads_a_few_rows_only():
