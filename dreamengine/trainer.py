@@ -204,6 +204,13 @@ def portable_info(info: dict[str, Any]) -> dict[str, Any]:
             **{key: info[key] for key in ("width", "height", "n_cameras")}}
 
 
+def all_finite(tensor: Tensor) -> bool:
+    """Whether every element of ``tensor`` is finite. A NaN or an infinity makes the sum non-finite, so a finite
+    sum proves it in one pass (20x cheaper than ``isfinite(tensor).all()`` for the hash table's gradient); only a
+    non-finite sum, which finite values can also give by overflowing, is checked element by element."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def crossed(before: int, after: int, every: int) -> bool:
     """Whether a multiple of ``every`` lies in (before, after] (0: never)."""
     return every > 0 and after // every > before // every
@@ -341,7 +348,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             finite = bool(torch.isfinite(loss)) and all(
-                bool(torch.isfinite(p.grad).all()) for p in self.optimized_parameters() if p.grad is not None)
+                all_finite(p.grad) for p in self.optimized_parameters() if p.grad is not None)
             # the guidance replaces NaN in its gradient by 0: a step whose gradient was mostly NaN failed
             finite = finite and guided.terms.get("grad_nonfinite", 0.0) <= MAX_NONFINITE_GRADIENT
         terms = {"loss": float(loss.detach()), **guided.terms, **text_terms}

@@ -295,3 +295,17 @@ def test_progressive_band_and_albedo_warmup_follow_the_steps_and_resume_exactly(
     second.fit()
     for key, value in scene_parameters(straight).items():
         assert torch.equal(value, second.scene.state_dict()[key]), key
+
+
+def test_all_finite_is_the_elementwise_check_including_sums_that_overflow():
+    from dreamengine.trainer import all_finite
+
+    values = torch.randn(1000, 2)
+    assert all_finite(values)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = values.clone()
+        broken[537, 1] = bad
+        assert not all_finite(broken)
+    huge = torch.full((8, 2), 3e38)  # every value finite, their float32 sum is not
+    assert not bool(torch.isfinite(huge.sum())) and all_finite(huge)
+    assert all_finite(torch.zeros(0))
