@@ -150,9 +150,12 @@ class OccupancyGrid:
     ``value * step > min(occupancy_threshold, mean over cells of value * step)`` with the marching step
     ``step = 2 sqrt(3) radius / num_samples`` (so ``value * step`` approximates the cell's alpha; pass the
     renderer's ``num_samples``). Samples in empty cells get density 0 without a field evaluation, and no
-    gradient. Until the first ``update`` every cell is occupied.
+    gradient. Until the first update the torch grid marks every cell occupied (the first due one is at step
+    ``update_every``: the trainer counts steps from 1).
 
-    * CUDA backend: wraps ``nerfacc.OccGridEstimator``, which also does the ray marching.
+    * CUDA backend: wraps ``nerfacc.OccGridEstimator``, which also does the ray marching. Its fresh grid marks
+      no cell, so the first ``update`` call refreshes it whatever the step (else nothing renders until step
+      ``update_every``; threestudio updates before each step, from step 0).
     * torch backend: a boolean [resolution^3] grid that the torch renderer uses to evaluate the field only
       at samples in occupied cells (typically 4-6x fewer evaluations for an object in the middle).
 
@@ -187,6 +190,9 @@ class OccupancyGrid:
     def update(self, scene: Field, step: int, chunk: int = 65536) -> None:
         """Refresh occupancy from the scene's density every ``update_every`` steps."""
         if self.estimator is not None:
+            if not self.refreshed:  # nerfacc's fresh grid marks no cell: nothing would render until step n
+                self.refresh(scene)
+
             def occupancy_eval(points: Tensor) -> Tensor:
                 return scene.density(points) * self.render_step_size  # ~ alpha for small values
 

@@ -280,6 +280,23 @@ def test_a_grid_no_update_has_seen_is_refreshed_once_after_training() -> None:
     assert torch.equal(grid.values, values)
 
 
+def test_nerfacc_estimator_is_refreshed_at_the_first_update_through_its_inference_update() -> None:
+    # the CUDA backend's grid is nerfacc's OccGridEstimator, whose fresh grid marks nothing occupied; its update
+    # runs on the CPU too, so the refresh's nerfacc branch is checked here against the ball's cells
+    grid = OccupancyGrid(num_samples=32, resolution=16, backend="torch")
+    grid.estimator = nerfacc.OccGridEstimator(roi_aabb=torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]),
+                                              resolution=16, levels=1)
+    assert not grid.refreshed
+    grid.update(BallField(5.0, ball=0.5), step=1)  # not due, but a grid nerfacc never updated renders nothing
+    assert grid.refreshed
+    axis = (torch.arange(16) + 0.5) / 16 * 2 - 1
+    distance = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).norm(dim=-1)
+    half_diagonal = math.sqrt(3) / 16
+    occupied = grid.estimator.binaries[0]  # [16, 16, 16], x-major like the meshgrid above
+    assert occupied[distance < 0.5 - half_diagonal].all()
+    assert not occupied[distance > 0.5 + half_diagonal].any()
+
+
 def test_render_with_the_torch_grid_equals_the_field_masked_to_occupied_cells() -> None:
     torch.manual_seed(0)
     field = BlobField()
