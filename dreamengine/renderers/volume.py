@@ -36,6 +36,7 @@ computed by the caller from ``opacity``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -192,11 +193,7 @@ class OccupancyGrid:
         if self.estimator is not None:
             if not self.refreshed:  # nerfacc's fresh grid marks no cell: nothing would render until step n
                 self.refresh(scene)
-
-            def occupancy_eval(points: Tensor) -> Tensor:
-                return scene.density(points) * self.render_step_size  # ~ alpha for small values
-
-            self.estimator.update_every_n_steps(step=step, occ_eval_fn=occupancy_eval,
+            self.estimator.update_every_n_steps(step=step, occ_eval_fn=self._alpha_fn(scene),
                                                 occ_thre=self.occupancy_threshold, n=self.update_every)
             return
         if step % self.update_every != 0:
@@ -219,13 +216,13 @@ class OccupancyGrid:
             if self.estimator is None:
                 self._update_torch(scene, chunk)
                 return
-
-            def occupancy_eval(points: Tensor) -> Tensor:
-                return scene.density(points) * self.render_step_size
-
             # nerfacc's documented way to update outside training; step 0 is in its warm-up (every cell evaluated)
-            self.estimator._update(step=0, occ_eval_fn=occupancy_eval, occ_thre=self.occupancy_threshold,
+            self.estimator._update(step=0, occ_eval_fn=self._alpha_fn(scene), occ_thre=self.occupancy_threshold,
                                    ema_decay=self.ema_decay)
+
+    def _alpha_fn(self, scene: Field) -> Callable[[Tensor], Tensor]:
+        """nerfacc's occupancy function: points [N, 3] -> density x marching step (~ alpha for small values)."""
+        return lambda points: scene.density(points) * self.render_step_size
 
     def _update_torch(self, scene: Field, chunk: int) -> None:
         """The torch grid's update: the EMA of the density at one random point per cell, then the threshold."""

@@ -18,7 +18,7 @@ rounding (the denominator is summed over fewer zeros, in another order), and exa
 
 The float32 pass reads only the columns where the bank images differ: a pixel that is background in every image
 (half of the quickstart bank's, its corners and edges) adds the same z_i x_i to every dot product, computed once
-in float64. That halves the pass's memory traffic (12 -> 6 ms for the quickstart's bank on 2 cores) for a copy of
+in float64. That halves the pass's memory traffic (12 -> 7 ms for the quickstart's bank on 2 cores) for a copy of
 the varying columns (104 MB for the quickstart's 213 MB bank).
 
 Bound: the bank holds float32 numbers (the renders are float32), z is rounded to float32 (|dz_i| <= u |z_i|,
