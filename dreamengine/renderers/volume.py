@@ -191,7 +191,9 @@ class OccupancyGrid:
     def update(self, scene: Field, step: int, chunk: int = 65536) -> None:
         """Refresh occupancy from the scene's density every ``update_every`` steps."""
         if self.estimator is not None:
-            if not self.refreshed:  # nerfacc's fresh grid marks no cell: nothing would render until step n
+            # nerfacc's fresh grid marks no cell: nothing would render until step n (checked only before then:
+            # `refreshed` reads the grid back from the GPU)
+            if step < self.update_every and not self.refreshed:
                 self.refresh(scene)
             self.estimator.update_every_n_steps(step=step, occ_eval_fn=self._alpha_fn(scene),
                                                 occ_thre=self.occupancy_threshold, n=self.update_every)
