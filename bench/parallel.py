@@ -13,6 +13,14 @@ steps per iteration, less replay and transfer), and the speed-up against the seq
         [--modes sequential workers2 inprocess] [--out parallel] [key=value ...]
 
 Writes bench/results/NAME.md (default parallel.md). Runs one at a time (each uses the whole machine).
+
+    python bench/parallel.py --bound [--rows ...] [--steps 150]
+
+measures instead what N worker processes (N: this machine's CPUs) can gain here at most: the training step's median
+time in one run with all of torch's threads (T_seq, the sequential run) and in N single-threaded runs going at once
+(T_worker, each of N workers). N workers evaluate N gradients in T_worker where the sequential run takes N steps in
+N T_seq, so with ``e`` evaluations per step taken the speed-up is at most ``N T_seq / (e T_worker)``: an upper bound
+that leaves out the replay, the transfers and the start-up. Writes bench/results/parallel_bound.md.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +75,67 @@ def run(config: str, prompt: str, overrides: list[str], workdir: Path) -> dict:
             "parallel": timings.get("parallel")}
 
 
+STEP_TIMES = """
+import json, sys, tempfile, time
+from pathlib import Path
+from dreamengine.config import load_config
+from dreamengine.trainer import Trainer
+config, prompt, steps, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+cfg = load_config(config, ["trainer.progress=false", "trainer.preview_every=0", *overrides], prompt=prompt)
+trainer = Trainer(cfg, Path(tempfile.mkdtemp()))
+times = []
+for index in range(20 + steps):  # 20 warm-up steps
+    start = time.perf_counter()
+    trainer.train_step()
+    times.append(time.perf_counter() - start)
+print(json.dumps(times[20:]))
+"""
+
+
+def step_times(config: str, prompt: str, overrides: list[str], steps: int, processes: int, threads: int | None
+               ) -> list[float]:
+    """Seconds per training step of ``processes`` runs at once, each with ``threads`` torch threads (None: all)."""
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    command = [sys.executable, "-c", STEP_TIMES, config, prompt, str(steps), *overrides]
+    running = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(processes)]
+    times: list[float] = []
+    for process in running:
+        out, err = process.communicate()
+        if process.returncode:
+            raise SystemExit(f"failed: step times of {config} {overrides}\n{err[-4000:]}")
+        times += json.loads(out.strip().splitlines()[-1])
+    return times
+
+
+def bound(args: argparse.Namespace) -> None:
+    """The table of ``--bound``: thread scaling of a step, and the speed-up N workers can reach at most."""
+    workers = os.cpu_count() or 1
+    lines = ["# trainer.parallel: the most N worker processes can gain on this machine", "",
+             f"`python bench/parallel.py {' '.join(sys.argv[1:])}` on {platform.processor() or platform.machine()}, "
+             f"{workers} CPUs, {args.steps} steps after 20 warm-up steps; medians. T_seq: a step of one run with "
+             f"all threads (the sequential run); T_worker: a step of each of N = {workers} single-threaded runs "
+             "going at once (N workers sharing the cores, caches and memory). N workers evaluate N gradients in "
+             "T_worker while the sequential run takes N steps in N T_seq, so with e gradient evaluations per step "
+             "taken the speed-up is at most N T_seq / (e T_worker), before replay, transfers and start-up.", "",
+             "| row | N | T_seq ms | T_worker ms | bound e=1.00 | bound e=1.10 |", "|---|---|---|---|---|---|"]
+    for row in args.rows:
+        config, row_overrides = ROWS[row]
+        overrides = [*row_overrides, *args.overrides]
+        sequential = statistics.median(step_times(config, args.prompt, overrides, args.steps, 1, None))
+        worker = statistics.median(step_times(config, args.prompt, overrides, args.steps, workers, 1))
+        lines.append(f"| {row} | {workers} | {1000 * sequential:.1f} | {1000 * worker:.1f} | "
+                     f"{workers * sequential / worker:.2f}x | {workers * sequential / (1.1 * worker):.2f}x |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = REPO / "bench" / "results" / "parallel_bound.md"
+    out.write_text(text)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -73,8 +143,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--prompt", default="a red cube")
     parser.add_argument("--out", default="parallel")
+    parser.add_argument("--bound", action="store_true", help="measure the thread scaling bound instead")
+    parser.add_argument("--steps", type=int, default=150, help="--bound: timed steps per row")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.bound:
+        bound(args)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="dreamengine-bench-parallel-"))
     settings = modes(args.window)
     results: dict[tuple[str, str], dict] = {}
