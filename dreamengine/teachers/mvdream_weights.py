@@ -37,11 +37,11 @@ from dreamengine.teachers.stable_diffusion import (
     looks_like_path,
     quiet_loading,
 )
+from dreamengine.teachers.weights import CHECKPOINT_SUFFIXES, download_checkpoint, read_state_dict
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CAMERA_KEYS = {"camera_embed.0.": "label_emb.0.0.", "camera_embed.2.": "label_emb.0.2."}  # MVDream -> LDM class labels
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
 # mvdream/configs/sd-v2-base.yaml (bytedance/MVDream): the values the conversion reads
 MVDREAM_SD21_CONFIG: dict[str, Any] = {"model": {"params": {
@@ -89,21 +89,13 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelNotFoundError(f"MVDream checkpoint {path} does not exist. {CHECKPOINT_HINT}")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated downloads, pickles with code, wrong formats
+        return read_state_dict(path)
+    except TypeError:
+        raise ModelNotFoundError(f"MVDream checkpoint {path} does not hold a state dict. {CHECKPOINT_HINT}") from None
+    except Exception as error:  # truncated downloads, wrong formats
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelNotFoundError(f"could not read the MVDream checkpoint {path} ({first}); it may be truncated or "
                                  f"not a checkpoint. {CHECKPOINT_HINT}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelNotFoundError(f"MVDream checkpoint {path} does not hold a state dict. {CHECKPOINT_HINT}")
-    return state
 
 
 def check_checkpoint_parts(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -238,18 +230,6 @@ def convert_to_diffusers_folder(checkpoint: str | Path, folder: str | Path, base
     with quiet_loading():
         pipeline.to(dtype=dtype).save_pretrained(str(folder))
     return Path(folder)
-
-
-def download_checkpoint(repo: str, filename: str, revision: str | None) -> Path:
-    """A checkpoint file of a hub repo (``hf_hub_download``; errors explained like a model's)."""
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision))
-    except Exception as error:
-        if type(error).__module__.startswith(("huggingface_hub", "requests", "httpx")) or isinstance(error, OSError):
-            raise explain_load_failure(repo, revision, error) from None
-        raise
 
 
 def load_mvdream_pipeline(model: str, checkpoint_file: str | None, base_model: str, original_config: str | None,

@@ -90,10 +90,13 @@ def looks_like_path(model: str) -> bool:
         or model.count("/") > 1 or "\\" in model
 
 
-def fetch_hint(model: str) -> str:
-    return (f"On a machine with internet access run `hf download {model} --local-dir DIR` (older "
-            f"huggingface_hub: `huggingface-cli download {model} --local-dir DIR`), copy DIR here and set "
-            "teacher.model=DIR.")
+def fetch_hint(model: str, filename: str | None = None) -> str:
+    """How to download ``model`` (a hub repo id; with ``filename``, that one file of it) elsewhere and use it."""
+    what = f"{model} {filename}" if filename else model
+    target = f"DIR/{filename}" if filename else "DIR"
+    return (f"On a machine with internet access run `hf download {what} --local-dir DIR` (older "
+            f"huggingface_hub: `huggingface-cli download {what} --local-dir DIR`), copy DIR here and set "
+            f"teacher.model={target}.")
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -105,22 +108,25 @@ def _chain(error: BaseException) -> list[BaseException]:
     return seen
 
 
-def explain_load_failure(model: str, revision: str | None, error: Exception) -> ModelNotFoundError:
-    """Turn a from_pretrained failure into one message: which model, where we looked, how to fetch it."""
+def explain_load_failure(model: str, revision: str | None, error: Exception,
+                         filename: str | None = None) -> ModelNotFoundError:
+    """Turn a from_pretrained (or, with ``filename``, an ``hf_hub_download``) failure into one message: which model,
+    where we looked, how to fetch it."""
     from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     names = {type(e).__name__ for e in _chain(error)}
     text = " ".join(str(e) for e in _chain(error)).lower()
     where = f"the Hugging Face cache {constants.HF_HUB_CACHE}"
-    label = f"{model}" + (f" (revision {revision})" if revision else "")
+    label = (f"{filename} of {model}" if filename else model) + (f" (revision {revision})" if revision else "")
     # RepositoryNotFoundError's own text says "private or gated repo", so the word alone is not enough.
     gated_text = "gated" in text.replace("private or gated", "")
     if any(isinstance(e, GatedRepoError) for e in _chain(error)) or gated_text:
         return ModelNotFoundError(
-            f"teacher model {label} is a gated repository: accept its license on https://huggingface.co/{model} "
+            f"teacher model {label} is {'in a' if filename else 'a'} gated repository: accept its license on "
+            f"https://huggingface.co/{model} "
             "while logged in, then log in here with `hf auth login` (or set HF_TOKEN), or download it on a "
-            f"machine that has access. {fetch_hint(model)}")
+            f"machine that has access. {fetch_hint(model, filename)}")
     if any(isinstance(e, RevisionNotFoundError) for e in _chain(error)):
         return ModelNotFoundError(f"teacher model {model} has no revision {revision!r}; set teacher.revision to a "
                                   "branch, tag or commit of that repository (or null for main)")
@@ -133,10 +139,10 @@ def explain_load_failure(model: str, revision: str | None, error: Exception) -> 
     if offline:
         return ModelNotFoundError(
             f"teacher model {label} is not in {where} and the hub cannot be reached (HF_HUB_OFFLINE="
-            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')}). {fetch_hint(model)}")
+            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')}). {fetch_hint(model, filename)}")
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return ModelNotFoundError(f"could not load teacher model {label} (looked in {where} and on the hub): "
-                              f"{first_line}. {fetch_hint(model)}")
+                              f"{first_line}. {fetch_hint(model, filename)}")
 
 
 def check_local_folder(model: str) -> Path:

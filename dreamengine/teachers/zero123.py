@@ -49,8 +49,11 @@ from dreamengine.teachers.stable_diffusion import (
     teacher_device,
     to_epsilon,
 )
+from dreamengine.teachers.weights import CHECKPOINT_SUFFIXES, download_checkpoint, read_state_dict
 
 VARIANTS = ("zero123", "stable-zero123")
+# checkpoint files a config may name by file name alone, and the hub repositories that hold them
+HUB_CHECKPOINTS = {"stable_zero123.ckpt": "stabilityai/stable-zero123"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CAMERA_DIM = 4
@@ -106,10 +109,10 @@ class Zero123Teacher:
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.resolution = int(resolution)
-        path = Path(self.model).expanduser()
         with quiet_loading():
-            if path.is_file():
-                parts = load_ldm_checkpoint(path, image_encoder)
+            checkpoint = checkpoint_file(self.model, revision)
+            if checkpoint is not None:
+                parts = load_ldm_checkpoint(checkpoint, image_encoder)
             else:
                 parts = load_diffusers_folder(self.model, revision)
         self.unet, self.vae, self.image_encoder, self.cc_projection, scheduler_config = parts
@@ -237,13 +240,28 @@ def projection_from_state(state: dict[str, Tensor], prefix: str, source: str) ->
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:
-    """A safetensors file, or a PyTorch file loaded safely (``weights_only=True``)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """A safetensors file, or a PyTorch file loaded safely (:func:`dreamengine.teachers.weights.read_state_dict`)."""
+    return read_state_dict(path)
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+def checkpoint_file(model: str, revision: str | None) -> Path | None:
+    """The LDM checkpoint file ``teacher.model`` names, or None when it names a diffusers folder or repo.
+
+    An existing file is used as it is. A ``.ckpt`` / ``.safetensors`` name that is no file is either a known
+    checkpoint's bare file name (:data:`HUB_CHECKPOINTS`: ``stable_zero123.ckpt``, as the stable-zero123 config
+    says), taken from the Hugging Face cache or downloaded from its hub repository, or a mistake (a clear error)."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        return None
+    repo = HUB_CHECKPOINTS.get(model)
+    if repo is None:
+        known = ", ".join(f"{name} (from {hub})" for name, hub in HUB_CHECKPOINTS.items())
+        raise ModelNotFoundError(f"teacher.model {model}: no such checkpoint file ({path.resolve()}). Give the path of "
+                                 f"a Zero123 or Stable Zero123 checkpoint file, a diffusers folder (the layout of "
+                                 f"kxic/zero123-xl) or its hub repo id; known checkpoints by file name: {known}")
+    return download_checkpoint(repo, model, revision)
 
 
 def load_diffusers_folder(model: str, revision: str | None) -> tuple[Any, Any, Any, torch.nn.Linear, dict]:
@@ -307,4 +325,5 @@ def load_ldm_checkpoint(path: Path, image_encoder: str, configs: Path | None = N
     return unet, vae, encoder, projection, scheduler_config
 
 
-__all__ = ["VARIANTS", "Zero123Teacher", "load_diffusers_folder", "load_ldm_checkpoint", "relative_camera"]
+__all__ = ["HUB_CHECKPOINTS", "VARIANTS", "Zero123Teacher", "checkpoint_file", "load_diffusers_folder",
+           "load_ldm_checkpoint", "relative_camera"]

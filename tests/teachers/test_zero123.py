@@ -100,3 +100,95 @@ def test_unknown_variant_and_wrong_folders_are_refused(folder, tmp_path):
         Zero123Teacher(str(folder), variant="zero124")
     with pytest.raises(DreamEngineError, match="not a Zero123"):
         Zero123Teacher(str(tmp_path))
+
+
+class TrainerCallback:
+    """Stands for a training checkpoint's pickled Python objects (PyTorch Lightning's callbacks): loading must never
+    build one."""
+
+    built = 0
+
+    def __setstate__(self, state):
+        TrainerCallback.built += 1
+        self.__dict__.update(state)
+
+
+def test_ldm_checkpoint_with_training_objects_loads_as_the_diffusers_folder(folder, tmp_path):
+    """An original Zero123 checkpoint (LDM keys, a Lightning-style ``state_dict`` with pickled callbacks beside it)
+    converts to exactly the weights of the same model's diffusers folder, without unpickling the callbacks."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from dreamengine.teachers.zero123 import load_ldm_checkpoint
+    from tests.tiny_mvdream import ldm_unet_state, ldm_vae_state
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    projection = load_file(str(folder / "cc_projection" / "diffusion_pytorch_model.safetensors"))
+    state = {**ldm_unet_state(unet), **ldm_vae_state(vae),
+             **{"cc_projection." + key.removeprefix("projection."): value for key, value in projection.items()}}
+    callback = TrainerCallback()
+    callback.monitor = "val/loss"
+    path = tmp_path / "zero123-tiny.ckpt"
+    torch.save({"state_dict": state, "global_step": 105000, "callbacks": {"checkpoint": callback}}, path)
+    with pytest.raises(Exception, match="Weights only load failed"):  # what a plain safe load makes of it
+        torch.load(path, weights_only=True)
+
+    loaded_unet, loaded_vae, encoder, loaded_projection, scheduler = load_ldm_checkpoint(
+        path, str(folder / "image_encoder"), configs=folder)
+    assert TrainerCallback.built == 0
+    for ours, theirs in ((loaded_unet, unet), (loaded_vae, vae)):
+        expected = theirs.state_dict()
+        assert set(ours.state_dict()) == set(expected)
+        for key, value in ours.state_dict().items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(loaded_projection.weight, projection["projection.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(loaded_projection.bias, projection["projection.bias"], rtol=0, atol=0)
+    assert scheduler["prediction_type"] == "epsilon"
+    assert encoder.config.projection_dim == unet.config.cross_attention_dim
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache under tmp_path, with the hub out of reach."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_stable_zero123_by_file_name_says_where_to_download_it(offline_hub):
+    from dreamengine.teachers.stable_diffusion import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError) as caught:
+        Zero123Teacher("stable_zero123.ckpt", variant="stable-zero123")
+    text = str(caught.value)
+    assert "hf download stabilityai/stable-zero123 stable_zero123.ckpt --local-dir DIR" in text
+    assert "teacher.model=DIR/stable_zero123.ckpt" in text and "not in the Hugging Face cache" in text
+
+
+def test_stable_zero123_by_file_name_is_read_from_the_hub_cache(offline_hub):
+    from dreamengine.teachers.zero123 import checkpoint_file
+
+    snapshot = offline_hub / "models--stabilityai--stable-zero123" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "stable_zero123.ckpt").write_bytes(b"weights")
+    (offline_hub / "models--stabilityai--stable-zero123" / "refs").mkdir()
+    (offline_hub / "models--stabilityai--stable-zero123" / "refs" / "main").write_text("0" * 40)
+    assert checkpoint_file("stable_zero123.ckpt", None) == snapshot / "stable_zero123.ckpt"
+
+
+def test_a_checkpoint_name_that_is_no_file_is_refused_clearly(tmp_path, monkeypatch):
+    from dreamengine.teachers.stable_diffusion import ModelNotFoundError
+    from dreamengine.teachers.zero123 import checkpoint_file
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"zero123-xl\.ckpt: no such checkpoint file"):
+        checkpoint_file("zero123-xl.ckpt", None)
+    assert checkpoint_file("kxic/zero123-xl", None) is None  # a diffusers repo id: loaded as a folder
+    (tmp_path / "mine.ckpt").write_bytes(b"")
+    assert checkpoint_file("mine.ckpt", None) == Path("mine.ckpt")
