@@ -53,8 +53,8 @@ continue with: dreamengine resume RUN_DIR
 
 
 REFINE_HELP = """\
-Load INPUT (a .glb, .obj or .ply mesh), fit it into the unit sphere and optimize its texture for PROMPT under
-any guidance method and teacher, then export it as generate does (RUN_DIR/final/model.glb). INPUT is never
+Load INPUT (a .glb, .obj, .ply, .stl or .off mesh), fit it into the unit sphere and optimize its texture for
+PROMPT under any guidance method and teacher, then export it as generate does (RUN_DIR/final/model.glb). INPUT is never
 modified: a copy is kept in RUN_DIR/input/. The texture is a UV map (the mesh's own UVs, or xatlas UVs when it
 has none; scene.texture=field for a hash-grid texture field); scene.optimize_vertices=true also moves the
 vertices, kept smooth by the Laplacian and normal-consistency regularizers (scene.lambda_*). Examples:
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     refine = commands.add_parser("refine", help="optimize an existing mesh's texture (and shape) for a prompt",
                                  description=REFINE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    refine.add_argument("mesh", metavar="INPUT", help="the mesh to refine: a .glb, .obj or .ply file (never modified)")
+    refine.add_argument("mesh", metavar="INPUT",
+                        help="the mesh to refine: a .glb, .obj, .ply, .stl or .off file (never modified)")
     refine.add_argument("prompt", metavar="PROMPT", help='what it should look like, e.g. "a red cube"')
     refine.add_argument("--config", "-c", default="refine-toy",
                         help="refine-toy (toy world, CPU; default), refine-sd (Stable Diffusion, GPU) or a YAML path")

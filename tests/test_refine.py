@@ -71,9 +71,10 @@ def test_refine_paints_a_gray_cube_red(tmp_path: Path) -> None:
     ("empty", "cannot use"),
     ("nan", "NaN"),
     ("suffix", "has the suffix"),
+    ("empty-stl", "cannot use"),
 ])
 def test_bad_meshes_get_clear_messages(tmp_path: Path, case: str, message: str) -> None:
-    path = tmp_path / ("input.glb" if case != "suffix" else "input.stl")
+    path = tmp_path / ("input.glb" if case != "suffix" else "input.fbx")
     if case == "not-a-mesh":
         path.write_bytes(b"this is not a GLB file")
     elif case == "empty":
@@ -83,6 +84,9 @@ def test_bad_meshes_get_clear_messages(tmp_path: Path, case: str, message: str) 
         path = tmp_path / "input.obj"
         path.write_text("v 0 0 0\nv 1 0 0\nv nan 1 0\nf 1 2 3\n")
     elif case == "suffix":
+        path.write_text("Kaydara FBX Binary")
+    elif case == "empty-stl":
+        path = tmp_path / "input.stl"
         path.write_text("solid x\nendsolid x\n")
     result = run_cli_in_process(["refine", str(path), "a red cube"], tmp_path)
     assert result.returncode == 2, result.stderr

@@ -43,7 +43,8 @@ from dreamengine.errors import ExportError
 from dreamengine.export.color import convert_vertex_colors, linear_to_srgb, srgb_to_linear
 from dreamengine.version import __version__
 
-FORMATS = ("glb", "obj", "ply")
+FORMATS = ("glb", "obj", "ply")  # written and read
+READ_FORMATS = (*FORMATS, "stl", "off")  # read too (STL and OFF hold the shape only; Z-up, as in 3D printing)
 MetadataValue = str | int | float | bool
 SCALE_KEY = "meters_per_scene_unit"
 # glTF sampler: linear magnification, trilinear (mipmapped) minification, clamp to edge in both directions.
@@ -110,7 +111,7 @@ def save_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike, format: str | None
 
 
 def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
-    """Read a GLB, OBJ or PLY file as one ``trimesh.Trimesh`` in the world frame (Z-up).
+    """Read a GLB, OBJ, PLY, STL or OFF file as one ``trimesh.Trimesh`` in the world frame (Z-up).
 
     All meshes in the file are concatenated; vertex colors stored next to a material in a GLB become
     ordinary vertex colors. Raises ExportError for a missing file, an unsupported or unreadable file,
@@ -120,9 +121,9 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
     if not path.is_file():
         raise ExportError(f"mesh file not found: {path}")
     fmt = path.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
+    if fmt not in READ_FORMATS:
         raise ExportError(f"cannot read {path}: unsupported suffix {path.suffix!r}; use one of "
-                          f"{', '.join('.' + f for f in FORMATS)}")
+                          f"{', '.join('.' + f for f in READ_FORMATS)}")
     try:
         loaded = trimesh.load(str(path), file_type=fmt, process=False)
         if isinstance(loaded, trimesh.Scene):
@@ -154,7 +155,7 @@ def _recorded_scale(path: Path, fmt: str) -> float:
             if len(header) == 20 and header[:4] == b"glTF" and header[16:20] == b"JSON":
                 tree = json.loads(handle.read(struct.unpack_from("<I", header, 12)[0]))
                 value = tree.get("asset", {}).get("extras", {}).get(SCALE_KEY, 1.0)
-    else:
+    elif fmt in ("obj", "ply"):
         prefix = b"# " if fmt == "obj" else b"comment "
         with open(path, "rb") as handle:
             head = handle.read(1 << 16)

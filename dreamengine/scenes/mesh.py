@@ -56,7 +56,7 @@ from dreamengine.core.layers import check_choice, mlp
 from dreamengine.core.render import MeshTensors
 from dreamengine.errors import ConfigError, ExportError, MeshFileError
 from dreamengine.export.color import color_vertices
-from dreamengine.export.mesh_io import FORMATS, load_mesh
+from dreamengine.export.mesh_io import READ_FORMATS, load_mesh
 from dreamengine.export.texture import (
     UVAtlas,
     bake_vertex_values,
@@ -86,14 +86,15 @@ def read_mesh_file(path: str | Path) -> trimesh.Trimesh:
         MeshFileError: the file is missing, not a mesh (or corrupt), empty, or has non-finite coordinates.
     """
     path = Path(path).expanduser()
+    readable = ", ".join("." + f for f in READ_FORMATS)
     if not str(path) or str(path) == ".":
-        raise MeshFileError("no mesh file given: set scene.init_path to a .glb, .obj or .ply file")
+        raise MeshFileError(f"no mesh file given: set scene.init_path to a mesh file ({readable})")
     if not path.is_file():
-        raise MeshFileError(f"mesh file {path} does not exist; set scene.init_path to an existing .glb, .obj or "
-                            ".ply file")
-    if path.suffix.lower().lstrip(".") not in FORMATS:
-        raise MeshFileError(f"mesh file {path} has the suffix {path.suffix!r}; mesh scenes read "
-                            f"{', '.join('.' + f for f in FORMATS)} files (convert it, e.g. in Blender)")
+        raise MeshFileError(f"mesh file {path} does not exist; set scene.init_path to an existing mesh file "
+                            f"({readable})")
+    if path.suffix.lower().lstrip(".") not in READ_FORMATS:
+        raise MeshFileError(f"mesh file {path} has the suffix {path.suffix!r}; mesh scenes read {readable} files "
+                            "(convert it, e.g. in Blender)")
     try:
         mesh = load_mesh(path)
     except ExportError as error:
@@ -231,7 +232,7 @@ class MeshScene(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | Path, config: MeshSceneConfig | None = None) -> MeshScene:
-        """A scene from a .glb, .obj or .ply file (see :func:`read_mesh_file` for the checks)."""
+        """A scene from a .glb, .obj, .ply, .stl or .off file (see :func:`read_mesh_file` for the checks)."""
         return cls(config, mesh=read_mesh_file(path), source=str(path))
 
     # ---- appearance ----------------------------------------------------------------------------------

@@ -320,6 +320,16 @@ def test_save_mesh_rejects_bad_input(colored_mesh, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("fmt", ["stl", "off"])
+def test_load_mesh_reads_stl_and_off_in_the_world_frame(colored_mesh, tmp_path, fmt):
+    """STL and OFF (shape-only formats, Z-up as in 3D printing) load with their coordinates as they are."""
+    path = tmp_path / f"part.{fmt}"
+    colored_mesh.export(path)  # trimesh's own writer: a file from another tool
+    loaded = load_mesh(path)
+    expected = colored_mesh.vertices[colored_mesh.faces]  # [F, 3, 3]: STL stores each triangle's corners
+    np.testing.assert_allclose(loaded.vertices[loaded.faces], expected, atol=1e-5)
+
+
 def test_load_mesh_rejects_truncated_glb(colored_mesh, tmp_path):
     path = save_mesh(colored_mesh, tmp_path / "model.glb")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
