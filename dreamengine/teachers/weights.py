@@ -9,9 +9,12 @@ gives, so the weights load while nothing the file names is imported or called.
 
 from __future__ import annotations
 
+import os
 import pickle
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
@@ -21,13 +24,41 @@ from dreamengine.teachers.stable_diffusion import explain_load_failure
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")  # what names a checkpoint file
 
 
-def download_checkpoint(repo: str, filename: str, revision: str | None) -> Path:
-    """A checkpoint file of a hub repo, from the Hugging Face cache or downloaded (``hf_hub_download``); a failure
-    (offline, gated, missing) is explained in one :class:`~dreamengine.errors.ModelNotFoundError` that says how to
-    fetch the file elsewhere."""
-    try:
-        from huggingface_hub import hf_hub_download
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint (``HF_ENDPOINT``) accepts a connection: False at once when it cannot be
+    resolved or refuses, so a machine without internet is told so instead of waiting through the hub client's
+    retries (about 25 s a file). Behind a proxy (``HTTPS_PROXY`` ...) the client is trusted to know better."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def download_checkpoint(repo: str, filename: str, revision: str | None) -> Path:
+    """A checkpoint file of a hub repo: from the Hugging Face cache when it is there (no network), else downloaded
+    (``hf_hub_download``) when the hub is reachable. A failure (offline, gated, missing) is explained in one
+    :class:`~dreamengine.errors.ModelNotFoundError` that says how to fetch the file elsewhere."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        try:
+            return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision, local_files_only=True))
+        except LocalEntryNotFoundError:
+            if not hub_reachable():
+                raise
         return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision))
     except Exception as error:
         if type(error).__module__.startswith(("huggingface_hub", "requests", "httpx")) or isinstance(error, OSError):
@@ -75,4 +106,5 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return {key: value for key, value in state.items() if isinstance(value, Tensor)}
 
 
-__all__ = ["CHECKPOINT_SUFFIXES", "download_checkpoint", "inert_stand_in", "load_pickled_weights", "read_state_dict"]
+__all__ = ["CHECKPOINT_SUFFIXES", "download_checkpoint", "hub_reachable", "inert_stand_in", "load_pickled_weights",
+           "read_state_dict"]

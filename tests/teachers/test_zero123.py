@@ -192,3 +192,33 @@ def test_a_checkpoint_name_that_is_no_file_is_refused_clearly(tmp_path, monkeypa
     assert checkpoint_file("kxic/zero123-xl", None) is None  # a diffusers repo id: loaded as a folder
     (tmp_path / "mine.ckpt").write_bytes(b"")
     assert checkpoint_file("mine.ckpt", None) == Path("mine.ckpt")
+
+
+def test_an_unreachable_hub_is_reported_without_trying_to_download(tmp_path, monkeypatch):
+    """With no HF_HUB_OFFLINE but a hub that refuses connections, the cache is read and the download is never
+    attempted (the hub client would retry for ~25 s before failing)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from dreamengine.teachers.stable_diffusion import ModelNotFoundError
+    from dreamengine.teachers.weights import download_checkpoint, hub_reachable
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+    real = huggingface_hub.hf_hub_download
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", counting)
+    assert not hub_reachable()
+    with pytest.raises(ModelNotFoundError, match="cannot be reached"):
+        download_checkpoint("stabilityai/stable-zero123", "stable_zero123.ckpt", None)
+    assert calls == [True]  # the cache only
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert hub_reachable()  # behind a proxy the client decides
