@@ -22,8 +22,6 @@ from torch import Tensor
 from dreamengine.teachers.stable_diffusion import explain_load_failure
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")  # what names a checkpoint file
-
-
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -74,8 +72,7 @@ def inert_stand_in(name: str) -> tuple[type, str]:
     def ignore(self: Any, *args: Any, **kwargs: Any) -> None:
         return None
 
-    stand_in = type(qualname.rpartition(".")[2] or name, (), {"__init__": ignore, "__setstate__": ignore,
-                                                               "__module__": module or "builtins"})
+    stand_in = type(qualname, (), {"__init__": ignore, "__setstate__": ignore, "__module__": module or "builtins"})
     return stand_in, name
 
 

@@ -239,11 +239,6 @@ def projection_from_state(state: dict[str, Tensor], prefix: str, source: str) ->
     return layer
 
 
-def read_weights(path: Path) -> dict[str, Tensor]:
-    """A safetensors file, or a PyTorch file loaded safely (:func:`dreamengine.teachers.weights.read_state_dict`)."""
-    return read_state_dict(path)
-
-
 def checkpoint_file(model: str, revision: str | None) -> Path | None:
     """The LDM checkpoint file ``teacher.model`` names, or None when it names a diffusers folder or repo.
 
@@ -287,7 +282,7 @@ def load_diffusers_folder(model: str, revision: str | None) -> tuple[Any, Any, A
     files = sorted((folder / "cc_projection").glob("*.safetensors")) or sorted((folder / "cc_projection").glob("*.bin"))
     if not files:
         raise ModelNotFoundError(f"{folder} has no cc_projection/ weights: it is not a Zero123 folder")
-    return unet, vae, image_encoder, projection_from_state(read_weights(files[0]), "projection.", str(folder)), \
+    return unet, vae, image_encoder, projection_from_state(read_state_dict(files[0]), "projection.", str(folder)), \
         dict(scheduler_config)
 
 
@@ -301,7 +296,7 @@ def load_ldm_checkpoint(path: Path, image_encoder: str, configs: Path | None = N
     from transformers import CLIPVisionModelWithProjection
 
     try:
-        state = read_weights(path)
+        state = read_state_dict(path)
     except Exception as error:  # noqa: BLE001 (pickle and zip errors of a corrupt file)
         raise ModelNotFoundError(f"could not read the checkpoint {path} ({type(error).__name__}: {error})") from None
     unet_config, vae_config = dict(ZERO123_UNET_CONFIG), dict(ZERO123_VAE_CONFIG)
