@@ -103,5 +103,5 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return {key: value for key, value in state.items() if isinstance(value, Tensor)}
 
 
-__all__ = ["CHECKPOINT_SUFFIXES", "download_checkpoint", "hub_reachable", "inert_stand_in", "load_pickled_weights",
-           "read_state_dict"]
+__all__ = ["CHECKPOINT_SUFFIXES", "PROXY_VARIABLES", "download_checkpoint", "hub_reachable", "inert_stand_in",
+           "load_pickled_weights", "read_state_dict"]

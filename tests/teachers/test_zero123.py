@@ -201,12 +201,12 @@ def test_an_unreachable_hub_is_reported_without_trying_to_download(tmp_path, mon
     from huggingface_hub import constants
 
     from dreamengine.teachers.stable_diffusion import ModelNotFoundError
-    from dreamengine.teachers.weights import download_checkpoint, hub_reachable
+    from dreamengine.teachers.weights import PROXY_VARIABLES, download_checkpoint, hub_reachable
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     calls = []
     real = huggingface_hub.hf_hub_download
